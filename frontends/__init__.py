@@ -1,0 +1,1 @@
+"""Ways to declare cells: nngraph (Torch-style modules), equations (text), trace (operators)."""
