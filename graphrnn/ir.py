@@ -400,6 +400,18 @@ def toposort(roots: Iterable[Node]) -> list[Node]:
     return order
 
 
+def _rebuild(n: Node, dtype: str, src: tuple[Node, ...]) -> Node:
+    """``n`` with a new dtype/sources. A node made here inherits n's creation site (the user's
+    line), not the line that called the rewrite; an existing node keeps its own."""
+    key = (n.op, dtype, n.shape, src, n.arg)
+    new = Node._cache.get(key)
+    if new is None:
+        new = Node(*key)
+        if n in _sites:
+            _sites[new] = _sites[n]
+    return new
+
+
 def substitute(roots: Sequence[Node], mapping: dict[Node, Node]) -> list[Node]:
     """Rebuild roots with some nodes replaced (sources are rebuilt, sharing is kept)."""
     memo: dict[Node, Node] = dict(mapping)
@@ -407,9 +419,7 @@ def substitute(roots: Sequence[Node], mapping: dict[Node, Node]) -> list[Node]:
         if n in memo:
             continue
         new_src = tuple(memo[s] for s in n.src)
-        memo[n] = n if new_src == n.src else Node(n.op, n.dtype, n.shape, new_src, n.arg)
-        if memo[n] is not n and n in _sites:
-            _sites.setdefault(memo[n], _sites[n])
+        memo[n] = n if new_src == n.src else _rebuild(n, n.dtype, new_src)
     return [memo[r] for r in roots]
 
 
@@ -420,9 +430,7 @@ def retype(roots: Sequence[Node], dtype: str) -> list[Node]:
     for n in toposort(roots):
         new_src = tuple(memo[s] for s in n.src)
         dt = dtype if n.dtype in FLOATS else n.dtype
-        memo[n] = Node(n.op, dt, n.shape, new_src, n.arg)
-        if n in _sites:
-            _sites.setdefault(memo[n], _sites[n])
+        memo[n] = _rebuild(n, dt, new_src)
         if n in _annotations:
             _annotations.setdefault(memo[n], dict(_annotations[n]))
     return [memo[r] for r in roots]

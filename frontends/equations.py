@@ -1,0 +1,866 @@
+"""Cells written as text equations, parsed by a whitelist over Python's ``ast``.
+
+    # cell: gru
+    input x: 10
+    state h: 20
+    r = sigmoid(W_xr @ x + W_hr @ h + b_r)
+    z = sigmoid(W_xz @ x + W_hz @ h + b_z)
+    hc = tanh(W_c @ [r * h, x] + b_c)
+    h_next = (1 - z) * h + z * hc
+    output h_next
+
+``cell_from_equations(text, inputs={"x": 10}, states={"h": 20})`` or ``parse_file(path)`` turn
+such text into a ``graphrnn.ir.Cell``.
+
+The text, line by line
+----------------------
+- ``# ...`` is a comment. ``# cell: NAME`` (or the line ``cell NAME``) names the cell.
+- Header lines declare what the equations cannot say; each may appear anywhere:
+    ``input x: 10, m: 1``     per-step inputs and their feature sizes
+    ``state h: 20, c: 20``    recurrent states (h_{t-1}, ...) and their sizes
+    ``param W: 20 x 10``      a parameter's shape (also ``(20, 10)``); ``param b: 20`` is (1, 20)
+    ``output y, h_next``      the cell's outputs (default: the first state's next value)
+    ``next h: hn``            the next value of state h (default: the variable ``h_next``)
+  Sizes given as arguments (``inputs=``, ``states=``, ``params=``, ``outputs=``,
+  ``next_states=``) are merged with the header; they must agree where both speak.
+- Every other line is one equation ``NAME = EXPRESSION``, evaluated top to bottom within one
+  time step. An expression is made of
+    ``W @ v``            matrix times a column vector (math convention): W is a parameter of shape
+                         (out, in), v has ``in`` features; the IR node is
+                         ``MATMUL(v, W, arg=(False, True))`` -> (B, out), PyTorch's layout
+    ``a + b, a - b, a * b, a / b, -a``   elementwise; numbers broadcast (``1 - z``)
+    ``a ** 2``, ``a ** 0.5``             square and square root
+    ``[a, b]``           concatenation along the features (the lectures' ``W · [h, x]``)
+    ``f(a)``             f in sigmoid, tanh, relu, exp, log, softplus, sqrt, abs, square
+    ``max(a, b)``, ``min(a, b)``         elementwise
+  Numbers fold: ``2 * 0.5`` is the constant 1.
+
+Parameters are the free names: those that are neither inputs, states nor assigned above. A name
+on the left of ``@`` is a weight matrix (out, in); any other free name is a vector (1, n) that is
+broadcast over the batch (a bias, a peephole weight). Their sizes are inferred from use by
+unification: ``W_hr @ h + b_r`` says that W_hr takes h's size and that its out size equals b_r's
+size, ``r * h`` says r has h's size, ``[a, b]`` sums sizes, ``h_next`` has h's size; this is
+iterated to a fixed point. A size that stays unknown is an error naming the parameter; pass
+``params={"W": (out, in)}`` or a ``param`` line. A free name spelt almost like a defined name
+(``h_nxt`` for ``h_next``) is taken for a typo and rejected unless declared as a parameter.
+
+Safety: the text is only ever parsed (``ast.parse``), one line at a time, and walked through a
+whitelist; nothing is ``eval``'d, ``exec``'d, compiled to run, or handed to ``sympify``. Attribute
+access, subscripts, lambdas, imports, keyword arguments, comparisons, unknown functions, undefined
+names, reassignment, use of a name before its assignment and shape mismatches are rejected with an
+``EquationError`` naming the file, the line, the column of the token, and a hint.
+
+Every IR node built from an equation records that equation's line as its creation site, so later
+errors (in autodiff, a backend, the interpreter) point back to the equation text.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from graphrnn.errors import EquationError, GraphRNNError, ShapeError
+from graphrnn.ir import (
+    FLOATS,
+    Cell,
+    Node,
+    Site,
+    apply,
+    call,
+    frontend_scope,
+    input_,
+    param,
+    set_site,
+    state,
+    toposort,
+)
+from graphrnn.ops import Ops
+
+
+def _neg(v: Any) -> Any:
+    return call(Ops.NEG, v) if isinstance(v, Node) else -v
+
+
+# name -> (arity, builder on IR nodes / numbers)
+FUNCTIONS: dict[str, tuple[int, Callable[..., Node]]] = {
+    "sigmoid": (1, lambda a: call(Ops.SIGMOID, a)),
+    "tanh": (1, lambda a: call(Ops.TANH, a)),
+    "relu": (1, lambda a: call(Ops.RELU, a)),
+    "exp": (1, lambda a: call(Ops.EXP, a)),
+    "log": (1, lambda a: call(Ops.LOG, a)),
+    "softplus": (1, lambda a: call(Ops.SOFTPLUS, a)),
+    "sqrt": (1, lambda a: call(Ops.SQRT, a)),
+    "abs": (1, lambda a: call(Ops.MAX, a, call(Ops.NEG, a))),
+    "square": (1, lambda a: call(Ops.MUL, a, a)),
+    "max": (2, lambda a, b: call(Ops.MAX, a, b)),
+    "min": (2, lambda a, b: call(Ops.NEG, call(Ops.MAX, _neg(a), _neg(b)))),
+}
+
+_BINOPS = {ast.Add: Ops.ADD, ast.Sub: Ops.SUB, ast.Mult: Ops.MUL, ast.Div: Ops.DIV}
+_HEADER = re.compile(r"^(input|inputs|state|states|param|params|output|outputs|next|cell)"
+                     r"\s+([^\W\d].*)$")
+_CELL_COMMENT = re.compile(r"^#\s*cell\s*:\s*(\S+)\s*$")
+_TYPO_CUTOFF = 0.8
+
+# what the common rejected constructs are called in messages, with a hint
+_REJECTED: dict[type, tuple[str, str]] = {
+    ast.Attribute: ("attribute access", "write plain names; functions are called directly, "
+                    "e.g. tanh(a), and W @ x needs no .T"),
+    ast.Subscript: ("subscripts", "slices are not part of the equation language; declare "
+                    "separate parameters or states instead"),
+    ast.Lambda: ("lambdas", "write the expression inline"),
+    ast.Compare: ("comparisons", "comparisons have no gradient; use relu, max(a, b) or min(a, b)"),
+    ast.BoolOp: ("'and'/'or'", "use elementwise * and max(a, b)"),
+    ast.IfExp: ("conditional expressions", "use max(a, b), min(a, b) or relu"),
+    ast.Tuple: ("tuples", "write [a, b] to concatenate along the features"),
+    ast.Dict: ("dicts", "only numbers, names, operators, [a, b] and known functions are allowed"),
+    ast.Set: ("sets", "write [a, b] to concatenate along the features"),
+    ast.ListComp: ("comprehensions", "write [a, b] to concatenate along the features"),
+    ast.GeneratorExp: ("generator expressions", "write the expression out"),
+    ast.Starred: ("starred expressions", "list the parts: [a, b]"),
+    ast.Await: ("await", "equations are plain math"),
+    ast.NamedExpr: ("':='", "write one assignment per line"),
+    ast.JoinedStr: ("f-strings", "equations are plain math"),
+}
+
+
+@dataclass
+class _Line:
+    lineno: int
+    text: str
+    indent: int = 0
+
+    def error(self, msg: str, filename: str, node: ast.AST | None = None,
+              col: int | None = None) -> EquationError:
+        if node is not None and hasattr(node, "col_offset"):
+            col = self.indent + node.col_offset
+        return EquationError(msg, filename, self.lineno, col, self.text)
+
+    def segment(self, node: ast.AST) -> str:
+        seg = ast.get_source_segment(self.text[self.indent:], node)
+        return seg if seg is not None else ast.dump(node)
+
+
+@dataclass
+class _Expr:
+    """A checked expression: kind in name, num, matmul, bin, neg, pow, call, concat."""
+    kind: str
+    node: ast.AST
+    line: _Line
+    dim: int | None = None           # size variable; None for a number
+    value: Any = None                # num: the float; name: the name; bin: Ops; call: fn name
+    parts: list[_Expr] = field(default_factory=list)
+
+
+@dataclass
+class _Param:
+    name: str
+    role: str                        # "matrix" (left of @) or "vector"
+    out: int                         # size variables: shape (out, in) or (1, out)
+    inn: int | None
+    first: tuple[_Line, ast.AST]
+    declared: bool = False
+
+
+class _Dims:
+    """Union-find over feature sizes; a class may be bound to a known int."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.value: list[int | None] = []
+
+    def new(self, value: int | None = None) -> int:
+        self.parent.append(len(self.parent))
+        self.value.append(value)
+        return len(self.parent) - 1
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def get(self, i: int) -> int | None:
+        return self.value[self.find(i)]
+
+    def unify(self, a: int, b: int) -> tuple[int, int] | None:
+        """Merge two classes; on a conflict return the two known sizes and merge nothing."""
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return None
+        va, vb = self.value[ra], self.value[rb]
+        if va is not None and vb is not None and va != vb:
+            return va, vb
+        self.parent[rb] = ra
+        self.value[ra] = va if va is not None else vb
+        return None
+
+
+def _check_size(kind: str, name: str, size: Any, filename: str) -> int:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise EquationError(f"{kind} name must be an identifier, got {name!r}", filename)
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise EquationError(f"{kind} {name!r}: size must be a positive int, got {size!r}",
+                            filename)
+    return size
+
+
+class _Parser:
+    def __init__(self, text: str, filename: str, inputs: Mapping[str, int],
+                 states: Mapping[str, int], params: Mapping[str, Any] | None,
+                 outputs: Sequence[str] | str | None, next_states: Mapping[str, str] | None,
+                 name: str | None) -> None:
+        self.filename = filename
+        self.dims = _Dims()
+        self.inputs: dict[str, int] = {}
+        self.states: dict[str, int] = {}
+        self.leaf_line: dict[str, _Line] = {}
+        self.param_shapes: dict[str, tuple[int, int]] = {}
+        self.outputs: list[tuple[str, _Line | None]] = []
+        self.next_states: dict[str, tuple[str, _Line | None]] = {}
+        self.name = name
+        self.equations: list[tuple[_Line, ast.Assign]] = []
+        self.assigned: dict[str, _Line] = {}
+
+        for k, v in inputs.items():
+            self._declare(self.inputs, "input", k, _check_size("input", k, v, filename), None)
+        for k, v in states.items():
+            self._declare(self.states, "state", k, _check_size("state", k, v, filename), None)
+        for k, v in (params or {}).items():
+            self._declare_param(k, v, None)
+        if outputs is not None:
+            for o in [outputs] if isinstance(outputs, str) else list(outputs):
+                self.outputs.append((o, None))
+        for s, n in (next_states or {}).items():
+            self.next_states[s] = (n, None)
+        self._split_lines(text)
+
+    # ---- errors ----
+    def err(self, line: _Line | None, msg: str, node: ast.AST | None = None,
+            col: int | None = None) -> EquationError:
+        if line is None:
+            return EquationError(msg, self.filename)
+        return line.error(msg, self.filename, node, col)
+
+    # ---- declarations ----
+    def _declare(self, table: dict[str, int], kind: str, name: str, size: int,
+                 line: _Line | None) -> None:
+        col = line.text.find(name) if line else None
+        if name in FUNCTIONS:
+            raise self.err(line, f"{kind} {name!r} shadows the function {name}(); pick another "
+                                 "name", col=col)
+        other, other_kind = ((self.states, "state") if table is self.inputs
+                             else (self.inputs, "input"))
+        if name in other:
+            raise self.err(line, f"{kind} {name!r} is already declared as {other_kind} "
+                                 f"{name!r}; inputs and states need distinct names", col=col)
+        if name in table and table[name] != size:
+            raise self.err(line, f"{kind} {name!r} is declared with two sizes, {table[name]} "
+                                 f"and {size}", col=col)
+        table[name] = size
+        if line is not None:
+            self.leaf_line.setdefault(name, line)
+
+    def _declare_param(self, name: str, shape: Any, line: _Line | None) -> None:
+        if isinstance(shape, int) and not isinstance(shape, bool):
+            shape = (1, shape)
+        ok = (isinstance(shape, (tuple, list)) and len(shape) == 2
+              and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape))
+        if not isinstance(name, str) or not name.isidentifier() or not ok:
+            raise self.err(line, f"param {name!r}: shape must be (out, in) of positive ints or "
+                                 f"an int n for a vector (1, n), got {shape!r}")
+        shape = (int(shape[0]), int(shape[1]))
+        if name in self.param_shapes and self.param_shapes[name] != shape:
+            raise self.err(line, f"param {name!r} is declared twice with different shapes "
+                                 f"{self.param_shapes[name]} and {shape}")
+        self.param_shapes[name] = shape
+
+    def _split_lines(self, text: str) -> None:
+        for lineno, raw in enumerate(text.splitlines(), start=1):
+            stripped = raw.strip()
+            if not stripped:
+                continue
+            line = _Line(lineno, raw, len(raw) - len(raw.lstrip()))
+            m = _CELL_COMMENT.match(stripped)
+            if m:
+                self._set_name(m.group(1), line)
+                continue
+            if stripped.startswith("#"):
+                continue
+            code = stripped.split("#", 1)[0].rstrip()
+            m = _HEADER.match(code)
+            if m:
+                self._header(m.group(1), m.group(2).strip(), line)
+                continue
+            self._equation(line)
+
+    def _set_name(self, name: str, line: _Line) -> None:
+        if not name.isidentifier():
+            raise self.err(line, f"cell name must be an identifier, got {name!r}",
+                           col=line.text.find(name))
+        if self.name is None:
+            self.name = name
+
+    def _header(self, kw: str, rest: str, line: _Line) -> None:
+        col = line.text.find(rest) if rest else line.indent
+        if kw == "cell":
+            self._set_name(rest, line)
+            return
+        items = [s.strip() for s in _split_top(rest)]
+        if kw in ("output", "outputs"):
+            for it in items:
+                if not it.isidentifier():
+                    raise self.err(line, f"output: expected a name, got {it!r}", col=col)
+                self.outputs.append((it, line))
+            return
+        for it in items:
+            m = re.fullmatch(r"(\w+)\s*:\s*(.+)", it)
+            if not m or not m.group(1).isidentifier():
+                example = {"next": "next h: hn", "param": "param W: 20 x 10",
+                           "params": "param W: 20 x 10"}.get(kw, f"{kw.rstrip('s')} x: 10")
+                raise self.err(line, f"malformed {kw} line: expected NAME: SIZE items, got "
+                                     f"{it!r}; e.g. '{example}'", col=col)
+            nm, val = m.group(1), m.group(2).strip()
+            if kw == "next":
+                if not val.isidentifier():
+                    raise self.err(line, f"next {nm}: expected the name of its next value, got "
+                                         f"{val!r}", col=col)
+                self.next_states[nm] = (val, line)
+            elif kw in ("input", "inputs", "state", "states"):
+                if not val.isdigit() or int(val) <= 0:
+                    raise self.err(line, f"{kw} {nm}: size must be a positive integer, got "
+                                         f"{val!r}", col=line.text.find(val, col))
+                table = self.inputs if kw.startswith("input") else self.states
+                self._declare(table, kw.rstrip("s"), nm, int(val), line)
+            else:
+                pm = re.fullmatch(r"\(?\s*(\d+)\s*(?:[,x×]\s*(\d+))?\s*\)?", val)
+                if not pm:
+                    raise self.err(line, f"param {nm}: expected a shape like '20 x 10', "
+                                         f"'(20, 10)' or '20', got {val!r}",
+                                   col=line.text.find(val, col))
+                shape: Any = (int(pm.group(1)), int(pm.group(2))) if pm.group(2) else \
+                    int(pm.group(1))
+                self._declare_param(nm, shape, line)
+
+    def _equation(self, line: _Line) -> None:
+        src = line.text[line.indent:]
+        try:
+            tree = ast.parse(src, filename=self.filename, mode="exec")
+        except SyntaxError as e:
+            col = line.indent + (e.offset - 1 if e.offset else 0)
+            raise self.err(line, f"syntax error: {e.msg}; expected NAME = EXPRESSION",
+                           col=col) from None
+        except (RecursionError, MemoryError, ValueError) as e:
+            raise self.err(line, f"cannot parse this line ({type(e).__name__}); it is too "
+                                 "deeply nested or malformed", col=line.indent) from None
+        if len(tree.body) != 1:
+            raise self.err(line, "one equation per line: found "
+                                 f"{len(tree.body)} statements", tree.body[1]
+                           if len(tree.body) > 1 else None)
+        stmt = tree.body[0]
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            raise self.err(line, "imports are not allowed in equations", stmt)
+        if isinstance(stmt, ast.AugAssign):
+            raise self.err(line, "augmented assignment (+=, *=, ...) is not allowed; every "
+                                 "name is assigned once: write h_next = h + ...", stmt)
+        if isinstance(stmt, ast.AnnAssign):
+            raise self.err(line, "annotated assignment is not allowed; sizes go in header "
+                                 "lines such as 'state h: 20'", stmt)
+        if not isinstance(stmt, ast.Assign):
+            what = ("a bare expression" if isinstance(stmt, ast.Expr)
+                    else f"a '{type(stmt).__name__.lower()}' statement")
+            raise self.err(line, f"expected an equation NAME = EXPRESSION, got {what}", stmt)
+        if len(stmt.targets) != 1:
+            raise self.err(line, "chained assignment a = b = ... is not allowed; one name per "
+                                 "equation", stmt.targets[1])
+        target = stmt.targets[0]
+        if not isinstance(target, ast.Name):
+            raise self.err(line, "the left side must be a single name, got "
+                                 f"'{line.segment(target)}'", target)
+        nm = target.id
+        if nm in FUNCTIONS:
+            raise self.err(line, f"'{nm}' is a function name and cannot be assigned", target)
+        if nm in self.inputs or nm in self.states:
+            kind = "input" if nm in self.inputs else "state"
+            hint = f"; name its next value {nm}_next" if kind == "state" else ""
+            raise self.err(line, f"cannot assign to {kind} {nm!r}: inputs and states are "
+                                 f"given each step{hint}", target)
+        if nm in self.assigned:
+            raise self.err(line, f"reassignment of {nm!r} (first assigned on line "
+                                 f"{self.assigned[nm].lineno}); each name is assigned once "
+                                 "per step: use a new name", target)
+        self.assigned[nm] = line
+        self.equations.append((line, stmt))
+
+
+def _split_top(s: str) -> list[str]:
+    """Split on commas outside parentheses (``param W: (20, 10), b: 20``)."""
+    out, depth, cur = [], 0, ""
+    for ch in s:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur)
+    return [x for x in out if x.strip()] or [""]
+
+
+class _Checker:
+    """Pass 1: walk each equation's ast through the whitelist into _Expr trees with size
+    variables; collect unification constraints. Pass 2 (``solve``) resolves sizes."""
+
+    def __init__(self, p: _Parser) -> None:
+        self.p = p
+        self.dims = p.dims
+        self.vars: dict[str, int] = {}          # input/state/assigned name -> size variable
+        self.params: dict[str, _Param] = {}
+        self.concats: list[_Expr] = []
+        self.defined_at: dict[str, int] = {}    # assigned name -> line number, once checked
+        for nm, size in list(p.inputs.items()) + list(p.states.items()):
+            self.vars[nm] = self.dims.new(size)
+        self.trees: list[tuple[str, _Line, _Expr]] = []
+        for line, stmt in p.equations:
+            nm = stmt.targets[0].id  # type: ignore[attr-defined]
+            e = self.expr(stmt.value, line, nm)
+            if e.dim is None:
+                raise p.err(line, f"{nm!r} is a plain number ({e.value:g}); equations define "
+                                  "per-example values: write the number where it is used",
+                            stmt.value)
+            self.vars[nm] = e.dim
+            self.defined_at[nm] = line.lineno
+            self.trees.append((nm, line, e))
+
+    def unify(self, a: int, b: int, line: _Line, node: ast.AST, what: str) -> None:
+        bad = self.dims.unify(a, b)
+        if bad is not None:
+            raise self.p.err(line, f"shape mismatch in '{line.segment(node)}': {what}", node)
+
+    def expr(self, node: ast.AST, line: _Line, target: str) -> _Expr:
+        try:
+            return self._expr(node, line, target)
+        except RecursionError:
+            raise self.p.err(line, "expression is too deeply nested", node) from None
+
+    def _expr(self, node: ast.AST, line: _Line, target: str) -> _Expr:
+        p = self.p
+        if isinstance(node, ast.Constant):
+            v = node.value
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise p.err(line, f"only numbers are allowed as constants, got {v!r}", node)
+            return _Expr("num", node, line, None, float(v))
+        if isinstance(node, ast.Name):
+            return self.name(node, line, target)
+        if isinstance(node, ast.UnaryOp):
+            if not isinstance(node.op, (ast.USub, ast.UAdd)):
+                raise p.err(line, f"operator '{_op_text(node.op)}' is not allowed; only unary "
+                                  "minus and plus", node)
+            a = self._expr(node.operand, line, target)
+            if isinstance(node.op, ast.UAdd):
+                return a
+            if a.dim is None:
+                return _Expr("num", node, line, None, -a.value)
+            return _Expr("neg", node, line, a.dim, None, [a])
+        if isinstance(node, ast.BinOp):
+            return self.binop(node, line, target)
+        if isinstance(node, ast.Call):
+            return self.call(node, line, target)
+        if isinstance(node, ast.List):
+            if not node.elts:
+                raise p.err(line, "empty concatenation []; list at least one value", node)
+            parts = [self._expr(e, line, target) for e in node.elts]
+            for e in parts:
+                if e.dim is None:
+                    raise p.err(line, f"cannot concatenate the number {e.value:g}; the parts "
+                                      "of [a, b] must be per-example values", e.node)
+            if len(parts) == 1:
+                return parts[0]
+            sizes = [self.dims.get(e.dim) for e in parts]  # type: ignore[arg-type]
+            total = sum(sizes) if all(v is not None for v in sizes) else None  # type: ignore
+            out = _Expr("concat", node, line, self.dims.new(total), None, parts)
+            self.concats.append(out)
+            return out
+        entry = _REJECTED.get(type(node))
+        if entry is not None:
+            raise p.err(line, f"{entry[0]} not allowed: '{line.segment(node)}'; {entry[1]}",
+                        node)
+        raise p.err(line, f"'{line.segment(node)}' ({type(node).__name__}) is not allowed in "
+                          "an equation; use names, numbers, + - * / @ **, [a, b] and the "
+                          f"functions {', '.join(FUNCTIONS)}", node)
+
+    def name(self, node: ast.Name, line: _Line, target: str) -> _Expr:
+        self._check_use(node, line, target)
+        nm = node.id
+        if nm in self.vars:
+            return _Expr("name", node, line, self.vars[nm], nm)
+        return _Expr("name", node, line, self.vector_param(nm, node, line).out, nm)
+
+    def _check_use(self, node: ast.Name, line: _Line, target: str) -> None:
+        p, nm = self.p, node.id
+        if nm == target:
+            raise p.err(line, f"{nm!r} is used in its own definition (a cycle within one step); "
+                              "use a state for the previous step's value", node)
+        if nm in FUNCTIONS:
+            raise p.err(line, f"function '{nm}' used as a value; did you mean {nm}(...)?", node)
+        if nm in p.assigned and nm not in self.defined_at:
+            raise p.err(line, f"{nm!r} is used before its assignment on line "
+                              f"{p.assigned[nm].lineno} (a cycle within one step); equations "
+                              "run top to bottom: move it below, or make it a state", node)
+
+    def _typo_check(self, nm: str, node: ast.AST, line: _Line) -> None:
+        if nm in self.p.param_shapes:
+            return
+        known = list(self.p.inputs) + list(self.p.states) + list(self.p.assigned)
+        close = difflib.get_close_matches(nm, known, n=1, cutoff=_TYPO_CUTOFF)
+        if close:
+            raise self.p.err(line, f"undefined name {nm!r}; did you mean {close[0]!r}? (if "
+                                   f"{nm!r} is a parameter, declare it: 'param {nm}: SIZE' or "
+                                   f"params={{{nm!r}: ...}})", node)
+
+    def vector_param(self, nm: str, node: ast.AST, line: _Line) -> _Param:
+        prm = self.params.get(nm)
+        if prm is None:
+            self._typo_check(nm, node, line)
+            shape = self.p.param_shapes.get(nm)
+            if shape is not None and shape[0] != 1:
+                raise self.p.err(line, f"parameter {nm!r} is declared {shape[0]} x {shape[1]} "
+                                       f"but used as a vector; write {nm} @ v to multiply", node)
+            prm = _Param(nm, "vector", self.dims.new(shape[1] if shape else None), None,
+                         (line, node), shape is not None)
+            self.params[nm] = prm
+        elif prm.role != "vector":
+            raise self.p.err(line, f"parameter {nm!r} is a matrix (left of @ on line "
+                                   f"{prm.first[0].lineno}) but is used here as a vector", node)
+        return prm
+
+    def matrix_param(self, node: ast.AST, line: _Line, target: str) -> _Param:
+        p = self.p
+        if isinstance(node, ast.Name):
+            self._check_use(node, line, target)  # use-before-assignment and cycles first
+        elif type(node) in _REJECTED:
+            what, hint = _REJECTED[type(node)]
+            raise p.err(line, f"{what} not allowed: '{line.segment(node)}'; {hint}", node)
+        if not isinstance(node, ast.Name) or node.id in self.vars or node.id in FUNCTIONS \
+                or node.id in p.assigned:
+            if isinstance(node, ast.Name) and node.id in self.vars:
+                kind = ("input" if node.id in p.inputs else "state" if node.id in p.states
+                        else "computed value")
+                what = f"{kind} {node.id!r}"
+            else:
+                what = f"'{line.segment(node)}'"
+            raise p.err(line, f"the left of @ must be a weight matrix (a parameter name), got "
+                              f"{what}; write W @ v with W of shape (out, in) on the left "
+                              "(math convention)", node)
+        nm = node.id
+        prm = self.params.get(nm)
+        if prm is None:
+            self._typo_check(nm, node, line)
+            shape = p.param_shapes.get(nm)
+            prm = _Param(nm, "matrix", self.dims.new(shape[0] if shape else None),
+                         self.dims.new(shape[1] if shape else None), (line, node),
+                         shape is not None)
+            self.params[nm] = prm
+        elif prm.role != "matrix":
+            raise p.err(line, f"parameter {nm!r} is a vector (line {prm.first[0].lineno}) but is "
+                              "used here on the left of @ as a matrix", node)
+        return prm
+
+    def binop(self, node: ast.BinOp, line: _Line, target: str) -> _Expr:
+        p = self.p
+        if isinstance(node.op, ast.MatMult):
+            prm = self.matrix_param(node.left, line, target)
+            v = self._expr(node.right, line, target)
+            if v.dim is None:
+                raise p.err(line, f"{prm.name} @ {v.value:g}: the right of @ must be a "
+                                  "per-example value, not a number", node.right)
+            assert prm.inn is not None
+            self.unify(prm.inn, v.dim, line, node,
+                       f"{prm.name} takes {self._show(prm.inn)} but "
+                       f"'{line.segment(node.right)}' has {self._show(v.dim)}")
+            w = _Expr("name", node.left, line, None, prm.name)
+            return _Expr("matmul", node, line, prm.out, None, [w, v])
+        if isinstance(node.op, ast.Pow):
+            a = self._expr(node.left, line, target)
+            k = self._expr(node.right, line, target)
+            if k.dim is not None or k.value not in (0.5, 1.0, 2.0):
+                raise p.err(line, "only the powers ** 2, ** 0.5 and ** 1 with a number "
+                                  f"exponent are supported, got '{line.segment(node)}'", node)
+            if a.dim is None:
+                raise p.err(line, "a power of a plain number; write the number", node)
+            return _Expr("pow", node, line, a.dim, k.value, [a])
+        op = _BINOPS.get(type(node.op))
+        if op is None:
+            raise p.err(line, f"operator '{_op_text(node.op)}' is not allowed; use + - * / @ "
+                              "and **", node)
+        a = self._expr(node.left, line, target)
+        b = self._expr(node.right, line, target)
+        if a.dim is None and b.dim is None:
+            if op is Ops.DIV and b.value == 0:
+                raise p.err(line, "division by the number zero", node)
+            val = {Ops.ADD: a.value + b.value, Ops.SUB: a.value - b.value,
+                   Ops.MUL: a.value * b.value}.get(op, a.value / b.value if b.value else 0.0)
+            return _Expr("num", node, line, None, val)
+        if a.dim is not None and b.dim is not None:
+            self.unify(a.dim, b.dim, line, node,
+                       f"'{line.segment(node.left)}' has {self._show(a.dim)} but "
+                       f"'{line.segment(node.right)}' has {self._show(b.dim)}")
+        dim = a.dim if a.dim is not None else b.dim
+        return _Expr("bin", node, line, dim, op, [a, b])
+
+    def call(self, node: ast.Call, line: _Line, target: str) -> _Expr:
+        p = self.p
+        if not isinstance(node.func, ast.Name):
+            entry = _REJECTED.get(type(node.func))
+            what = entry[0] if entry else "calling an expression"
+            raise p.err(line, f"{what} not allowed: '{line.segment(node.func)}'; call a known "
+                              f"function by name: {', '.join(FUNCTIONS)}", node.func)
+        fn = node.func.id
+        if fn not in FUNCTIONS:
+            close = difflib.get_close_matches(fn, list(FUNCTIONS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise p.err(line, f"unknown function {fn!r}; {hint}known functions: "
+                              f"{', '.join(FUNCTIONS)}", node.func)
+        if node.keywords:
+            kw = node.keywords[0]
+            raise p.err(line, f"keyword arguments are not allowed: {fn}(... "
+                              f"{kw.arg or '**'}=...); pass values by position", kw)
+        arity = FUNCTIONS[fn][0]
+        if any(isinstance(a, ast.Starred) for a in node.args):
+            raise p.err(line, f"starred arguments are not allowed in {fn}(...)", node)
+        if len(node.args) != arity:
+            raise p.err(line, f"{fn}() takes {arity} argument{'s' * (arity > 1)}, got "
+                              f"{len(node.args)}", node)
+        args = [self._expr(a, line, target) for a in node.args]
+        dims = [a.dim for a in args if a.dim is not None]
+        if not dims:
+            raise p.err(line, f"{fn}() of plain numbers; pass a per-example value", node)
+        for a in args[1:]:
+            if a.dim is not None and args[0].dim is not None:
+                self.unify(args[0].dim, a.dim, line, node,
+                           f"the arguments of {fn}() differ in size")
+        return _Expr("call", node, line, dims[0], fn, args)
+
+    def _show(self, dim: int) -> str:
+        v = self.dims.get(dim)
+        return f"{v} features" if v is not None else "an unknown number of features"
+
+    # ---- pass 2: sizes ----
+    def solve(self) -> None:
+        p = self.p
+        # the next value of each state has the state's size
+        for s, (nm, line) in self.next_map().items():
+            if nm not in self.vars:
+                raise self.undefined(nm, line, f"next value of state {s!r}")
+            bad = self.dims.unify(self.vars[s], self.vars[nm])
+            if bad is not None:
+                where_ = p.assigned.get(nm) or line
+                raise p.err(where_, f"shape mismatch: {nm!r} is the next value of state {s!r} "
+                                    f"({bad[0]} features) but has {bad[1]} features",
+                            col=where_.indent if where_ else None)
+        changed = True
+        while changed:
+            changed = False
+            for e in self.concats:
+                sizes = [self.dims.get(x.dim) for x in e.parts]  # type: ignore[arg-type]
+                total = self.dims.get(e.dim)  # type: ignore[arg-type]
+                if all(s is not None for s in sizes):
+                    if total is None:
+                        self.dims.value[self.dims.find(e.dim)] = sum(sizes)  # type: ignore
+                        changed = True
+                    elif total != sum(sizes):  # type: ignore[arg-type]
+                        raise p.err(e.line, f"shape mismatch in '{e.line.segment(e.node)}': the "
+                                            f"parts have {' + '.join(map(str, sizes))} = "
+                                            f"{sum(sizes)} features but {total} are needed",
+                                    e.node)
+                elif total is not None and sum(s is None for s in sizes) == 1:
+                    rest = total - sum(s for s in sizes if s is not None)
+                    k = sizes.index(None)
+                    if rest <= 0:
+                        raise p.err(e.line, f"shape mismatch in '{e.line.segment(e.node)}': "
+                                            f"{total} features are needed but the known parts "
+                                            f"already have {total - rest}", e.parts[k].node)
+                    self.dims.value[self.dims.find(e.parts[k].dim)] = rest  # type: ignore
+                    changed = True
+        for prm in self.params.values():
+            out = self.dims.get(prm.out)
+            inn = self.dims.get(prm.inn) if prm.inn is not None else 1
+            if out is None or inn is None:
+                line, node = prm.first
+                if prm.role == "matrix":
+                    which = " and ".join(w for w, v in (("out", out), ("in", inn)) if v is None)
+                    shape = f"({out if out is not None else 'out'}, " \
+                            f"{inn if inn is not None else 'in'})"
+                else:
+                    which, shape = "size", "n"
+                raise p.err(line, f"cannot infer the {which} size of parameter {prm.name!r}: no "
+                                  f"equation fixes it; pass params={{{prm.name!r}: {shape}}} or "
+                                  f"a line 'param {prm.name}: ...'", node)
+        for name, line, e in self.trees:
+            if self.dims.get(e.dim) is None:  # type: ignore[arg-type]
+                raise p.err(line, f"cannot infer the size of {name!r}", col=line.indent)
+        unused = set(p.param_shapes) - set(self.params)
+        if unused:
+            raise EquationError(f"shapes given for parameters {sorted(unused)} that no equation "
+                                "uses", p.filename)
+
+    def next_map(self) -> dict[str, tuple[str, _Line | None]]:
+        p = self.p
+        for s, (_nm, line) in p.next_states.items():
+            if s not in p.states:
+                raise p.err(line, f"next value given for {s!r}, which is not a state; the "
+                                  f"states are {list(p.states)}",
+                            col=line.text.find(s) if line else None)
+        out = {}
+        for s in p.states:
+            if s in p.next_states:
+                out[s] = p.next_states[s]
+            elif f"{s}_next" in p.assigned:
+                out[s] = (f"{s}_next", None)
+            else:
+                raise EquationError(f"no next value for state {s!r}: assign {s}_next = ... or "
+                                    f"name it with 'next {s}: NAME' / next_states={{{s!r}: "
+                                    "'NAME'}", p.filename)
+        return out
+
+    def undefined(self, nm: str, line: _Line | None, role: str) -> EquationError:
+        known = list(self.vars)
+        close = difflib.get_close_matches(nm, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; defined names: {known}"
+        col = line.text.find(nm) if line else None
+        return self.p.err(line, f"undefined name {nm!r} given as the {role}{hint}", col=col)
+
+
+def _op_text(op: ast.AST) -> str:
+    return {ast.Mod: "%", ast.FloorDiv: "//", ast.LShift: "<<", ast.RShift: ">>",
+            ast.BitOr: "|", ast.BitXor: "^", ast.BitAnd: "&", ast.Not: "not",
+            ast.Invert: "~"}.get(type(op), type(op).__name__)
+
+
+class _Builder:
+    """Pass 3: IR nodes from the checked trees, each recorded at its equation line."""
+
+    def __init__(self, c: _Checker, dtype: str) -> None:
+        self.c = c
+        self.dtype = dtype
+        self.claimed: set[Node] = set()
+        p = c.p
+        self.leaves: dict[str, Node] = {}
+        for nm, size in p.inputs.items():
+            self.leaves[nm] = input_(nm, size, dtype)
+        for nm, size in p.states.items():
+            self.leaves[nm] = state(nm, size, dtype)
+        for nm, line in p.leaf_line.items():
+            self._claim(self.leaves[nm], line)
+        for prm in c.params.values():
+            out = c.dims.get(prm.out)
+            inn = c.dims.get(prm.inn) if prm.inn is not None else None
+            shape = (out, inn) if prm.role == "matrix" else (1, out)
+            self.leaves[prm.name] = param(prm.name, shape, dtype)  # type: ignore[arg-type]
+            self._claim(self.leaves[prm.name], prm.first[0])
+        self.values: dict[str, Node] = {}
+        for nm, line, e in c.trees:
+            node = self.build(e)
+            self.values[nm] = node
+            for n in toposort([node]):
+                self._claim(n, line)
+
+    def _claim(self, n: Node, line: _Line) -> None:
+        if n not in self.claimed:
+            self.claimed.add(n)
+            set_site(n, Site(self.c.p.filename, line.lineno, "equations", code=line.text.strip()))
+
+    def value(self, nm: str) -> Node:
+        return self.values.get(nm) or self.leaves[nm]
+
+    def build(self, e: _Expr) -> Any:
+        try:
+            return self._build(e)
+        except (ShapeError, GraphRNNError) as err:
+            if isinstance(err, EquationError):
+                raise
+            raise self.c.p.err(e.line, f"{err}", e.node) from err
+
+    def _build(self, e: _Expr) -> Any:
+        k = e.kind
+        if k == "num":
+            return e.value
+        if k == "name":
+            return self.value(e.value)
+        parts = [self._build(x) for x in e.parts]
+        if k == "matmul":
+            w, v = parts
+            return apply(Ops.MATMUL, v, w, arg=(False, True))
+        if k == "neg":
+            return call(Ops.NEG, parts[0])
+        if k == "pow":
+            return parts[0] ** e.value
+        if k == "bin":
+            return call(e.value, *parts)
+        if k == "call":
+            return FUNCTIONS[e.value][1](*parts)
+        if k == "concat":
+            return apply(Ops.CONCAT, *parts)
+        raise AssertionError(k)
+
+
+def cell_from_equations(text: str, inputs: Mapping[str, int] | None = None,
+                        states: Mapping[str, int] | None = None,
+                        outputs: Sequence[str] | str | None = None,
+                        next_states: Mapping[str, str] | None = None, dtype: str = "float32",
+                        name: str | None = None, filename: str = "<equations>",
+                        params: Mapping[str, Any] | None = None) -> Cell:
+    """A Cell from text equations (see the module docstring for the language).
+
+    ``inputs``/``states``: name -> feature size, in order (also from ``input``/``state`` lines).
+    ``outputs``: names of the outputs (default: the first state's next value). ``next_states``:
+    state -> name of its next value (default ``<state>_next``). ``params``: shapes of parameters
+    that use alone does not fix, ``{"W": (out, in), "b": n}``. ``name`` defaults to the
+    ``# cell: NAME`` header, else ``"cell"``.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"cell_from_equations: text must be a str, got {type(text).__name__}")
+    if dtype not in FLOATS:
+        raise EquationError(f"dtype must be one of {FLOATS}, got {dtype!r}", filename)
+    with frontend_scope("equations"):
+        p = _Parser(text, filename, dict(inputs or {}), dict(states or {}), params, outputs,
+                    next_states, name)
+        if not p.equations:
+            raise EquationError("no equations found; write one NAME = EXPRESSION per line",
+                                filename)
+        c = _Checker(p)
+        c.solve()
+        nxt = c.next_map()
+        out_names = [o for o, _ in p.outputs]
+        if not out_names:
+            out_names = [nxt[next(iter(p.states))][0]] if p.states else [c.trees[-1][0]]
+        for o, line in p.outputs:
+            if o not in c.vars:
+                raise c.undefined(o, line, "output")
+        b = _Builder(c, dtype)
+        cell = Cell.make([b.leaves[n] for n in p.inputs], [b.leaves[n] for n in p.states],
+                         [b.value(o) for o in out_names],
+                         [b.value(nxt[s][0]) for s in p.states], p.name or "cell", out_names)
+    return cell
+
+
+def parse_file(path: str | Path, inputs: Mapping[str, int] | None = None,
+               states: Mapping[str, int] | None = None, outputs: Sequence[str] | str | None = None,
+               next_states: Mapping[str, str] | None = None, dtype: str = "float32",
+               name: str | None = None, params: Mapping[str, Any] | None = None) -> Cell:
+    """A Cell from an equations file (UTF-8); sizes usually come from its header lines."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    return cell_from_equations(text, inputs, states, outputs, next_states, dtype, name,
+                               str(path), params)
+
+
+__all__ = ["FUNCTIONS", "cell_from_equations", "parse_file"]
