@@ -55,7 +55,7 @@ class step(sympy.Function):  # noqa: N801
             return sympy.Integer(1) if x > 0 else sympy.Integer(0)
         return None
 
-    def _eval_rewrite_as_Heaviside(self, x: sympy.Expr, **kw: Any) -> sympy.Expr:
+    def _eval_rewrite_as_Heaviside(self, x: sympy.Expr, **kw: Any) -> sympy.Expr:  # noqa: N802
         return sympy.Heaviside(x, 0)
 
 
@@ -71,7 +71,7 @@ class relu(sympy.Function):  # noqa: N801
             return sympy.Max(x, 0)
         return None
 
-    def _eval_rewrite_as_Max(self, x: sympy.Expr, **kw: Any) -> sympy.Expr:
+    def _eval_rewrite_as_Max(self, x: sympy.Expr, **kw: Any) -> sympy.Expr:  # noqa: N802
         return sympy.Max(x, 0)
 
 
