@@ -1,0 +1,411 @@
+"""Training: a plain functional step, (truncated) BPTT over chunks, and a ``Trainer`` loop.
+
+Truncated BPTT (char-rnn, Zaremba): a long stream is read in chunks of T steps; the final state of
+chunk k is the initial state of chunk k+1 (*carried*), but no gradient flows back across the
+boundary (*detached*). ``chunked_bptt(..., detach=False)`` instead passes the cotangent of each
+chunk's initial state back into the previous chunk, which is exactly full BPTT computed chunk by
+chunk (a test checks it against one long call).
+
+The ``Trainer`` adds clipping, validation, progress, checkpoints and guards: a NaN/inf loss or
+gradient, or a loss above ``explode_factor`` times the first one, stops training with a
+``TrainingDivergedError`` error saying where the last good checkpoint is (the update that would have
+been applied is not). Resuming from a checkpoint restores parameters, optimizer state, the
+carried state, the step counter and the RNG, so it continues bit for bit like an uninterrupted
+run on the same backend.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .data import Batch
+from .errors import GraphRNNError
+from .model import Arrays, Result, RNNModel, State
+from .optim import Optimizer, clip_elementwise, clip_global_norm, global_norm, optimizer_from_json
+
+
+class TrainingDivergedError(GraphRNNError, ArithmeticError):
+    """The loss or the gradients became NaN/inf or exploded; training stopped."""
+
+
+# ---- the functional step ----
+
+def train_step(model: RNNModel, params: Arrays, opt: Optimizer, batch: Batch,
+               state: State | None = None, rng: np.random.Generator | None = None,
+               clip: float | None = None, max_norm: float | None = None) -> Result:
+    """One update: loss and gradients on a batch, clipping, the optimizer step (in place).
+    Returns the Result (loss, grads after clipping, final state to carry)."""
+    r = model.loss_and_grads(params, batch.ids, batch.targets, state, batch.mask,
+                             batch.weights, rng)
+    _check_finite(r, getattr(opt, "t", 0))
+    if clip:
+        clip_elementwise(r.grads, clip)
+    if max_norm:
+        clip_global_norm(r.grads, max_norm)
+    opt.step(params, r.grads)
+    return r
+
+
+def _check_finite(r: Result, step: int) -> None:
+    if not math.isfinite(r.loss):
+        raise TrainingDivergedError(f"loss became {r.loss} at step {step}")
+    n = global_norm(r.grads)
+    if not math.isfinite(n):
+        bad = sorted(k for k, g in r.grads.items() if not np.all(np.isfinite(g)))
+        raise TrainingDivergedError(f"gradients became non-finite at step {step} (in {bad})")
+
+
+def _stack_state(a: State) -> State:
+    return [[h.copy() for h in layer] for layer in a]
+
+
+def chunked_bptt(model: RNNModel, params: Arrays, ids: np.ndarray, targets: np.ndarray,
+                 chunk: int, state: State | None = None, detach: bool = True,
+                 rng: np.random.Generator | None = None) -> Result:
+    """Loss (mean over all tokens) and gradients over a long sequence read in chunks of
+    ``chunk`` steps, the state carried from chunk to chunk.
+
+    ``detach=True`` is truncated BPTT: each chunk's gradient stops at its first step. Its
+    forward (losses, final state) equals one long forward, and with one chunk its gradients equal
+    full BPTT; with several chunks they differ by exactly the cross-chunk terms.
+    ``detach=False`` carries the state's cotangent backwards between chunks: full BPTT."""
+    T = ids.shape[0]
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    bounds = [(a, min(a + chunk, T)) for a in range(0, T, chunk)]
+    total = float(ids.size)
+    scale = 1.0 / total
+    grads: Arrays = {k: np.zeros_like(v) for k, v in params.items()}
+    loss = 0.0
+    if detach:
+        for a, b in bounds:
+            r = model.loss_and_grads(params, ids[a:b], targets[a:b], state, rng=rng,
+                                     grad_scale=scale)
+            loss += r.loss * r.tokens
+            for k, g in r.grads.items():
+                grads[k] += g
+            state = r.state
+        assert state is not None
+        return Result(loss / total, grads, state, total)
+    caches = []
+    for a, b in bounds:
+        logits, state, cache = model.forward(params, ids[a:b], state, rng=rng)
+        w = np.ones(logits.shape[:2], model.dtype)
+        ls, d, _ = model._softmax_ce(logits, model._targets(targets[a:b], logits.shape[:2]), w)
+        loss += ls
+        caches.append((cache, d * np.asarray(scale, model.dtype)))
+    assert state is not None
+    final = state
+    d_final: State | None = None
+    for cache, d in reversed(caches):
+        g, d_final = model.backward(params, cache, d, d_final)
+        for k, v in g.items():
+            grads[k] += v
+    return Result(loss / total, grads, final, total, d_final)
+
+
+# ---- progress and plots ----
+
+def _fmt_time(s: float) -> str:
+    if not math.isfinite(s) or s < 0:
+        return "?"
+    s = int(s)
+    if s >= 3600:
+        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+    return f"{s // 60}:{s % 60:02d}"
+
+
+class Progress:
+    """A progress bar: tqdm when installed, else one self-rewriting line on stderr. Shows the
+    loss, tokens/s and the ETA (from the step budget or the time budget, whichever ends first).
+    """
+
+    def __init__(self, total: int | None, deadline: float | None = None, desc: str = "train",
+                 enabled: bool = True, stream: Any = None) -> None:
+        self.total, self.deadline, self.desc = total, deadline, desc
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.n = 0
+        self.tokens = 0.0
+        self.t0 = time.perf_counter()
+        self._last = 0.0
+        self._bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self._bar = tqdm(total=total, desc=desc, file=self.stream, dynamic_ncols=True,
+                                 leave=True)
+            except ImportError:
+                self._bar = None
+
+    def eta(self) -> float:
+        el = time.perf_counter() - self.t0
+        cands = []
+        if self.total and self.n:
+            cands.append(el / self.n * (self.total - self.n))
+        if self.deadline is not None:
+            cands.append(max(0.0, self.deadline - time.time()))
+        return min(cands) if cands else float("nan")
+
+    def postfix(self, loss: float) -> str:
+        el = max(time.perf_counter() - self.t0, 1e-9)
+        return f"loss {loss:.4f}  {self.tokens / el:,.0f} tok/s  ETA {_fmt_time(self.eta())}"
+
+    def update(self, loss: float, tokens: float) -> None:
+        self.n += 1
+        self.tokens += tokens
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(1)
+            now = time.perf_counter()
+            if now - self._last > 0.2:
+                self._bar.set_postfix_str(self.postfix(loss), refresh=False)
+                self._last = now
+            return
+        now = time.perf_counter()
+        if now - self._last < 0.2 and self.n != self.total:
+            return
+        self._last = now
+        if self.total:
+            frac = self.n / self.total
+            bar = "#" * int(frac * 24)
+            head = f"{self.desc} [{bar:<24}] {self.n}/{self.total}"
+        else:
+            head = f"{self.desc} {self.n}"
+        self.stream.write(f"\r{head}  {self.postfix(loss)}\x1b[K")
+        self.stream.flush()
+
+    def write(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            self.stream.write("\r\x1b[K" + text + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def plot_losses(history: Sequence[tuple[int, float]], val: Sequence[tuple[int, float]],
+                path: str | Path) -> Path | None:
+    """Loss curves as PNG with matplotlib; None (and a note on stderr) when it is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed; no loss plot (pip install matplotlib)",
+              file=sys.stderr)
+        return None
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if history:
+        s, l = zip(*history, strict=True)
+        # a running mean keeps the curve readable over thousands of noisy steps
+        k = max(1, len(l) // 100)
+        sm = np.convolve(l, np.ones(k) / k, mode="valid")
+        ax.plot(s[k - 1:], sm, label="train")
+    if val:
+        s, l = zip(*val, strict=True)
+        ax.plot(s, l, "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+# ---- the Trainer ----
+
+@dataclass
+class TrainConfig:
+    steps: int | None = None          # step budget (None: only the time budget)
+    minutes: float | None = None      # time budget
+    clip: float | None = None         # elementwise gradient clamp (char-rnn grad_clip)
+    max_norm: float | None = None     # global-norm clipping (Zaremba max_grad_norm)
+    eval_every: int = 0               # validate every N steps (0: only at the end)
+    save_every: int = 0               # checkpoint every N steps (0: at evaluations and the end)
+    checkpoint: str | None = None     # path of the .npz checkpoint
+    explode_factor: float = 3.0       # stop when loss > factor * first loss (char-rnn)
+    carry_state: bool = True          # truncated BPTT across batches (streams)
+    progress: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Trainer:
+    """The training loop. ``data(step, rng) -> Batch``; ``val_data() -> iterable of Batch``.
+    ``meta`` (vocab, model options, ...) is stored in checkpoints as JSON."""
+    model: RNNModel
+    params: Arrays
+    opt: Optimizer
+    data: Callable[[int, np.random.Generator], Batch]
+    val_data: Callable[[], Iterable[Batch]] | None = None
+    config: TrainConfig = field(default_factory=TrainConfig)
+    meta: dict[str, Any] = field(default_factory=dict)
+    rng: np.random.Generator | None = None
+    step: int = 0
+    state: State | None = None
+    history: list[tuple[int, float]] = field(default_factory=list)
+    val_history: list[tuple[int, float]] = field(default_factory=list)
+    first_loss: float | None = None
+    tokens_per_s: float = 0.0
+    log: Callable[[str], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rng is None:
+            self.rng = np.random.default_rng(self.config.seed)
+        self.model.check_params(self.params)
+
+    # ---- validation ----
+    def evaluate(self) -> float:
+        """Mean loss per token on the validation batches (state carried across continuation
+        batches, reset where a batch says so)."""
+        if self.val_data is None:
+            return float("nan")
+        total = count = 0.0
+        state: State | None = None
+        for b in self.val_data():
+            s = None if b.reset or not self.config.carry_state else state
+            ls, n, state, _ = self.model.evaluate(self.params, b.ids, b.targets, s, b.mask,
+                                                  b.weights)
+            total += ls
+            count += n
+        return total / max(count, 1e-12)
+
+    # ---- the loop ----
+    def run(self, steps: int | None = None, minutes: float | None = None) -> Trainer:
+        """Train until ``steps`` more steps or ``minutes`` pass (defaults from the config)."""
+        cfg = self.config
+        steps = steps if steps is not None else cfg.steps
+        minutes = minutes if minutes is not None else cfg.minutes
+        if steps is None and minutes is None:
+            raise ValueError("give a step budget or a time budget (steps= or minutes=)")
+        end_step = self.step + steps if steps is not None else None
+        deadline = time.time() + 60 * minutes if minutes is not None else None
+        bar = Progress(steps, deadline, enabled=cfg.progress)
+        say = self.log or bar.write
+        self.model.train()
+        t0 = time.perf_counter()
+        try:
+            while (end_step is None or self.step < end_step) and \
+                    (deadline is None or time.time() < deadline):
+                self._one_step(bar)
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    self._validate(say)
+                elif cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save()
+        finally:
+            bar.close()
+            self.model.eval()
+        self.tokens_per_s = bar.tokens / max(time.perf_counter() - t0, 1e-9)
+        if not (cfg.eval_every and self.step % cfg.eval_every == 0):
+            self._validate(say)
+        return self
+
+    def _one_step(self, bar: Progress) -> None:
+        cfg = self.config
+        assert self.rng is not None
+        batch = self.data(self.step, self.rng)
+        state = None if batch.reset or not cfg.carry_state else self.state
+        r = self.model.loss_and_grads(self.params, batch.ids, batch.targets, state, batch.mask,
+                                      batch.weights, self.rng)
+        try:
+            _check_finite(r, self.step)
+            if self.first_loss is not None and r.loss > cfg.explode_factor * self.first_loss:
+                raise TrainingDivergedError(f"loss exploded at step {self.step}: {r.loss:.4g} > "
+                                       f"{cfg.explode_factor:g} x the first loss "
+                                       f"{self.first_loss:.4g}")
+        except TrainingDivergedError as e:
+            where = (f"; the last good checkpoint is {cfg.checkpoint}" if cfg.checkpoint
+                     and Path(cfg.checkpoint).exists() else "; no checkpoint was written")
+            raise TrainingDivergedError(f"{e}{where}. Try a lower learning rate or gradient "
+                                   "clipping (--clip / --max-norm).") from None
+        if self.first_loss is None:
+            self.first_loss = r.loss
+        if cfg.clip:
+            clip_elementwise(r.grads, cfg.clip)
+        if cfg.max_norm:
+            clip_global_norm(r.grads, cfg.max_norm)
+        self.opt.step(self.params, r.grads)
+        self.state = r.state if cfg.carry_state else None
+        self.step += 1
+        self.history.append((self.step, float(r.loss)))
+        bar.update(r.loss, batch.tokens)
+
+    def _validate(self, say: Callable[[str], None]) -> None:
+        if self.val_data is not None:
+            v = self.evaluate()
+            self.val_history.append((self.step, v))
+            if math.isfinite(v):
+                say(f"step {self.step}: validation loss {v:.4f}")
+        if self.config.checkpoint:
+            self.save()
+
+    # ---- checkpoints ----
+    def save(self, path: str | Path | None = None) -> Path:
+        path = Path(path or self.config.checkpoint or "checkpoint.npz")
+        arrays: dict[str, np.ndarray] = {}
+        arrays.update(ckpt.prefixed("param", self.params))
+        arrays.update(ckpt.prefixed("opt", self.opt.state_dict()))
+        if self.state is not None:
+            for i, layer in enumerate(self.state):
+                for j, h in enumerate(layer):
+                    arrays[f"state/{i}/{j}"] = h
+        assert self.rng is not None
+        meta = {**self.meta, "optimizer": self.opt.to_json(), "rng": ckpt.rng_state(self.rng),
+                "step": self.step, "history": self.history, "val_history": self.val_history,
+                "first_loss": self.first_loss, "config": asdict(self.config),
+                "param_shapes": {k: list(v.shape) for k, v in self.params.items()}}
+        return ckpt.save(path, arrays, meta)
+
+    def load(self, path: str | Path) -> Trainer:
+        """Restore everything a checkpoint holds into this trainer (same model layout)."""
+        arrays, meta = ckpt.load(path)
+        params = ckpt.group(arrays, "param")
+        want = self.model.param_shapes()
+        got = {k: tuple(v.shape) for k, v in params.items()}
+        if got != want:
+            diff = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
+            raise ckpt.CheckpointError(f"checkpoint {path} does not fit this model (parameters "
+                                       f"differ: {diff[:6]})")
+        self.params.clear()
+        self.params.update({k: v.astype(self.model.dtype) for k, v in params.items()})
+        opt = optimizer_from_json(meta["optimizer"])
+        opt.load_state_dict(ckpt.group(arrays, "opt"), meta["optimizer"])
+        self.opt = opt
+        self.rng = ckpt.rng_from_state(meta["rng"])
+        self.step = int(meta["step"])
+        self.history = [tuple(x) for x in meta.get("history", [])]  # type: ignore[misc]
+        self.val_history = [tuple(x) for x in meta.get("val_history", [])]  # type: ignore[misc]
+        self.first_loss = meta.get("first_loss")
+        st = ckpt.group(arrays, "state")
+        if st:
+            n = 1 + max(int(k.split("/")[0]) for k in st)
+            self.state = [[st[f"{i}/{j}"] for j in range(sum(1 for k in st
+                                                              if k.startswith(f"{i}/")))]
+                          for i in range(n)]
+        else:
+            self.state = None
+        return self

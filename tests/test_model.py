@@ -1,0 +1,194 @@
+"""RNNModel: gradients vs float64 finite differences, masking vs one sequence at a time,
+dropout placement, initialization and overrides."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graphrnn.errors import GraphError, RuntimeInputError
+from graphrnn.model import RNNModel, apply_overrides, masked_cell, stack
+
+V = 7
+
+
+def _model(layers=2, bidir=False, inp="embedding", dropout=0.0, cell="lstm", hidden=4, embed=3):
+    in_size = V if inp == "onehot" else embed
+    cells = stack(cell, layers, in_size, hidden, bidirectional=bidir, dtype="float64")
+    return RNNModel(cells, n_classes=V, vocab_size=V, input=inp, embed_size=embed,
+                    dropout=dropout, backend="ref", dtype="float64")
+
+
+def _data(T=4, Bn=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, V, (T, Bn)), rng.integers(0, V, (T, Bn))
+
+
+def _check_grads(model, params, loss_fn, grads, eps=1e-6, tol=1e-6):
+    """Directional derivative per parameter: <g, t> vs central differences along t."""
+    rng = np.random.default_rng(123)
+    assert set(grads) == set(params)
+    for name, p in params.items():
+        t = rng.standard_normal(p.shape)
+        old = p.copy()
+        p[...] = old + eps * t
+        lp = loss_fn()
+        p[...] = old - eps * t
+        lm = loss_fn()
+        p[...] = old
+        fd = (lp - lm) / (2 * eps)
+        an = float(np.sum(grads[name] * t))
+        assert abs(fd - an) <= tol * max(1.0, abs(fd)), (name, fd, an)
+
+
+@pytest.mark.parametrize("kind", ["stacked", "bidir", "onehot", "gru"])
+def test_gradients_match_finite_differences(kind):
+    model = {"stacked": lambda: _model(2), "bidir": lambda: _model(2, bidir=True),
+             "onehot": lambda: _model(1, inp="onehot"),
+             "gru": lambda: _model(2, cell="gru")}[kind]()
+    params = model.init_params(seed=1, scale=0.5)
+    ids, tg = _data()
+    mask = np.array([[1, 1, 1], [1, 1, 1], [1, 0, 1], [1, 0, 0]], float) \
+        if kind == "bidir" else None
+    h0 = [[np.random.default_rng(5).standard_normal(s.shape) * 0.3 for s in layer]
+          for layer in model.zero_state(3)] if kind != "bidir" else None
+    r = model.loss_and_grads(params, ids, tg, state=h0, mask=mask)
+
+    def loss():
+        return model.loss_and_grads(params, ids, tg, state=h0, mask=mask).loss
+    _check_grads(model, params, loss, r.grads)
+    if kind == "onehot":
+        assert "embed" not in params
+
+
+def test_dropout_gradients_with_fixed_masks():
+    model = _model(2, dropout=0.4).train()
+    params = model.init_params(seed=2, scale=0.5)
+    ids, tg = _data()
+    r = model.loss_and_grads(params, ids, tg, rng=np.random.default_rng(9))
+
+    def loss():
+        return model.loss_and_grads(params, ids, tg, rng=np.random.default_rng(9)).loss
+    _check_grads(model, params, loss, r.grads)
+
+
+def test_dropout_only_on_non_recurrent_connections_and_off_in_eval():
+    model = _model(2, dropout=0.5)
+    params = model.init_params(seed=0)
+    ids, tg = _data()
+    model.train()
+    _, _, cache = model.forward(params, ids, rng=np.random.default_rng(0))
+    drops = cache["drops"]
+    # one mask per layer input and one before the head: L + 1, never on the recurrence
+    assert len(drops) == 3 and all(d is not None for d in drops)
+    assert set(np.unique(drops[1])) <= {0.0, 2.0}
+    a = model.forward(params, ids, rng=np.random.default_rng(0))[0]
+    b = model.forward(params, ids, rng=np.random.default_rng(1))[0]
+    assert not np.allclose(a, b)
+    model.eval()
+    e1 = model.forward(params, ids)[0]
+    e2 = model.forward(params, ids, rng=np.random.default_rng(1))[0]
+    np.testing.assert_array_equal(e1, e2)
+    with pytest.raises(ValueError, match="rng"):
+        model.train().forward(params, ids)
+
+
+@pytest.mark.parametrize("bidir", [False, True])
+def test_masking_matches_each_sequence_alone(bidir):
+    model = _model(2, bidir=bidir)
+    params = model.init_params(seed=3, scale=0.5)
+    T, lengths = 5, [5, 3, 1]
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, V, (T, 3))
+    tg = rng.integers(0, V, (T, 3))
+    mask = (np.arange(T)[:, None] < np.array(lengths)[None]).astype(float)
+    # padding content must not matter
+    ids[mask == 0] = 6
+    r = model.loss_and_grads(params, ids, tg, mask=mask, grad_scale=1.0)
+    total = 0.0
+    gsum = {k: np.zeros_like(v) for k, v in params.items()}
+    for b, L in enumerate(lengths):
+        rb = model.loss_and_grads(params, ids[:L, b:b + 1], tg[:L, b:b + 1], grad_scale=1.0)
+        total += rb.loss * L
+        for k in gsum:
+            gsum[k] += rb.grads[k]
+        for lay_m, lay_b in zip(r.state, rb.state, strict=True):
+            for hm, hb in zip(lay_m, lay_b, strict=True):
+                np.testing.assert_allclose(hm[b], hb[0], atol=1e-12)
+    np.testing.assert_allclose(r.loss * r.tokens, total, rtol=1e-12)
+    assert r.tokens == sum(lengths)
+    for k in gsum:
+        np.testing.assert_allclose(r.grads[k], gsum[k], atol=1e-12, err_msg=k)
+
+
+def test_masked_cell_with_all_ones_equals_plain_cell():
+    cell = stack("lstm", 1, 3, 4, dtype="float64")[0]
+    mc = masked_cell(cell)
+    assert [n.arg for n in mc.inputs] == ["x", "mask"]
+    import graphrnn
+    a, b = graphrnn.compile(cell, "ref"), graphrnn.compile(mc, "ref")
+    p = a.init_params(0, scale=0.5)
+    xs = np.random.default_rng(0).standard_normal((3, 2, 3))
+    ya, ha = a.forward(p, xs)
+    yb, hb = b.forward(p, [xs, np.ones((3, 2, 1))])
+    np.testing.assert_allclose(ya[0], yb[0])
+    # a zero mask freezes the state
+    h0 = [np.full((2, 4), 0.3), np.full((2, 4), -0.2)]
+    _, hz = b.forward(p, [xs, np.zeros((3, 2, 1))], h0)
+    np.testing.assert_array_equal(hz[0], h0[0])
+    np.testing.assert_array_equal(hz[1], h0[1])
+
+
+def test_init_schemes_and_forget_bias_override():
+    model = _model(1, hidden=4)
+    u = model.init_params(seed=0, scale=0.08)
+    assert all(np.abs(v).max() <= 0.08 for k, v in u.items())
+    o = model.init_params(seed=0, scheme="orthogonal")
+    w = o["l0.W_h"]
+    np.testing.assert_allclose(w[:, :4].T @ w[:, :4], np.eye(4), atol=1e-10)
+    bias = [k for k in u if k.startswith("l0.b")][0]
+    p = model.init_params(seed=0, overrides={bias.replace("l0", "l*") + "[4:8]": 1.0})
+    np.testing.assert_array_equal(p[bias][..., 4:8], 1.0)
+    np.testing.assert_array_equal(p[bias][..., :4], u[bias][..., :4])
+    with pytest.raises(KeyError, match="matches no parameter"):
+        apply_overrides(p, {"nope": 1.0})
+    # same seed, same parameters
+    np.testing.assert_array_equal(model.init_params(seed=0)["head.W"], u["head.W"])
+
+
+def test_step_matches_forward():
+    model = _model(2)
+    params = model.init_params(seed=0, scale=0.5)
+    ids, _ = _data(T=3)
+    logits, _, _ = model.forward(params, ids, save=False)
+    state = None
+    for t in range(3):
+        lt, state = model.step(params, ids[t], state)
+        np.testing.assert_allclose(lt, logits[t], atol=1e-12)
+
+
+def test_bad_inputs_give_clear_errors():
+    model = _model(1)
+    params = model.init_params(seed=0)
+    with pytest.raises(RuntimeInputError, match=r"token ids must be in \[0, 7\)"):
+        model.forward(params, np.full((2, 2), 9))
+    with pytest.raises(RuntimeInputError, match="missing"):
+        model.check_params({k: v for k, v in params.items() if k != "head.W"})
+    cells = stack("lstm", 2, 3, 4, dtype="float64")
+    with pytest.raises(GraphError, match="takes inputs of size 3"):
+        RNNModel([cells[0], cells[0]], n_classes=V, vocab_size=V, embed_size=3,
+                 backend="ref", dtype="float64")
+    with pytest.raises(GraphError, match="cannot step"):
+        _model(1, bidir=True).step(params, np.zeros(2, int))
+
+
+def test_forget_bias_overrides_hit_the_forget_block_of_each_lstm():
+    from graphrnn.model import forget_bias_overrides
+    model = _model(2, hidden=4)
+    ov = forget_bias_overrides(model, 1.0)
+    assert ov == {"l0.b[4:8]": 1.0, "l1.b[4:8]": 1.0}  # zoo LSTM gate order i, f, g, o
+    p = model.init_params(seed=0, overrides=ov)
+    np.testing.assert_array_equal(p["l1.b"][0, 4:8], 1.0)
+    assert np.abs(p["l1.b"][0, :4]).max() <= 0.08
+    with pytest.raises(ValueError, match="no LSTM-style fused bias"):
+        forget_bias_overrides(_model(1, cell="gru"), 1.0)
