@@ -1,0 +1,595 @@
+"""The inspection and shipping commands of ``graphrnn``: viz, compile, bench; and resolve_cell.
+
+    graphrnn viz lstm --stage plan -o lstm_plan.svg
+    graphrnn viz cell.eq --stage backward -o bw.png --input-size 8 --hidden-size 16
+    graphrnn viz my_cells.py:make_lstm --stage forward -o lstm.dot
+    graphrnn compile lstm --backend llvm --emit so header -o build/
+    graphrnn compile gru --backend cuda --emit cu ptx -o build/
+    graphrnn bench lstm --hidden-size 128 --batch 32 --seq-len 50
+
+``add_subcommands(subparsers)`` registers these on the main ``graphrnn`` parser (graphrnn/cli.py);
+``main(argv)`` runs them alone. CELL is a zoo name (``graphrnn.cells.ZOO``), an equations file,
+or ``file.py:function`` where the function returns a Cell or an nngraph gModule; the function may
+take ``input_size``, ``hidden_size`` and ``dtype`` keyword arguments. ``resolve_cell`` turns such
+a spec into a Cell and is shared with the training commands.
+
+Bad input (unknown cell, unreadable file, bad equation, unwritable output path) ends the command
+with one line on stderr and exit status 1; ``GRAPHRNN_TRACEBACK=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import GraphRNNError
+from .ir import Cell
+
+DEFAULT_INPUT = 16
+DEFAULT_HIDDEN = 32
+
+
+class CellSpecError(GraphRNNError, ValueError):
+    """A CELL argument names no zoo cell, no readable equations file and no Python function."""
+
+
+# ---- CELL -> Cell ----
+
+def _zoo() -> dict[str, Any]:
+    from . import cells
+    return cells.ZOO
+
+
+def _call_user_function(fn: Callable[..., Any], where: str, input_size: int, hidden_size: int,
+                        dtype: str) -> Any:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    offered = {"input_size": input_size, "hidden_size": hidden_size, "dtype": dtype}
+    kwargs: dict[str, Any] = {}
+    if sig is not None:
+        takes_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+        kwargs = {k: v for k, v in offered.items() if k in sig.parameters or takes_kw}
+    try:
+        return fn(**kwargs)
+    except GraphRNNError as e:
+        raise CellSpecError(f"{where}: {_first_line(e)}") from e
+    except Exception as e:
+        raise CellSpecError(f"{where} raised {type(e).__name__}: {_first_line(e)}") from e
+
+
+def _load_python_cell(path_text: str, func: str, input_size: int, hidden_size: int,
+                      dtype: str) -> Any:
+    path = Path(path_text)
+    if not path.is_file():
+        raise CellSpecError(f"cannot read {path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise CellSpecError(f"cannot read {path}: permission denied")
+    # the user's own script, loaded the way `python file.py` would find its neighbours
+    name = f"_graphrnn_user_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise CellSpecError(f"cannot load {path} as a Python module")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        spec.loader.exec_module(mod)
+    except SyntaxError as e:
+        raise CellSpecError(f"{path}:{e.lineno}: syntax error: {e.msg}") from e
+    except Exception as e:
+        raise CellSpecError(f"error while loading {path}: {type(e).__name__}: "
+                            f"{_first_line(e)}") from e
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    fn = getattr(mod, func, None)
+    if fn is None or not callable(fn):
+        found = sorted(k for k, v in vars(mod).items() if callable(v) and not k.startswith("_")
+                       and getattr(v, "__module__", None) == name)
+        raise CellSpecError(f"{path} has no function {func!r}"
+                            + (f"; it defines {', '.join(found)}" if found else ""))
+    return _call_user_function(fn, f"{path}:{func}", input_size, hidden_size, dtype)
+
+
+def _load_equations(path: Path, input_size: int, hidden_size: int, dtype: str) -> Cell:
+    if path.is_dir():
+        raise CellSpecError(f"cannot read {path}: it is a directory, not an equations file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            f.read(1)
+    except OSError as e:
+        raise CellSpecError(f"cannot read {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise CellSpecError(f"cannot read {path}: not UTF-8 text ({e.reason})") from e
+    try:
+        from frontends import equations
+    except ImportError as e:
+        raise CellSpecError(f"{path}: the equations frontend is not available ({e})") from e
+    parse_file = equations.parse_file
+    params = inspect.signature(parse_file).parameters
+    offered = {"input_size": input_size, "hidden_size": hidden_size, "dtype": dtype}
+    kwargs = {k: v for k, v in offered.items() if k in params}
+    try:
+        cell = parse_file(str(path), **kwargs)
+    except GraphRNNError as e:
+        # EquationError already says file:line and the token; keep it to one line
+        raise CellSpecError(_one_line(str(e))) from e
+    except OSError as e:
+        raise CellSpecError(f"cannot read {path}: {e.strerror or e}") from e
+    return _to_cell(cell, str(path))
+
+
+def _to_cell(obj: Any, where: str) -> Cell:
+    if isinstance(obj, Cell):
+        return obj
+    to_cell = getattr(obj, "to_cell", None)
+    if to_cell is not None:
+        try:
+            return to_cell()  # type: ignore[no-any-return]
+        except GraphRNNError as e:
+            raise CellSpecError(f"{where}: the gModule cannot become a cell: "
+                                f"{_first_line(e)}") from e
+    raise CellSpecError(f"{where} returned {type(obj).__name__}, expected a Cell or an nngraph "
+                        "gModule")
+
+
+def resolve_cell(spec: str, input_size: int = DEFAULT_INPUT, hidden_size: int = DEFAULT_HIDDEN,
+                 dtype: str = "float32") -> Cell:
+    """A Cell from a CELL argument: a zoo name, an equations file or ``file.py:function``."""
+    if not isinstance(spec, str) or not spec:
+        raise CellSpecError("no cell given: name a zoo cell, an equations file or "
+                            "file.py:function")
+    head, sep, func = spec.rpartition(":")
+    if sep and head.endswith(".py"):
+        if not func.isidentifier():
+            raise CellSpecError(f"{spec}: {func!r} is not a function name")
+        cell = _to_cell(_load_python_cell(head, func, input_size, hidden_size, dtype), spec)
+    elif spec.endswith(".py"):
+        raise CellSpecError(f"{spec}: name the function that returns the cell, as "
+                            f"{spec}:function")
+    elif spec in _zoo():
+        from . import cells
+        try:
+            cell = cells.zoo_cell(spec, input_size, hidden_size, dtype)
+        except GraphRNNError as e:
+            raise CellSpecError(f"zoo cell {spec}: {_first_line(e)}") from e
+    elif Path(spec).exists():
+        cell = _load_equations(Path(spec), input_size, hidden_size, dtype)
+    else:
+        looks_like_file = os.sep in spec or "." in spec
+        what = (f"no such file: {spec}" if looks_like_file
+                else f"unknown cell {spec!r}")
+        raise CellSpecError(f"{what}; CELL is a zoo cell ({', '.join(sorted(_zoo()))}), an "
+                            "equations file, or file.py:function")
+    if cell.dtype != dtype:
+        cell = cell.with_dtype(dtype)
+    return cell
+
+
+# ---- helpers ----
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _one_line(text: str) -> str:
+    """Fold a multi-line message (an EquationError with its source line and caret) into one."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip() and ln.strip() != "^"]
+    return " | ".join(lines) if lines else text
+
+
+def _check_output_file(path: Path) -> None:
+    if path.exists() and path.is_dir():
+        raise CellSpecError(f"cannot write {path}: it is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CellSpecError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CellSpecError(f"cannot write {path}: directory {parent} is not writable")
+
+
+def _check_output_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise CellSpecError(f"cannot write into {path}: it is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CellSpecError(f"cannot create directory {path}: {e.strerror or e}") from e
+    if not os.access(path, os.W_OK):
+        raise CellSpecError(f"cannot write into {path}: directory is not writable")
+
+
+def _add_cell_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("cell", metavar="CELL",
+                   help="zoo cell name, equations file, or file.py:function")
+    p.add_argument("--input-size", type=int, default=DEFAULT_INPUT, metavar="I",
+                   help=f"input features (default {DEFAULT_INPUT})")
+    p.add_argument("--hidden-size", type=int, default=DEFAULT_HIDDEN, metavar="H",
+                   help=f"hidden features (default {DEFAULT_HIDDEN})")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+
+
+def _cell_from_args(args: argparse.Namespace) -> Cell:
+    for name in ("input_size", "hidden_size"):
+        if getattr(args, name) <= 0:
+            raise CellSpecError(f"--{name.replace('_', '-')} must be positive, got "
+                                f"{getattr(args, name)}")
+    return resolve_cell(args.cell, args.input_size, args.hidden_size, args.dtype)
+
+
+# ---- viz ----
+
+def cmd_viz(args: argparse.Namespace) -> int:
+    from . import viz
+    out = Path(args.output) if args.output else Path(f"{Path(args.cell).stem}_{args.stage}.svg")
+    _check_output_file(out)
+    if out.suffix.lower().lstrip(".") not in viz.FORMATS:
+        raise CellSpecError(f"cannot write {out}: unknown picture format {out.suffix!r}; use "
+                            ".svg, .png, .pdf or .dot")
+    cell = _cell_from_args(args)
+    sweeps = ("forward", "backward") if args.sweep == "both" else (args.sweep,)
+    g = viz.stage_dot(cell, args.stage, sweeps=sweeps)
+    try:
+        written = viz.render(g, out)
+    except viz.DotNotFoundError as e:
+        raise CellSpecError(str(e)) from e
+    print(f"wrote {written} ({args.stage} graph of cell {cell.name})")
+    return 0
+
+
+# ---- compile ----
+
+EMITS = {"llvm": ("ir", "obj", "so", "header"), "cuda": ("cu", "ptx")}
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    emits = list(dict.fromkeys(args.emit or EMITS[args.backend]))
+    bad = [e for e in emits if e not in EMITS[args.backend]]
+    if bad:
+        raise CellSpecError(f"--backend {args.backend} cannot emit {', '.join(bad)}; it emits "
+                            f"{', '.join(EMITS[args.backend])}")
+    out = Path(args.output)
+    _check_output_dir(out)
+    cell = _cell_from_args(args)
+    written = export_cell(cell, args.backend, emits, out, args.dtype, args.arch)
+    for kind, path in written:
+        print(f"wrote {path} ({kind})")
+    return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def export_cell(cell: Cell, backend: str, emits: Sequence[str], out_dir: Path, dtype: str,
+                arch: str = "sm_80") -> list[tuple[str, Path]]:
+    """Write the backend's artifacts for ``cell``; returns (kind, path) pairs in order written.
+    llvm: ``codegen.llvm.export`` (ir, obj, so, header); cuda: ``codegen.cuda.cuda_source``
+    (cu) and ``codegen.cuda.ptx`` (ptx for ``arch``, needs nvcc but no GPU)."""
+    import importlib
+    try:
+        mod = importlib.import_module(f"codegen.{backend}")
+    except ImportError as e:
+        raise CellSpecError(f"the {backend} backend is not available: {_first_line(e)}") from e
+    if backend == "llvm":
+        written = mod.export(cell, out_dir, emit=tuple(emits), dtype=dtype)
+        return [(kind, Path(path)) for kind, path in dict(written).items()]
+    prefix = f"grnn_{cell.name}_{'f64' if dtype == 'float64' else 'f32'}"
+    out: list[tuple[str, Path]] = []
+    if "cu" in emits:
+        path = out_dir / f"{prefix}.cu"
+        _write_text(path, mod.cuda_source(cell, dtype))
+        out.append(("cu", path))
+    if "ptx" in emits:
+        if not re.fullmatch(r"sm_\d{2,3}a?", arch):
+            raise CellSpecError(f"--arch must look like sm_80 or sm_90, got {arch!r}")
+        path = out_dir / f"{prefix}_{arch}.ptx"
+        _write_text(path, mod.ptx(cell, arch, dtype))
+        out.append(("ptx", path))
+    return out
+
+
+# ---- bench ----
+
+TORCH_CELLS = {"lstm": "LSTM", "gru_torch": "GRU", "rnn_tanh": "RNN"}
+
+
+def _median_spread(times: list[float]) -> tuple[float, float]:
+    a = np.asarray(times)
+    return float(np.median(a)), float(np.percentile(a, 75) - np.percentile(a, 25))
+
+
+def _graphrnn_impl(cell: Cell, backend: str, T: int, B: int,
+                   dtype: str) -> tuple[float, Callable[[], Any], Callable[[], Any]]:
+    from .api import compile as gr_compile
+    t0 = time.perf_counter()
+    cc = gr_compile(cell, backend=backend, dtype=dtype)
+    compile_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    params = cc.init_params(seed=0)
+    xs = [rng.standard_normal((T, B, int(x.shape[1]))).astype(dtype) for x in cc.cell.inputs]
+    d_ys = [rng.standard_normal((T, B, int(o.shape[1]))).astype(dtype) for o in cc.cell.outputs]
+
+    def infer() -> Any:
+        return cc.forward(params, xs)
+
+    def train() -> Any:
+        _, _, res = cc.forward_train(params, xs)
+        return cc.backward(params, res, d_ys)
+    return compile_s, infer, train
+
+
+def _torch_impl(zoo_name: str, I: int, H: int, T: int, B: int,
+                dtype: str) -> tuple[float, Callable[[], Any], Callable[[], Any]]:
+    import torch
+    t0 = time.perf_counter()
+    tdt = torch.float64 if dtype == "float64" else torch.float32
+    mod = getattr(torch.nn, TORCH_CELLS[zoo_name])(I, H).to(tdt)
+    compile_s = time.perf_counter() - t0
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(T, B, I, generator=gen, dtype=tdt)
+    dy = torch.randn(T, B, H, generator=gen, dtype=tdt)
+
+    def infer() -> Any:
+        with torch.no_grad():
+            return mod(x)
+
+    def train() -> Any:
+        mod.zero_grad(set_to_none=True)
+        y, _ = mod(x)
+        y.backward(dy)
+    return compile_s, infer, train
+
+
+def bench_cell(cell: Cell, backends: Sequence[str], T: int, B: int, repeat: int,
+               zoo_name: str | None = None,
+               log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Time inference and a training step (forward + BPTT) of ``cell`` on each backend,
+    interleaving the implementations so drift hits all alike. Returns one row per
+    implementation: name, compile_s, infer_ms, infer_spread_ms, train_ms, train_spread_ms.
+    Backends that are not available are reported through ``log`` and skipped."""
+    I = int(cell.inputs[0].shape[1]) if cell.inputs else 0
+    H = int(cell.states[0].shape[1]) if cell.states else 0
+    impls: dict[str, tuple[float, Callable[[], Any], Callable[[], Any]]] = {}
+    for b in backends:
+        try:
+            if b == "torch":
+                if zoo_name not in TORCH_CELLS:
+                    log(f"skipping torch: no torch.nn module for cell {cell.name}")
+                    continue
+                impls[f"torch.nn.{TORCH_CELLS[zoo_name]}"] = _torch_impl(
+                    zoo_name, I, H, T, B, cell.dtype)
+            else:
+                impls[f"graphrnn {b}"] = _graphrnn_impl(cell, b, T, B, cell.dtype)
+        except ImportError as e:
+            log(f"skipping {b}: {_first_line(e)}")
+        except GraphRNNError as e:
+            log(f"skipping {b}: {_first_line(e)}")
+    if not impls:
+        raise CellSpecError("no backend could run the benchmark; tried " + ", ".join(backends))
+    times: dict[str, dict[str, list[float]]] = {k: {"infer": [], "train": []} for k in impls}
+    for _, infer, train in impls.values():  # warm up: caches, JIT, thread pools
+        infer()
+        train()
+    for _ in range(repeat):
+        for name, (_, infer, train) in impls.items():
+            for kind, fn in (("infer", infer), ("train", train)):
+                t0 = time.perf_counter()
+                fn()
+                times[name][kind].append(time.perf_counter() - t0)
+    rows = []
+    for name, (compile_s, _, _) in impls.items():
+        im, isp = _median_spread(times[name]["infer"])
+        tm, tsp = _median_spread(times[name]["train"])
+        rows.append({"name": name, "compile_s": compile_s, "infer_ms": im * 1e3,
+                     "infer_spread_ms": isp * 1e3, "train_ms": tm * 1e3,
+                     "train_spread_ms": tsp * 1e3})
+    return rows
+
+
+def _bench_cpu_module() -> Any:
+    """benchmarks/bench_cpu.py of this checkout, when it is there (a source checkout)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cpu.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("_graphrnn_bench_cpu", path)
+    if spec is None or spec.loader is None:
+        return None
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception:  # a broken benchmark script must not break the command
+        return None
+    return mod if hasattr(mod, "bench_config") else None
+
+
+def bench_with_bench_cpu(bc: Any, zoo_name: str, T: int, B: int, H: int, repeat: int,
+                         with_ref: bool) -> list[dict[str, Any]]:
+    """benchmarks/bench_cpu.bench_config for one configuration (llvm, ref, torch.nn, PyTorch
+    eager and TorchScript, JAX), as rows of this module's table."""
+    raw, compile_s = bc.bench_config(zoo_name, T, B, H, repeat, 120.0, with_ref,
+                                     ["infer", "train"])
+    rows: dict[str, dict[str, Any]] = {}
+    for r in raw:
+        row = rows.setdefault(r["impl"], {"name": r["impl"], "compile_s": None})
+        row[f"{r['mode']}_ms"] = r["ms"]
+        row[f"{r['mode']}_spread_ms"] = r["max"] - r["min"]
+    if "graphrnn llvm" in rows:
+        rows["graphrnn llvm"]["compile_s"] = compile_s.get("cold")
+    return [r for r in rows.values() if "infer_ms" in r and "train_ms" in r]
+
+
+def format_table(rows: Sequence[dict[str, Any]], title: str,
+                 spread: str = "the interquartile range") -> str:
+    """The comparison table; speed-ups are against the first row not from graphrnn (a PyTorch
+    module) when there is one, else against the slowest row."""
+    base = next((r for r in rows if not r["name"].startswith("graphrnn")), None)
+    if base is None:
+        base = max(rows, key=lambda r: r["train_ms"])
+    head = (f"{'implementation':<22} {'compile s':>9} {'inference ms':>16} {'train step ms':>17}"
+            f" {'train vs ' + base['name']:>{max(12, len(base['name']) + 9)}}")
+    lines = [title, head, "-" * len(head)]
+    for r in rows:
+        ratio = base["train_ms"] / r["train_ms"] if r["train_ms"] > 0 else float("inf")
+        comp = "-" if r["compile_s"] is None else f"{r['compile_s']:.3f}"
+        lines.append(f"{r['name']:<22} {comp:>9} "
+                     f"{r['infer_ms']:>9.2f} ±{r['infer_spread_ms']:<6.2f}"
+                     f"{r['train_ms']:>10.2f} ±{r['train_spread_ms']:<6.2f}"
+                     f" {ratio:>{max(11, len(base['name']) + 8)}.2f}x")
+    lines.append(f"(medians over the repetitions, ± {spread}; compile s: cold)")
+    return "\n".join(lines)
+
+
+def plot_rows(rows: Sequence[dict[str, Any]], title: str, path: Path) -> bool:
+    """A grouped bar chart (inference and training step, ms) as PNG; False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    names = [r["name"] for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 2), 3.6), dpi=100)
+    # error bars: half the interquartile range either side of the median
+    ax.bar(x - 0.2, [r["infer_ms"] for r in rows], 0.4,
+           yerr=[r["infer_spread_ms"] / 2 for r in rows], label="inference")
+    ax.bar(x + 0.2, [r["train_ms"] for r in rows], 0.4,
+           yerr=[r["train_spread_ms"] / 2 for r in rows], label="training step (fwd + BPTT)")
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_ylabel("milliseconds (median)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name("." + path.name + f".{os.getpid()}.tmp.png")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+    return True
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    for name in ("batch", "seq_len", "repeat"):
+        if getattr(args, name) <= 0:
+            raise CellSpecError(f"--{name.replace('_', '-')} must be positive, got "
+                                f"{getattr(args, name)}")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    from .api import BACKENDS
+    unknown = [b for b in backends if b not in BACKENDS and b != "torch"]
+    if unknown:
+        raise CellSpecError(f"unknown backend {unknown[0]!r}; choose from "
+                            f"{', '.join(sorted(BACKENDS))}, torch")
+    plot = None if args.no_plot else Path(args.plot or f"bench_{Path(args.cell).stem}.png")
+    if plot is not None:
+        if plot.suffix.lower() != ".png":
+            raise CellSpecError(f"cannot write {plot}: the bar chart is a PNG; name it .png")
+        _check_output_file(plot)
+    cell = _cell_from_args(args)
+    zoo_name = args.cell if args.cell in _zoo() else None
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731 - a one-line logger
+    bc = _bench_cpu_module() if zoo_name is not None else None
+    spread = "the interquartile range"
+    if (bc is not None and zoo_name in getattr(bc, "CELLS", ()) and "llvm" in backends
+            and args.input_size == args.hidden_size and args.dtype == "float32"
+            and set(backends) <= {"llvm", "ref", "torch"}):
+        # the project's CPU benchmark knows this configuration: PyTorch eager, TorchScript
+        # and JAX versions of the same cell join the comparison
+        rows = bench_with_bench_cpu(bc, zoo_name, args.seq_len, args.batch, args.hidden_size,
+                                    args.repeat, "ref" in backends)
+        spread = "max - min"
+    else:
+        rows = bench_cell(cell, backends, args.seq_len, args.batch, args.repeat, zoo_name, log)
+    title = (f"cell {cell.name}: T={args.seq_len} B={args.batch} I={args.input_size} "
+             f"H={args.hidden_size} {args.dtype}, {args.repeat} repetitions")
+    print(format_table(rows, title, spread))
+    if plot is not None:
+        if plot_rows(rows, title, plot):
+            print(f"wrote {plot}")
+        else:
+            print("no bar chart: matplotlib is not installed (pip install matplotlib)")
+    return 0
+
+
+# ---- registration ----
+
+def _run(handler: Callable[[argparse.Namespace], int], command: str) -> Callable[..., int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except (GraphRNNError, OSError, ValueError, KeyError, ImportError) as e:
+            if getattr(args, "debug", False) or os.environ.get("GRAPHRNN_TRACEBACK") == "1":
+                raise
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"graphrnn {command}: error: {_one_line(str(msg))}", file=sys.stderr)
+            return 1
+    return run
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Register viz, compile and bench on the ``graphrnn`` parser's subparsers."""
+    p = subparsers.add_parser("viz", help="draw a cell, its backward graph or its plan",
+                              description="Draw a cell's forward step, backward step or "
+                              "optimized plan as SVG, PNG, PDF or DOT.")
+    _add_cell_args(p)
+    p.add_argument("--stage", choices=("forward", "backward", "plan"), default="forward")
+    p.add_argument("--sweep", choices=("forward", "backward", "both"), default="both",
+                   help="with --stage plan: which sweep to draw (default both)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="out.svg, out.png, out.pdf or out.dot (default CELL_STAGE.svg)")
+    p.set_defaults(func=_run(cmd_viz, "viz"))
+
+    p = subparsers.add_parser("compile", help="export native code of a cell (LLVM or CUDA)",
+                              description="Write the compiled cell: LLVM IR, object file, "
+                              "shared library and C header, or CUDA C and PTX.")
+    _add_cell_args(p)
+    p.add_argument("--backend", choices=tuple(EMITS), default="llvm")
+    p.add_argument("--emit", nargs="+", metavar="KIND",
+                   help="llvm: ir obj so header; cuda: cu ptx (default: all of the backend's)")
+    p.add_argument("-o", "--output", metavar="DIR", default=".", help="output directory")
+    p.add_argument("--arch", default="sm_80", help="cuda --emit ptx: target (default sm_80)")
+    p.set_defaults(func=_run(cmd_compile, "compile"))
+
+    p = subparsers.add_parser("bench", help="time one cell on the available backends",
+                              description="Time a training step (forward + BPTT) and inference "
+                              "of one cell at one size on each backend, print a table and "
+                              "draw a bar chart.")
+    _add_cell_args(p)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=50)
+    p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
+    p.add_argument("--backends", default="ref,llvm,torch",
+                   help="comma-separated: ref, program, llvm, cuda, torch (default "
+                   "ref,llvm,torch; missing ones are skipped)")
+    p.add_argument("--plot", metavar="FILE.png", help="bar chart (default bench_CELL.png)")
+    p.add_argument("--no-plot", action="store_true", help="do not draw the bar chart")
+    p.set_defaults(func=_run(cmd_bench, "bench"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run viz/compile/bench on their own (``python -m graphrnn.cli_tools``)."""
+    parser = argparse.ArgumentParser(prog="graphrnn")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_subcommands(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
