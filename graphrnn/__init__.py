@@ -17,6 +17,7 @@ from .api import CompiledCell, Grads, compile, init_params
 from .autodiff import BackwardCell, backward_cell, vjp
 from .errors import (BackendError, EquationError, GraphError, GraphRNNError,
                      ModuleUsageError, RuntimeInputError, ShapeError)
+from .explain import explain
 from .ir import B, Cell, Node, apply, const, input_, param, state
 from .ops import GroupOp, Ops
 
@@ -39,7 +40,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'graphrnn' has no attribute {name!r}")
 
 
-__all__ = ["B", "BackendError", "BackwardCell", "Cell", "CompiledCell", "EquationError",
+__all__ = ["B", "BackendError", "explain", "BackwardCell", "Cell", "CompiledCell", "EquationError",
            "GraphError", "GraphRNNError", "Grads", "GroupOp", "ModuleUsageError", "Node", "Ops",
            "RuntimeInputError", "ShapeError", "apply", "backward_cell", "compile", "const",
            "init_params", "input_", "param", "state", "vjp", "__version__"]

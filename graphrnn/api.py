@@ -171,6 +171,11 @@ class CompiledCell:
         d_final = [None if d is None else np.asarray(d, self.dtype) for d in d_final]
         return self._backward(self._params(params), residuals, d_ys, list(d_final))
 
+    def explain(self, batch: int = 1, kernels: bool = False) -> str:
+        """The optimized plan of this cell (``graphrnn.explain``), whatever the backend."""
+        from .explain import explain
+        return explain(self, batch=batch, kernels=kernels)
+
     def step(self, params: dict[str, np.ndarray], x: Any,
              h: Any = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if isinstance(x, np.ndarray) or not isinstance(x, (list, tuple)):

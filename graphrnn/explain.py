@@ -1,0 +1,119 @@
+"""A readable text table of a Program: per phase the steps, GEMM shapes, kernels with their
+inputs and outputs, FLOPs per step, and the residual bytes per step.
+
+    print(graphrnn.explain(cell, batch=32))      # or compiled_cell.explain()
+
+Sizes print symbolically: ``B`` rows per step, ``TB`` rows over the whole sequence; FLOPs are
+counted for one time step (work before/after the loop is divided by T) at the given batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .ops import Ops
+from .program import Gather, Gemm, Kernel, Program, Reduce, Ref, Scatter, Step, Sweep
+
+_COST = {Ops.CONST: 0}   # everything else counts one flop per element (transcendentals too)
+
+
+def _shape(p: Program, r: Ref, in_loop: bool) -> tuple[Any, int]:
+    b = p.buffer(r.buf)
+    cols = (r.cols[1] - r.cols[0]) if r.cols else b.cols
+    if b.fixed:
+        return ((r.rows[1] - r.rows[0]) if r.rows else b.rows), cols
+    return ("B" if in_loop or b.kind != "seq" else "TB"), cols
+
+
+def _rows(x: Any, batch: int) -> int:
+    return batch if x in ("B", "TB") else int(x)
+
+
+def step_flops(p: Program, s: Step, in_loop: bool, batch: int) -> int:
+    """FLOPs of one step for one time step (phase work outside the loop is per step too)."""
+    if isinstance(s, Gemm):
+        a, b = _shape(p, s.a, in_loop), _shape(p, s.b, in_loop)
+        m, k = (a[1], a[0]) if s.trans_a else a
+        n = b[0] if s.trans_b else b[1]
+        return 2 * _rows(m, batch) * _rows(k, batch) * int(n)
+    if isinstance(s, Kernel):
+        r, c = _shape(p, s.outs[0], in_loop)
+        ops = sum(_COST.get(op, 1) for op, _a, _c in s.kernel.program.instrs)
+        return _rows(r, batch) * int(c) * max(ops, 1)
+    if isinstance(s, Reduce):
+        r, c = _shape(p, s.src, in_loop)
+        return _rows(r, batch) * int(c)
+    if isinstance(s, Scatter):
+        r, c = _shape(p, s.src, in_loop)
+        return _rows(r, batch) * int(c)
+    return 0
+
+
+def _describe(p: Program, s: Step, in_loop: bool) -> str:
+    def sh(r: Ref) -> str:
+        a, b = _shape(p, r, in_loop)
+        return f"{a}x{b}"
+    if isinstance(s, Gemm):
+        acc = "+=" if s.accumulate else "="
+        return (f"gemm    {s.out} {acc} {s.a}{'ᵀ' if s.trans_a else ''} @ "
+                f"{s.b}{'ᵀ' if s.trans_b else ''}   [{sh(s.a)}{'ᵀ' if s.trans_a else ''} @ "
+                f"{sh(s.b)}{'ᵀ' if s.trans_b else ''} -> {sh(s.out)}]")
+    if isinstance(s, Kernel):
+        k = s.kernel
+        ins = ", ".join(f"{r}{'' if f == 'full' else '(' + f + ')'}"
+                        for r, f in zip(s.ins, k.bcast, strict=True))
+        return (f"kernel  {k.name}: ({ins}) -> ({', '.join(str(o) for o in s.outs)})   "
+                f"[{sh(s.outs[0])}, {len(k.program.instrs)} ops]")
+    if isinstance(s, Reduce):
+        return f"reduce  {s.out} {'+=' if s.accumulate else '='} {s.op}(axis {s.axis}) {s.src}"
+    if isinstance(s, Gather):
+        return f"gather  {s.out} = {s.table}[{s.ids}]"
+    if isinstance(s, Scatter):
+        return f"scatter {s.out} {'+=' if s.accumulate else '='} scatter({s.ids}, {s.src})"
+    return repr(s)
+
+
+def _sweep_lines(p: Program, name: str, sw: Sweep, batch: int) -> list[str]:
+    lines = [f"{name} ({'t = T-1 .. 0' if sw.reverse else 't = 0 .. T-1'})"
+             f"{'  [diagonal: the whole loop can run in one kernel]' if sw.diagonal else ''}"]
+    for ph, steps in sw.phases():
+        label = {"pre": "before the loop (all T·B rows)", "step": "per time step",
+                 "post": "after the loop (all T·B rows)"}[ph]
+        g = sum(isinstance(s, Gemm) for s in steps)
+        k = sum(isinstance(s, Kernel) for s in steps)
+        r = sum(isinstance(s, Reduce) for s in steps)
+        fl = sum(step_flops(p, s, ph == "step", batch) for s in steps)
+        lines.append(f"  {label}: {g} GEMM, {k} kernel, {r} reduce; "
+                     f"{fl:,} FLOPs per step at B={batch}")
+        for s in steps:
+            lines.append(f"    {_describe(p, s, ph == 'step')}")
+    return lines
+
+
+def explain_program(p: Program, batch: int = 1, kernels: bool = False) -> str:
+    out = [f"program {p.cell_name} ({p.dtype})"]
+    out += _sweep_lines(p, "forward", p.forward, batch)
+    out += _sweep_lines(p, "backward", p.backward, batch)
+    vals = p.residual_values_per_row()
+    out.append(f"residuals: {', '.join(p.residuals) or '(none beyond states)'}; "
+               f"{vals} values per row per step = {p.residual_bytes_per_step(batch):,} bytes "
+               f"per step at B={batch}")
+    out.append("buffers: " + ", ".join(
+        f"{b.name}:{b.kind}[{'T+1,' if b.extra else 'T,' if b.kind == 'seq' else ''}"
+        f"{'B,' if not b.fixed else str(b.rows) + ','}{b.cols}]" for b in p.buffers))
+    if kernels:
+        for k in p.kernels():
+            out.append(f"kernel {k.name} bcast={k.bcast}\n{k.program}")
+    return "\n".join(out)
+
+
+def explain(cell: Any, batch: int = 1, dtype: str | None = None, kernels: bool = False) -> str:
+    """The explained plan of a Cell (or a compiled cell, or a Program)."""
+    if isinstance(cell, Program):
+        return explain_program(cell, batch, kernels)
+    prog = getattr(cell, "program", None)
+    if isinstance(prog, Program):
+        return explain_program(prog, batch, kernels)
+    c = getattr(cell, "cell", cell)
+    from .schedule import compile_program
+    return explain_program(compile_program(c, dtype), batch, kernels)

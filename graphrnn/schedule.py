@@ -1,0 +1,574 @@
+"""The schedule: from a Cell to the Program that backends run (``compile_program``).
+
+Pipeline: ``simplify`` -> ``merge_gemms`` (packed weights) -> ``backward_cell`` of the merged
+cell (so the backward is merged too) -> ``simplify`` -> residual choice -> for each sweep:
+``split.place`` -> ``fuse.group_nodes`` -> buffers ("homes") -> ordered steps.
+
+**Residuals** (what the forward saves for the backward) are a minimum cut, in the spirit of the
+functorch partitioner: every forward node is split into in/out vertices joined by an edge whose
+capacity is its width (values per step per row); leaves, states, outputs and parameter-shaped
+values cost nothing (they are kept anyway); GEMMs, reductions and gathers cannot be recomputed
+(a source edge pins them to the forward side); elementwise nodes and views can. Forward nodes the
+backward reads connect to the sink. The cut is the cheapest set of values to save; everything
+on the sink side is recomputed by elementwise code fused into the backward kernels (an LSTM
+recomputes ``tanh(c_t)`` from the saved state instead of storing it). Ties go to later nodes
+(saving a gate activation beats saving its pre-activation: less to recompute).
+
+**Homes**: every materialized node (kernel output, GEMM/reduction result, concatenation) gets a
+view: its root's destination (state buffer S[t+1], a carry), a column block of the concatenation
+it is part of (so kernels write ``dZ = [d_i|d_f|d_o|d_g]`` in place and no copy runs), or a
+fresh buffer: ``seq`` before/after the loop or when a later phase or the backward reads it,
+``temp`` otherwise, ``mat``/``grad`` for parameter-shaped values. A carry written while an older
+value is still to be read goes through a temp and a copy.
+
+``GRAPHRNN_DEBUG=1`` prints the IR after each pass, ``=2`` also the explained Program.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+
+from .autodiff import backward_cell, output_name
+from .errors import BackendError
+from .fuse import build_program, fusable, group_nodes, kernel_spec
+from .ir import Cell, Node, short_type
+from .merge import Layout, merge_gemms
+from .ops import GroupOp, Ops
+from .printer import format_cell, format_nodes
+from .program import (
+    Buffer,
+    Gather,
+    Gemm,
+    Kernel,
+    KernelDef,
+    ParamPiece,
+    Program,
+    Reduce,
+    Ref,
+    Scatter,
+    Step,
+    Sweep,
+    fill_kernel,
+    identity_kernel,
+    validate,
+)
+from .scalar import ScalarProgram
+from .simplify import simplify, simplify_cell
+from .split import LOOP, SEQ, STATIC, is_batch, place
+
+NOT_RECOMPUTABLE = frozenset({Ops.MATMUL, Ops.REDUCE, Ops.GATHER, Ops.SCATTER, Ops.FUSED})
+
+
+def debug_level() -> int:
+    try:
+        return int(os.environ.get("GRAPHRNN_DEBUG", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def _debug(title: str, text: str) -> None:
+    if debug_level() >= 1:
+        print(f"---- {title} ----\n{text}", file=sys.stderr)
+
+
+def _narrow(r: Ref, a: int, b: int) -> Ref:
+    c0 = r.cols[0] if r.cols is not None else 0
+    return Ref(r.buf, r.t, (c0 + a, c0 + b), r.rows)
+
+
+class _Buffers:
+    def __init__(self, dtype: str) -> None:
+        self.dtype = dtype
+        self.items: dict[str, Buffer] = {}
+
+    def new(self, name: str, kind: str, cols: int, rows: int = 0, extra: int = 0,
+            dtype: str | None = None) -> str:
+        base, k = name, 0
+        while name in self.items:
+            k += 1
+            name = f"{base}_{k}"
+        self.items[name] = Buffer(name, kind, dtype or self.dtype, cols, rows, extra)
+        return name
+
+
+@dataclass
+class _Unit:
+    nodes: list[Node]          # a group (kernel) or one non-fusable node
+    phase: str
+    kernel: bool
+
+
+class SweepBuilder:
+    """Schedules one sweep (forward or backward) of a graph into pre/step/post steps."""
+
+    def __init__(self, bufs: _Buffers, tag: str, roots: Sequence[Node],
+                 bound: dict[Node, tuple[Ref, int]], carry: Sequence[tuple[Node, Ref]],
+                 keep: Sequence[Node], reverse: bool, fixed_kind: str,
+                 use_sympy: bool = True) -> None:
+        self.bufs, self.tag, self.reverse = bufs, tag, reverse
+        self.roots = list(roots)
+        self.bound = {n: r for n, (r, _lv) in bound.items()}
+        self.blevel = {n: lv for n, (_r, lv) in bound.items()}
+        self.carry = list(carry)
+        self.keep = list(keep)
+        self.fixed_kind = fixed_kind
+        self.use_sympy = use_sympy
+        self.home: dict[Node, Ref] = {}
+        self.steps: dict[str, list[Step]] = {"pre": [], "step": [], "post": []}
+        self.kernels: list[KernelDef] = []
+        self.groups: list[list[Node]] = []
+        self.deps = nx.DiGraph()
+        self._nk = 0
+
+    # ---- views ----
+    def base(self, n: Node) -> Node:
+        while n.op is Ops.SLICE and n not in self.bound:
+            n = n.src[0]
+        return n
+
+    def ref_of(self, n: Node, phase: str = "pre") -> Ref:
+        if n in self.bound:
+            r = self.bound[n]
+            if phase != "step" and self.bufs.items[r.buf].kind in ("carry", "temp"):
+                return self._seq_copy(n, r)
+            return r
+        if n.op is Ops.SLICE:
+            return _narrow(self.ref_of(n.src[0], phase), *n.arg)
+        if n in self.home:
+            return self.home[n]
+        if n.op is Ops.CONST:
+            self.home[n] = self._fresh(n, phase)
+            self._emit_fill(n.arg, self.home[n], phase)
+            return self.home[n]
+        raise BackendError(f"schedule: {n.op.name.lower()} {short_type(n)} has no value yet")
+
+    def _seq_copy(self, n: Node, r: Ref) -> Ref:
+        """A carried value needed outside the loop: copied to a sequence at the start of each
+        step, before anything overwrites the carry."""
+        if not hasattr(self, "_seq_copies"):
+            self._seq_copies: dict[Node, Ref] = {}
+        if n not in self._seq_copies:
+            out = Ref(self.bufs.new(f"{self.tag}_saved", "seq", int(n.shape[1]), dtype=n.dtype))
+            self.steps["step"].insert(0, Kernel(identity_kernel(self.bufs.dtype), (r,), (out,)))
+            self._seq_copies[n] = out
+        return self._seq_copies[n]
+
+    def _fresh(self, n: Node, phase: str, seq: bool = False) -> Ref:
+        cols = int(n.shape[1])
+        name = f"{self.tag}_{phase}_{n.op.name.lower()}"
+        if not is_batch(n):
+            kind = self.fixed_kind
+            return Ref(self.bufs.new(name, kind, cols, rows=int(n.shape[0]), dtype=n.dtype))
+        kind = "seq" if (phase != "step" or seq) else "temp"
+        return Ref(self.bufs.new(name, kind, cols, dtype=n.dtype))
+
+    def _emit_fill(self, value: float, out: Ref, phase: str) -> None:
+        self.steps[phase].append(Kernel(fill_kernel(value, self.bufs.dtype), (), (out,)))
+
+    def _emit_copy(self, src: Node, out: Ref, phase: str) -> None:
+        if src.op is Ops.CONST:
+            self._emit_fill(src.arg, out, phase)
+            return
+        if src.op is Ops.EXPAND and src not in self.home and src not in self.bound:
+            from .fuse import bcast_flag
+            flag = bcast_flag(src.src[0], src.shape)
+            self.steps[phase].append(Kernel(identity_kernel(self.bufs.dtype, flag),
+                                            (self.ref_of(src.src[0], phase),), (out,)))
+            return
+        r = self.ref_of(src, phase)
+        if r == out:
+            return
+        self.steps[phase].append(Kernel(identity_kernel(self.bufs.dtype), (r,), (out,)))
+
+    # ---- the schedule ----
+    def build(self) -> Sweep:
+        carry_roots = [r for r, _d in self.carry]
+        self.carry_roots = set(carry_roots)
+        all_roots = self.roots + carry_roots + self.keep
+        order, lv, phase = place(all_roots, self.blevel, carry_roots, self.keep)
+        self.order, self.lv, self.phase = order, lv, phase
+        placed = [n for n in order if n in phase and n.op is not Ops.SLICE]
+        # dependency graph with views contracted
+        deps = self.deps
+        for n in placed:
+            deps.add_node(n)
+        for n in placed:
+            for s in n.src:
+                b = self.base(s)
+                if b in phase and b is not n:
+                    deps.add_edge(b, n)
+        groups = group_nodes(placed, phase, deps)
+        self.groups = groups
+        unit_of: dict[Node, int] = {}
+        units: list[_Unit] = []
+        for g in groups:
+            for n in g:
+                unit_of[n] = len(units)
+            units.append(_Unit(g, phase[g[0]], True))
+        for n in placed:
+            if n not in unit_of:
+                unit_of[n] = len(units)
+                units.append(_Unit([n], phase[n], False))
+        ug = nx.DiGraph()
+        ug.add_nodes_from(range(len(units)))
+        for u, v in deps.edges:
+            if unit_of[u] != unit_of[v]:
+                ug.add_edge(unit_of[u], unit_of[v])
+        # consumers through views: which units read each base node
+        readers: dict[Node, set[int]] = {}
+        for n in placed:
+            for s in n.src:
+                readers.setdefault(self.base(s), set()).add(unit_of[n])
+        # carried values: write the new value in place only when every reader of the old one
+        # runs first and the writer reads it (if at all) element for element
+        in_place: dict[Node, Ref] = {}
+        for r, d in self.carry:
+            if self.bufs.items[d.buf].kind != "carry":
+                if r in phase and r.op not in (Ops.SLICE, Ops.CONCAT) and r not in in_place \
+                        and self._materialized(r):
+                    in_place[r] = d
+                continue
+            if r not in phase or r.op in (Ops.SLICE, Ops.CONCAT) or r in in_place or \
+                    not self._materialized(r) or phase[r] != "step" or r in self.keep or \
+                    any(units[x].phase != "step" for x in readers.get(r, ())):
+                continue   # (a value read after the loop must live in a sequence)
+            leaf = next(n for n, ref in self.bound.items() if ref == d)
+            w = unit_of[r]
+            rd = readers.get(leaf, set())
+            if w in rd and not (units[w].kernel and all(
+                    s is leaf for m in units[w].nodes for s in m.src if self.base(s) is leaf)):
+                continue
+            trial = ug.copy()
+            trial.add_edges_from((x, w) for x in rd if x != w)
+            if nx.is_directed_acyclic_graph(trial):
+                ug = trial
+                in_place[r] = d
+        self.in_place = in_place
+        first = {i: min(order.index(n) for n in u.nodes) for i, u in enumerate(units)}
+        topo = list(nx.lexicographical_topological_sort(ug, key=first.__getitem__))
+        self._assign_homes(units, unit_of, readers)
+        for ph in ("pre", "step", "post"):
+            for i in topo:
+                if units[i].phase == ph:
+                    self._emit(units[i], unit_of)
+        # destinations not written in place
+        for r, d in self.carry:
+            if self.home.get(r) == d:
+                continue
+            kind = self.bufs.items[d.buf].kind
+            if kind == "carry":
+                ph = "step"
+            else:
+                ph = self.phase.get(r, "step" if self.lv.get(r, STATIC) == LOOP else "pre")
+                if r.op is Ops.CONST or (r in self.bound and self.blevel[r] != LOOP):
+                    ph = "pre" if self.blevel.get(r, STATIC) != LOOP else "step"
+            self._emit_copy(r, d, ph)
+        # kept values that live only in a carry (the old carried value itself)
+        self.keep_ref: dict[Node, Ref] = {}
+        for k in self.keep:
+            r = self.ref_of(k, "step") if k.op is not Ops.CONST else None
+            if r is not None and self.bufs.items[r.buf].kind in ("carry", "temp"):
+                self.keep_ref[k] = self._seq_copy(k, r)
+        return Sweep(tuple(self.steps["pre"]), tuple(self.steps["step"]),
+                     tuple(self.steps["post"]), self.reverse)
+
+    def _materialized(self, n: Node) -> bool:
+        return n in self.phase and n.op is not Ops.SLICE and n not in self.bound
+
+    def _assign_homes(self, units: list[_Unit], unit_of: dict[Node, int],
+                      readers: dict[Node, set[int]]) -> None:
+        keep_base = {self.base(k) for k in self.keep + self.roots}
+
+        def needs_seq(n: Node) -> bool:
+            if n in keep_base:
+                return True
+            return any(units[u].phase != self.phase[n] for u in readers.get(n, ()))
+
+        for r, d in self.in_place.items():
+            self.home[r] = d
+        concats = [n for n in self.order if n.op is Ops.CONCAT and n in self.phase]
+        self.elided: set[tuple[Node, int]] = set()   # (concat, part index) written in place
+        self.extra: dict[Node, list[Ref]] = {}        # more places a kernel writes a node to
+        homed_by_concat: set[Node] = set()
+        for k in concats:
+            ph = self.phase[k]
+            elig = [s for s in k.src if self._materialized(s) and s not in self.home and
+                    s.op is not Ops.CONCAT and self.phase[s] == ph]
+            if k not in self.home:
+                seq = needs_seq(k) or any(needs_seq(s) for s in elig)
+                self.home[k] = self._fresh(k, ph, seq)
+            hk = self.home[k]
+            if self.bufs.items[hk.buf].kind == "temp" and any(needs_seq(s) for s in elig):
+                elig = [s for s in elig if not needs_seq(s)]
+            off = 0
+            for i, s in enumerate(k.src):
+                w = int(s.shape[1])
+                if s in elig and s not in self.home:
+                    self.home[s] = _narrow(hk, off, off + w)
+                    self.elided.add((k, i))
+                    homed_by_concat.add(s)
+                elif s in homed_by_concat and unit_of.get(s) is not None and \
+                        units[unit_of[s]].kernel:
+                    # a kernel output needed in two concatenations: write it twice
+                    self.extra.setdefault(s, []).append(_narrow(hk, off, off + w))
+                    self.elided.add((k, i))
+                off += w
+        for u in units:
+            outs = self._outputs(u, unit_of) if u.kernel else u.nodes
+            for n in outs:
+                if n not in self.home:
+                    self.home[n] = self._fresh(n, u.phase, needs_seq(n))
+
+    def _outputs(self, u: _Unit, unit_of: dict[Node, int]) -> list[Node]:
+        gs = set(u.nodes)
+        keep_base = {self.base(k) for k in self.keep + self.roots}
+        out = []
+        for n in u.nodes:
+            ext = any(unit_of.get(c) is not None and c not in gs
+                      for c in self._consumers(n))
+            if ext or n in keep_base or n in self.in_place or n in self.carry_roots:
+                out.append(n)
+        return out
+
+    def _consumers(self, n: Node) -> list[Node]:
+        if not hasattr(self, "_cons"):
+            cons: dict[Node, list[Node]] = {}
+            for m in self.order:
+                if m not in self.phase or m.op is Ops.SLICE:
+                    continue
+                for s in m.src:
+                    cons.setdefault(self.base(s), []).append(m)
+            self._cons = cons
+        return self._cons.get(n, [])
+
+    def _emit(self, u: _Unit, unit_of: dict[Node, int]) -> None:
+        ph = u.phase
+        if u.kernel:
+            outs = self._outputs(u, unit_of)
+            if not outs:
+                return
+            spec = kernel_spec(u.nodes, outs)
+            prog = build_program(u.nodes, spec, self.use_sympy)
+            refs = [self.home[o] for o in outs]
+            for j, o in enumerate(outs):
+                for r in self.extra.get(o, []):
+                    prog = ScalarProgram(prog.n_inputs, prog.instrs,
+                                         prog.outputs + (prog.outputs[j],))
+                    refs.append(r)
+            kd = KernelDef(f"{self.tag}_{ph}_k{self._nk}", prog, self.bufs.dtype,
+                           tuple(f for _n, f in spec.inputs))
+            self._nk += 1
+            self.kernels.append(kd)
+            self.groups.append(u.nodes)
+            ins = tuple(self.ref_of(n, ph) for n, _f in spec.inputs)
+            self.steps[ph].append(Kernel(kd, ins, tuple(refs)))
+            return
+        (n,) = u.nodes
+        out = self.home[n]
+        if n.op is Ops.MATMUL:
+            a, b = n.src
+            self.steps[ph].append(Gemm(out, self.ref_of(a, ph), self.ref_of(b, ph), *n.arg))
+        elif n.op is Ops.REDUCE:
+            self.steps[ph].append(Reduce(out, self.ref_of(n.src[0], ph), *n.arg))
+        elif n.op is Ops.GATHER:
+            self.steps[ph].append(Gather(out, self.ref_of(n.src[0], ph),
+                                         self.ref_of(n.src[1], ph)))
+        elif n.op is Ops.SCATTER:
+            self.steps[ph].append(Scatter(out, self.ref_of(n.src[0], ph),
+                                          self.ref_of(n.src[1], ph)))
+        elif n.op is Ops.CONCAT:
+            off = 0
+            for i, s in enumerate(n.src):
+                w = int(s.shape[1])
+                if (n, i) not in self.elided:
+                    self._emit_copy(s, _narrow(out, off, off + w), ph)
+                off += w
+        else:
+            raise BackendError(f"schedule: cannot schedule {n.op.name}")
+
+
+# ---- residuals ----
+
+def choose_residuals(fwd_roots: Sequence[Node], bw_roots: Sequence[Node],
+                     free: set[Node]) -> list[Node]:
+    """Forward nodes to save for the backward (a minimum cut); see the module docstring."""
+    from .ir import toposort
+    fwd = toposort(fwd_roots)
+    fset = set(fwd)
+    needed: set[Node] = set()
+    for n in toposort(bw_roots):
+        if n in fset:
+            continue
+        needed.update(s for s in n.src if s in fset)
+    needed.update(r for r in bw_roots if r in fset)
+    if not needed:
+        return []
+    g = nx.DiGraph()
+    big = 10 ** 6
+    total = len(fwd)
+    for i, n in enumerate(fwd):
+        cost = 0 if (n in free or not is_batch(n) or n.op in GroupOp.Leaf) else \
+            int(n.shape[1]) * big + (total - i)
+        if n.op in (Ops.SLICE, Ops.EXPAND, Ops.CONCAT) and n not in free:
+            g.add_edge(("in", n), ("out", n))   # a view: never the cut itself
+        else:
+            g.add_edge(("in", n), ("out", n), capacity=cost)
+        if n.op in GroupOp.Leaf or n in free or n.op in NOT_RECOMPUTABLE or \
+                (n.op not in GroupOp.Elementwise and n.op not in
+                 (Ops.SLICE, Ops.EXPAND, Ops.CONCAT)):
+            g.add_edge("source", ("in", n))
+        for s in n.src:
+            g.add_edge(("out", s), ("in", n))
+        if n in needed:
+            g.add_edge(("out", n), "sink")
+    _val, (reach, _rest) = nx.minimum_cut(g, "source", "sink")
+    return [n for n in fwd if ("in", n) in reach and ("out", n) not in reach
+            and n not in free and n.op not in GroupOp.Leaf]
+
+
+# ---- the whole program ----
+
+@dataclass
+class Plan:
+    """The Program plus what the passes learned (for explain and tests)."""
+    program: Program
+    cell: Cell                  # simplified and merged
+    layout: Layout
+    forward_groups: list[list[Node]]
+    backward_groups: list[list[Node]]
+    forward_deps: nx.DiGraph
+    backward_deps: nx.DiGraph
+    residual_nodes: list[Node]
+
+
+def compile_plan(cell: Cell, dtype: str | None = None, use_sympy: bool = True) -> Plan:
+    if dtype is not None:
+        cell = cell.with_dtype(dtype)
+    dt = cell.dtype
+    user_params = cell.params
+    _debug("input cell", format_cell(cell))
+    cs = simplify_cell(cell)
+    _debug("simplify", format_cell(cs))
+    cm, layout = merge_gemms(cs)
+    _debug("merge gemms", format_cell(cm))
+    bw = backward_cell(cm)
+    bw_roots = simplify(list(bw.roots))
+    ns, ni = len(bw.d_states), len(bw.d_inputs)
+    d_states, d_inputs, d_params = bw_roots[:ns], bw_roots[ns:ns + ni], bw_roots[ns + ni:]
+    if debug_level() >= 1:
+        lines, _ = format_nodes(bw_roots)
+        _debug("backward cell (simplified)", "\n".join(lines))
+
+    bufs = _Buffers(dt)
+    # ---- forward ----
+    bound: dict[Node, tuple[Ref, int]] = {}
+    inputs_b, states_b = [], []
+    for x in cm.inputs:
+        b = bufs.new(f"x_{x.arg}", "seq", int(x.shape[1]), dtype=x.dtype)
+        inputs_b.append((x.arg, b))
+        bound[x] = (Ref(b), SEQ)
+    for s in cm.states:
+        b = bufs.new(f"s_{s.arg}", "seq", int(s.shape[1]), extra=1, dtype=s.dtype)
+        states_b.append((s.arg, b))
+        bound[s] = (Ref(b, 0), LOOP)
+    for p in cm.params:
+        b = bufs.new(f"p_{p.arg}", "param", int(p.shape[1]), rows=int(p.shape[0]))
+        bound[p] = (Ref(b), STATIC)
+    carry_f = [(ns_, Ref(b, 1)) for ns_, (_n, b) in zip(cm.next_states, states_b, strict=True)]
+    free = set(cm.outputs) | set(cm.next_states) | set(cm.inputs) | set(cm.states)
+    saved = choose_residuals(cm.roots, bw_roots, free)
+    fsb = SweepBuilder(bufs, "f", cm.outputs, bound, carry_f, list(cm.outputs) + saved,
+                       reverse=False, fixed_kind="mat", use_sympy=use_sympy)
+    fwd = fsb.build()
+    outputs = tuple((output_name(cm, i), fsb.ref_of(o))
+                    for i, o in enumerate(cm.outputs))
+    # ---- backward ----
+    bbound: dict[Node, tuple[Ref, int]] = {}
+    for n, (r, _lv) in bound.items():
+        bbound[n] = (r, STATIC if n.op is Ops.PARAM else SEQ)
+    for n, r in list(fsb.home.items()) + list(zip(cm.next_states, [d for _n, d in carry_f],
+                                                  strict=True)):
+        kind = bufs.items[r.buf].kind
+        if kind in ("seq", "mat"):
+            bbound.setdefault(n, (r, SEQ if kind == "seq" else STATIC))
+    d_out_b = []
+    for leaf in bw.d_outputs:
+        b = bufs.new(f"dy_{leaf.arg[2:]}", "seq", int(leaf.shape[1]))
+        d_out_b.append((leaf.arg[2:], b))
+        bbound[leaf] = (Ref(b), SEQ)
+    d_final_b, carry_b = [], []
+    for s, leaf, root in zip(cm.states, bw.d_next, d_states, strict=True):
+        b = bufs.new(f"d_{s.arg}", "carry", int(s.shape[1]))
+        d_final_b.append((s.arg, b))
+        bbound[leaf] = (Ref(b), LOOP)
+        carry_b.append((root, Ref(b)))
+    keep_b = [r for r in list(d_inputs) + list(d_params) if r.op is not Ops.CONST]
+    bsb = SweepBuilder(bufs, "b", [], bbound, carry_b, keep_b, reverse=True,
+                       fixed_kind="grad", use_sympy=use_sympy)
+    bwd = bsb.build()
+    d_inputs_b = tuple((x.arg, None if (r.op is Ops.CONST and r.arg == 0.0) else
+                        bsb.keep_ref.get(r) or bsb.ref_of(r))
+                       for x, r in zip(cm.inputs, d_inputs, strict=True))
+    for (name, ref), x in zip(d_inputs_b, cm.inputs, strict=True):
+        if ref is not None and bufs.items[ref.buf].kind != "seq":
+            raise BackendError(f"schedule: gradient of input {name} is not a sequence")
+        del x
+    param_pieces, grad_pieces = [], []
+    for p, g in zip(cm.params, d_params, strict=True):
+        pref = bound[p][0]
+        gref = None if (g.op is Ops.CONST and g.arg == 0.0) else bsb.ref_of(g)
+        for pc in layout[p.arg]:
+            view = Ref(pref.buf, 0, pc.pcols, pc.prows)
+            param_pieces.append(ParamPiece(pc.user, pc.urows, pc.ucols, view))
+            if gref is not None:
+                gview = Ref(gref.buf, 0, _sub(gref.cols, pc.pcols), _sub(gref.rows, pc.prows))
+                grad_pieces.append(ParamPiece(pc.user, pc.urows, pc.ucols, gview))
+    # residuals: buffers the forward wrote that the backward reads, beyond inputs/states/outputs
+    fw_written = {r.buf for ph in fwd.phases() for s in ph[1] for r in _writes(s)}
+    bw_read = {r.buf for ph in bwd.phases() for s in ph[1] for r in _reads(s)}
+    visible = {b for _n, b in inputs_b} | {b for _n, b in states_b} | \
+        {r.buf for _n, r in outputs}
+    residuals = tuple(sorted((fw_written & bw_read) - visible))
+    prog = Program(
+        cell_name=cell.name, dtype=dt, buffers=tuple(bufs.items.values()), forward=fwd,
+        backward=bwd, inputs=tuple(inputs_b), states=tuple(states_b), outputs=outputs,
+        param_pieces=tuple(param_pieces), d_outputs=tuple(d_out_b), d_final=tuple(d_final_b),
+        d_states=tuple((s.arg, Ref(b)) for s, (_n, b) in zip(cm.states, d_final_b,
+                                                               strict=True)),
+        d_inputs=d_inputs_b, grad_pieces=tuple(grad_pieces), residuals=residuals,
+        param_shapes=tuple((p.arg, tuple(int(d) for d in p.shape)) for p in user_params))
+    validate(prog)
+    plan = Plan(prog, cm, layout, fsb.groups, bsb.groups, fsb.deps, bsb.deps, saved)
+    if debug_level() >= 2:
+        from .explain import explain_program
+        _debug("program", explain_program(prog))
+    return plan
+
+
+def _sub(outer: tuple[int, int] | None, inner: tuple[int, int]) -> tuple[int, int]:
+    o = outer[0] if outer is not None else 0
+    return (o + inner[0], o + inner[1])
+
+
+def _writes(s: Step) -> list[Ref]:
+    from .program import _reads_writes
+    return _reads_writes(s)[1]
+
+
+def _reads(s: Step) -> list[Ref]:
+    from .program import _reads_writes
+    return _reads_writes(s)[0]
+
+
+def compile_program(cell: Cell, dtype: str | None = None, use_sympy: bool = True) -> Program:
+    """The Program for a cell: forward and backward sweeps, buffers, bindings."""
+    return compile_plan(cell, dtype, use_sympy).program
+
+
+def fusable_node(n: Node) -> bool:  # re-exported for tests
+    return fusable(n)
