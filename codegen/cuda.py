@@ -1,0 +1,361 @@
+"""The ``cuda`` backend: a cell's Program as CUDA C kernels (CuPy RawModule, NVRTC), GEMMs
+through cuBLAS, the time loop driven from Python on one stream.
+
+    cc = graphrnn.compile(cell, backend="cuda", dtype="float32", cuda_graph=True)
+    ys, hT = cc.forward(params, xs)        # CuPy arrays out; NumPy, CuPy or torch tensors in
+
+- Kernels: every fused kernel of the Program rendered by ``codegen.cuda_render`` into one module,
+  compiled once with ``cupy.RawModule`` and cached by a hash of source, options and the device's
+  compute capability (CuPy also keeps its own on-disk cache keyed the same way).
+- GEMMs: ``cublas<s|d>gemm`` called directly on the strided views of the Program (a column block
+  of a packed buffer is a matrix with a leading dimension), so nothing is copied or allocated:
+  the hoisted input projection is one GEMM over all T·B rows.
+- Diagonal recurrences (no GEMM or reduction in the loop) run as one kernel over the whole time
+  loop (``codegen.cuda_exec.loop_spec``).
+- Reductions use CuPy's reduction kernels (a fixed tree, no ``atomicAdd``): two runs give the
+  same bits.
+- ``cuda_graph=True`` captures each sweep for a given (T, B) as a CUDA graph and replays it; the
+  buffers are then kept per (T, B), so residuals of a ``forward_train`` stay valid only until the
+  next forward of the same shape.
+- Export without a GPU: ``cuda_source(cell)`` (the ``.cu`` text) and ``ptx(cell, arch)`` (nvcc).
+
+``import cupy`` happens only inside functions: importing this module never needs a GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from graphrnn.api import CompiledCell, Grads
+from graphrnn.errors import BackendError, RuntimeInputError
+from graphrnn.ir import Cell
+
+from .cuda_exec import Device, ProgramExecutor, Residuals
+from .cuda_render import DEFAULT_BLOCK, RenderedKernel, grid_for, module_source
+
+NVRTC_OPTIONS = ("--std=c++14",)
+_MODULES: dict[str, Any] = {}   # hash(source, options, arch) -> cupy.RawModule
+
+
+def _program(cell: Cell) -> Any:
+    try:
+        from graphrnn.schedule import compile_program  # type: ignore[import-not-found]
+    except ImportError as e:  # the optimizer is not there: nothing to run
+        raise BackendError(f"the cuda backend needs graphrnn.schedule.compile_program: {e}") \
+            from e
+    return compile_program(cell)
+
+
+def _executor(cell: Cell, dtype: str, block: int = DEFAULT_BLOCK,
+              loop_kernels: bool = True) -> ProgramExecutor:
+    return ProgramExecutor(_program(cell.with_dtype(dtype)), block, loop_kernels)
+
+
+def cuda_source(cell: Cell, dtype: str | None = None, block: int = DEFAULT_BLOCK) -> str:
+    """The ``.cu`` text of every kernel a cell needs (forward and backward); no GPU needed."""
+    ex = _executor(cell, dtype or cell.dtype, block)
+    return module_source(ex.kernels())
+
+
+def ptx(cell: Cell, arch: str = "sm_80", dtype: str | None = None,
+        block: int = DEFAULT_BLOCK) -> str:
+    """PTX for a chosen architecture (``nvcc -ptx``); no GPU needed, nvcc is."""
+    from .cuda_cpu import compile_ptx
+    return compile_ptx(cuda_source(cell, dtype, block), arch)
+
+
+def import_cupy() -> Any:
+    """CuPy with a usable GPU, or a BackendError that says what is missing."""
+    try:
+        import cupy as cp
+    except ImportError as e:
+        raise BackendError("the cuda backend needs CuPy and an NVIDIA GPU: pip install "
+                           f"cupy-cuda12x (import failed: {e}); without a GPU use backend='llvm'"
+                           " and export kernels with codegen.cuda.cuda_source/ptx") from e
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:  # noqa: BLE001 - CuPy raises its own runtime errors
+        raise BackendError(f"the cuda backend found no usable GPU: {e}") from e
+    if n < 1:
+        raise BackendError("the cuda backend found no GPU (cupy sees 0 devices)")
+    return cp
+
+
+class GpuDevice(Device):
+    """CuPy arrays, RawModule kernels, cuBLAS GEMMs on the current stream."""
+
+    def __init__(self, kernels: Sequence[RenderedKernel], options: Sequence[str] = NVRTC_OPTIONS
+                 ) -> None:
+        cp = import_cupy()
+        self.xp = cp
+        dev = cp.cuda.Device()
+        arch = dev.compute_capability
+        source = module_source(list(kernels))
+        key = hashlib.sha256("\0".join([source, *options, arch]).encode()).hexdigest()
+        if key not in _MODULES:
+            try:
+                _MODULES[key] = cp.RawModule(code=source, options=tuple(options))
+            except Exception as e:  # noqa: BLE001 - NVRTC errors carry the log
+                raise BackendError(f"cuda: NVRTC could not compile the kernels: {e}") from e
+        self.module = _MODULES[key]
+        self.fns = {k.name: self.module.get_function(k.name) for k in kernels}
+        self._scalars: dict[tuple[str, float], np.ndarray] = {}
+        self._scratch: dict[tuple[tuple[int, ...], str], Any] = {}
+
+    def launch(self, kernel: RenderedKernel, rows: int, args: Sequence[Any]) -> None:
+        grid = grid_for(rows, kernel.spec.cols, kernel.block)
+        conv = [np.int32(a) if isinstance(a, (int, np.integer)) else a for a in args]
+        self.fns[kernel.name]((grid,), (kernel.block,), tuple(conv))
+
+    def _scalar(self, v: float, dtype: Any) -> np.ndarray:
+        key = (np.dtype(dtype).name, v)
+        if key not in self._scalars:   # host memory that must outlive a captured graph
+            self._scalars[key] = np.array(v, dtype=dtype)
+        return self._scalars[key]
+
+    def gemm(self, out: Any, a: Any, b: Any, ta: bool, tb: bool, acc: bool) -> None:
+        from cupy_backends.cuda.libs import cublas
+        cp = self.xp
+        args = cublas_gemm_args(out, a, b, ta, tb)
+        if args is None:
+            if not acc:
+                out[...] = 0
+            return
+        opb, opa, m, n, k, ldb, lda, ldc = args
+        handle = cp.cuda.device.get_cublas_handle()
+        cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
+        fn = cublas.sgemm if out.dtype == np.float32 else cublas.dgemm
+        alpha, beta = self._scalar(1.0, out.dtype), self._scalar(1.0 if acc else 0.0, out.dtype)
+        fn(handle, opb, opa, m, n, k, alpha.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda,
+           beta.ctypes.data, out.data.ptr, ldc)
+
+    def reduce(self, out: Any, src: Any, op: str, axis: int, acc: bool) -> None:
+        # CuPy's reduction is a fixed tree (no atomics): deterministic. It writes into a
+        # scratch array kept per shape, so nothing is allocated once warm (a captured CUDA
+        # graph must not allocate: a pooled block could later belong to someone else)
+        cp = self.xp
+        key = (tuple(out.shape), out.dtype.name)
+        if key not in self._scratch:
+            self._scratch[key] = cp.empty(out.shape, out.dtype)
+        tmp = self._scratch[key]
+        (cp.sum if op == "sum" else cp.max)(src, axis=axis, keepdims=True, out=tmp)
+        if acc:
+            out += tmp
+        else:
+            out[...] = tmp
+
+    def scatter(self, out: Any, ids: Any, src: Any, acc: bool) -> None:
+        import cupyx
+        if not acc:
+            out[...] = 0
+        cupyx.scatter_add(out, ids[:, 0], src)
+
+
+def cublas_gemm_args(out: Any, a: Any, b: Any, ta: bool, tb: bool
+                     ) -> tuple[int, int, int, int, int, int, int, int] | None:
+    """Arguments of a column-major ``gemm`` that computes the row-major, strided
+    ``out = op(a) @ op(b)``: out is m×n with row stride ldc; read column-major it is outᵀ
+    (n×m, ld ldc) = op(b)ᵀ · op(a)ᵀ. Returns (op on b, op on a, n, m, k, ldb, lda, ldc) with
+    ops 0 = N, 1 = T, or None when there is nothing to multiply (k = 0)."""
+    def ld(x: Any) -> int:
+        item = x.dtype.itemsize
+        if x.ndim != 2 or (x.shape[1] > 1 and x.strides[1] != item) or x.strides[0] % item:
+            raise BackendError(f"cuda gemm: operand with shape {x.shape} and strides "
+                               f"{x.strides} is not a row-major strided matrix")
+        return max(x.strides[0] // item, x.shape[1], 1)
+
+    m, ka = (a.shape[1], a.shape[0]) if ta else a.shape
+    kb, n = (b.shape[1], b.shape[0]) if tb else b.shape
+    if ka != kb or tuple(out.shape) != (m, n):
+        raise BackendError(f"cuda gemm: {a.shape}{'ᵀ' if ta else ''} @ "
+                           f"{b.shape}{'ᵀ' if tb else ''} -> {out.shape} does not fit")
+    if m == 0 or n == 0 or ka == 0:
+        return None
+    return int(tb), int(ta), int(n), int(m), int(ka), ld(b), ld(a), ld(out)
+
+
+class CudaBackend(CompiledCell):
+    """``graphrnn.compile(cell, backend="cuda")``; see the module docstring."""
+
+    backend_name = "cuda"
+
+    def __init__(self, cell: Cell, dtype: str, cuda_graph: bool = False,
+                 block: int = DEFAULT_BLOCK, loop_kernels: bool = True) -> None:
+        import_cupy()   # fail first, and clearly, without a GPU
+        super().__init__(cell, dtype)
+        self.executor = ProgramExecutor(_program(self.cell), block, loop_kernels)
+        self.program = self.executor.p
+        self.device = GpuDevice(self.executor.kernels())
+        self.cuda_graph = cuda_graph
+        self._graphs: dict[tuple[str, int, int], Any] = {}
+        self._arrays: dict[tuple[int, int], dict[str, Any]] = {}
+        # one stream for everything this cell does (conversions, binds, sweeps, copies out)
+        self._stream = self.device.xp.cuda.Stream(non_blocking=True)
+        if cuda_graph:
+            from graphrnn.program import Gather, Scatter
+            for sw in (self.program.forward, self.program.backward):
+                for _ph, steps in sw.phases():
+                    if any(isinstance(s, (Gather, Scatter)) for s in steps):
+                        raise BackendError("cuda_graph=True does not support embedding "
+                                           "(Gather/Scatter) steps yet; use cuda_graph=False")
+
+    # ---- export ----
+    def cuda_source(self) -> str:
+        return module_source(self.executor.kernels())
+
+    def ptx(self, arch: str = "sm_80") -> str:
+        from .cuda_cpu import compile_ptx
+        return compile_ptx(self.cuda_source(), arch)
+
+    # ---- arrays in: NumPy, CuPy or anything with __dlpack__ (torch tensors) ----
+    def _dev(self, x: Any, dtype: Any) -> Any:
+        cp = self.device.xp
+        if not isinstance(x, (np.ndarray, cp.ndarray)) and hasattr(x, "__dlpack__"):
+            dev_type = x.__dlpack_device__()[0] if hasattr(x, "__dlpack_device__") else 1
+            # kDLCPU = 1: a host tensor is read through numpy (then copied over); a CUDA
+            # tensor is wrapped without a copy, on this cell's stream
+            x = np.from_dlpack(x) if dev_type == 1 else cp.from_dlpack(x)
+        return cp.ascontiguousarray(cp.asarray(x, dtype=dtype))
+
+    def _inputs(self, xs: Any) -> list[Any]:
+        cp = self.device.xp
+        if not isinstance(xs, (list, tuple)):
+            xs = [xs]
+        if len(xs) != len(self.cell.inputs):
+            raise RuntimeInputError(f"cell {self.cell.name} takes {len(self.cell.inputs)} "
+                                    f"inputs, got {len(xs)}")
+        out = []
+        for n, x in zip(self.cell.inputs, xs):
+            x = self._dev(x, np.int64 if n.dtype == "int64" else self.dtype)
+            if x.ndim != 3 or x.shape[2] != n.shape[1]:
+                raise RuntimeInputError(f"input {n.arg!r}: expected (T, B, {n.shape[1]}), got "
+                                        f"{tuple(x.shape)}")
+            out.append(x)
+        if len({tuple(x.shape[:2]) for x in out}) > 1:
+            raise RuntimeInputError("inputs disagree on (T, B)")
+        del cp
+        return out
+
+    def _states(self, h: Any, batch: int) -> list[Any]:
+        cp = self.device.xp
+        if h is None:
+            return [cp.zeros((batch, int(s.shape[1])), self.dtype) for s in self.cell.states]
+        if not isinstance(h, (list, tuple)):
+            h = [h]
+        if len(h) != len(self.cell.states):
+            raise RuntimeInputError(f"cell {self.cell.name} has {len(self.cell.states)} states, "
+                                    f"got {len(h)}")
+        out = []
+        for s, v in zip(self.cell.states, h):
+            v = self._dev(v, self.dtype)
+            if tuple(v.shape) != (batch, s.shape[1]):
+                raise RuntimeInputError(f"state {s.arg!r}: expected ({batch}, {s.shape[1]}), "
+                                        f"got {tuple(v.shape)}")
+            out.append(v)
+        return out
+
+    def _params(self, params: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for p in self.cell.params:
+            if p.arg not in params:
+                raise RuntimeInputError(f"missing parameter {p.arg!r}; expected "
+                                        f"{sorted(self.cell.param_shapes())}")
+            v = self._dev(params[p.arg], self.dtype)
+            if tuple(v.shape) != p.shape:
+                raise RuntimeInputError(f"parameter {p.arg!r}: expected shape {p.shape}, got "
+                                        f"{tuple(v.shape)}")
+            out[p.arg] = v
+        return out
+
+    def forward_train(self, params: dict[str, Any], xs: Any, h0: Any = None,
+                      save: bool = True) -> tuple[list[Any], list[Any], Any]:
+        with self._stream:
+            xs = self._inputs(xs)
+            out = self._forward(self._params(params), xs,
+                                self._states(h0, int(xs[0].shape[1])), save)
+        self._stream.synchronize()
+        return out
+
+    def backward(self, params: dict[str, Any], residuals: Any, d_ys: Any,
+                 d_final: Any = None) -> Grads:
+        if d_ys is None or not isinstance(d_ys, (list, tuple)):
+            d_ys = [d_ys] * len(self.cell.outputs) if d_ys is None else [d_ys]
+        if len(d_ys) != len(self.cell.outputs):
+            raise RuntimeInputError(f"backward: {len(self.cell.outputs)} output cotangents "
+                                    f"expected, got {len(d_ys)}")
+        if d_final is None or not isinstance(d_final, (list, tuple)):
+            d_final = [d_final] * len(self.cell.states) if d_final is None else [d_final]
+        with self._stream:
+            d_ys = [None if d is None else self._dev(d, self.dtype) for d in d_ys]
+            d_final = [None if d is None else self._dev(d, self.dtype) for d in d_final]
+            out = self._backward(self._params(params), residuals, d_ys, d_final)
+        self._stream.synchronize()
+        return out
+
+    def step(self, params: dict[str, Any], x: Any, h: Any = None) -> tuple[list[Any], list[Any]]:
+        with self._stream:   # conversions on this cell's stream, like everything else
+            xs = [self._dev(v, None)[None] for v in (x if isinstance(x, (list, tuple))
+                                                     else [x])]
+        ys, hT = self.forward(params, xs, h)
+        return [y[0] for y in ys], hT
+
+    # ---- running ----
+    def _run_sweep(self, label: str, arrays: dict[str, Any], T: int, B: int,
+                   rebind: Any) -> None:
+        """Run a sweep on this cell's stream (current here). With ``cuda_graph`` the first call
+        for a (T, B) runs it once for real (cuBLAS and scratch arrays get set up), captures it,
+        binds the inputs again (the warm-up changed the buffers) and replays the graph."""
+        ex = self.executor
+        sw = self.program.forward if label == "forward" else self.program.backward
+        if not self.cuda_graph:
+            ex.run_sweep(self.device, label, sw, arrays, T, B)
+            return
+        key = (label, T, B)
+        stream = self._stream
+        if key not in self._graphs:
+            ex.run_sweep(self.device, label, sw, arrays, T, B)
+            stream.begin_capture()
+            try:
+                ex.run_sweep(self.device, label, sw, arrays, T, B)
+            finally:
+                graph = stream.end_capture()
+            self._graphs[key] = graph
+            rebind()
+        self._graphs[key].launch(stream)
+
+    def _forward(self, params: dict[str, Any], xs: list[Any], h0: list[Any],
+                 save: bool) -> tuple[list[Any], list[Any], Any]:
+        ex, dev = self.executor, self.device
+        T, B = int(xs[0].shape[0]), int(xs[0].shape[1])
+        if self.cuda_graph:   # a captured graph holds pointers: keep one buffer set per shape
+            if (T, B) not in self._arrays:
+                self._arrays[T, B] = ex.alloc(dev, T, B)
+            arrays = self._arrays[T, B]
+        else:
+            arrays = ex.alloc(dev, T, B)
+        def bind() -> None:
+            ex.bind_forward(arrays, params, xs, h0, T, B)
+
+        bind()
+        self._run_sweep("forward", arrays, T, B, bind)
+        ys, hT = ex.collect_forward(arrays, T)
+        return ys, hT, (Residuals(arrays, T, B) if save else None)
+
+    def _backward(self, params: dict[str, Any], residuals: Any,
+                  d_ys: Sequence[Any | None], d_final: Sequence[Any | None]) -> Grads:
+        if not isinstance(residuals, Residuals):
+            raise RuntimeInputError("backward: residuals must come from this cell's "
+                                    "forward_train")
+        ex = self.executor
+        arrays, T, B = residuals.buffers, residuals.T, residuals.B
+        def bind() -> None:
+            ex.bind_backward(arrays, d_ys, d_final)
+
+        bind()
+        self._run_sweep("backward", arrays, T, B, bind)
+        dp, dx, dh = ex.collect_backward(self.device, arrays, T, B,
+                                         self.cell.param_shapes(), self.cell)
+        return Grads(dp, dx, dh)

@@ -1,0 +1,342 @@
+"""Proof of the CUDA backend without a GPU: nvcc to PTX, ptxas register reports, and the same
+kernel sources built as C++ through ``cuda_shim.h`` and run on the CPU.
+
+- ``compile_ptx(source, arch)`` runs ``nvcc -ptx`` once for a whole module (many kernels).
+- ``ptxas_report(ptx, arch)`` runs ``ptxas -v`` and returns registers and spills per kernel.
+- ``ShimLibrary`` builds a module's source (unchanged) plus a generated launcher per kernel with
+  g++ into a shared library, loaded with ctypes. ``ShimLauncher`` runs kernels with it, walking
+  the grid in forward, reversed or shuffled block order.
+- ``FakeLauncher`` records every launch (grid, block, argument dtypes) and checks it against the
+  kernel's generated signature and operand layouts before passing it on.
+
+Builds are cached in a directory by a hash of source, flags and compiler; a cache entry is
+written to a temp file and moved into place with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from graphrnn.errors import BackendError
+
+from .cuda_render import CTYPE, LoopSpec, RenderedKernel, extent, module_source
+
+SHIM_HEADER = Path(__file__).with_name("cuda_shim.h")
+NP_OF_CTYPE = {v: np.dtype(k) for k, v in CTYPE.items()}
+ORDERS = ("forward", "reversed", "shuffled")
+
+
+def find_tool(name: str) -> str | None:
+    """A CUDA tool (nvcc, ptxas) on PATH or in the usual install place, or None."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and os.path.exists(os.path.join(root, "bin", name)):
+            return os.path.join(root, "bin", name)
+    return None
+
+
+def default_cache_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"graphrnn-cuda-{os.getuid()}"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _run(cmd: list[str], what: str, cwd: str) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    if out.returncode != 0:
+        raise BackendError(f"{what} failed ({' '.join(cmd)}):\n{out.stderr[-4000:]}")
+    return out
+
+
+# ---- nvcc / ptxas ----
+
+def compile_ptx(source: str, arch: str = "sm_80", cache_dir: Path | None = None,
+                options: Sequence[str] = ()) -> str:
+    """PTX for a module source, by ``nvcc -ptx -arch=<arch>`` (cached by source and options)."""
+    nvcc = find_tool("nvcc")
+    if nvcc is None:
+        raise BackendError("nvcc not found: install the CUDA toolkit or set CUDA_HOME to export "
+                           "PTX")
+    cache = Path(cache_dir or default_cache_dir())
+    cache.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256("\0".join([source, arch, *options, nvcc]).encode()).hexdigest()[:24]
+    out_path = cache / f"{key}.{arch}.ptx"
+    if out_path.exists():
+        text = out_path.read_text()
+        if text.rstrip().endswith("}"):  # a truncated entry is rebuilt, not trusted
+            return text
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        (Path(tmp) / "k.cu").write_text(source)
+        _run([nvcc, "-ptx", f"-arch={arch}", *options, "k.cu", "-o", "k.ptx"],
+             "nvcc", tmp)
+        ptx = (Path(tmp) / "k.ptx").read_text()
+    _atomic_write(out_path, ptx.encode())
+    return ptx
+
+
+@dataclass(frozen=True)
+class PtxasInfo:
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    stack_frame: int
+
+
+def ptxas_report(ptx: str, arch: str = "sm_80") -> dict[str, PtxasInfo]:
+    """``ptxas -v`` on a PTX module: registers, spills and stack per entry function."""
+    ptxas = find_tool("ptxas")
+    if ptxas is None:
+        raise BackendError("ptxas not found: install the CUDA toolkit or set CUDA_HOME")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "k.ptx").write_text(ptx)
+        out = _run([ptxas, "-v", f"-arch={arch}", "k.ptx", "-o", os.devnull], "ptxas", tmp)
+    report: dict[str, PtxasInfo] = {}
+    name = None
+    frame = stores = loads = 0
+    for line in out.stderr.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)'", line)
+        if m:
+            name = m.group(1)
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                      r"(\d+) bytes spill loads", line)
+        if m:
+            frame, stores, loads = (int(g) for g in m.groups())
+            continue
+        m = re.search(r"Used (\d+) registers", line)
+        if m and name is not None:
+            report[name] = PtxasInfo(int(m.group(1)), stores, loads, frame)
+            name = None
+    return report
+
+
+# ---- the C++ build through the shim ----
+
+def _launcher_source(k: RenderedKernel) -> str:
+    args = []
+    for i, p in enumerate(k.params):
+        if p.pointer:
+            args.append(f"*({'const ' if p.const else ''}{p.ctype}* const*)args[{i}]")
+        else:
+            args.append(f"*(const {p.ctype}*)args[{i}]")
+    return (f'extern "C" void grnn_launch_{k.name}(const unsigned* grid, const unsigned* block,'
+            f" const unsigned* border, long nb, const unsigned* torder, long nt, void** args) "
+            f"{{\n  GRNN_WALK(grid, block, border, nb, torder, nt, {k.name}("
+            + ", ".join(args) + "));\n}\n")
+
+
+class ShimLibrary:
+    """Kernels built as C++ with g++ through cuda_shim.h, one shared library per module."""
+
+    def __init__(self, kernels: Sequence[RenderedKernel], cache_dir: Path | None = None) -> None:
+        cxx = shutil.which("g++") or shutil.which("c++")
+        if cxx is None:
+            raise BackendError("no C++ compiler (g++) found to build the CUDA shim")
+        self.kernels = {k.name: k for k in kernels}
+        src = module_source(list(self.kernels.values()))
+        launchers = "\n".join(_launcher_source(k) for k in self.kernels.values())
+        self.source = src + "\n/* ---- CPU launchers (not part of the CUDA module) ---- */\n" \
+            + launchers
+        flags = ["-std=c++17", "-O1", "-shared", "-fPIC", "-ffp-contract=off",
+                 "-include", str(SHIM_HEADER)]
+        shim = SHIM_HEADER.read_text()
+        key = hashlib.sha256("\0".join([self.source, shim, cxx, *flags]).encode()).hexdigest()
+        cache = Path(cache_dir or default_cache_dir())
+        cache.mkdir(parents=True, exist_ok=True)
+        path = cache / f"shim_{key[:24]}.so"
+        if not path.exists():
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                (Path(tmp) / "k.cpp").write_text(self.source)
+                _run([cxx, *flags, "k.cpp", "-o", "k.so"], "g++ (CUDA shim build)", tmp)
+                _atomic_write(path, (Path(tmp) / "k.so").read_bytes())
+        try:
+            self.lib = ctypes.CDLL(str(path))
+        except OSError:  # a corrupt cache entry: rebuild once
+            path.unlink(missing_ok=True)
+            ShimLibrary.__init__(self, kernels, cache_dir)
+            return
+        self._fns: dict[str, Any] = {}
+        for name in self.kernels:
+            fn = getattr(self.lib, f"grnn_launch_{name}")
+            fn.restype = None
+            vp, n = ctypes.c_void_p, ctypes.c_long
+            fn.argtypes = [vp, vp, vp, n, vp, n, vp]
+            self._fns[name] = fn
+
+    def fn(self, name: str) -> Any:
+        return self._fns[name]
+
+
+def _coords(dims: tuple[int, int, int], order: str, rng: np.random.Generator) -> np.ndarray:
+    x, y, z = np.meshgrid(np.arange(dims[0]), np.arange(dims[1]), np.arange(dims[2]),
+                          indexing="ij")
+    c = np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1).astype(np.uint32)
+    if order == "reversed":
+        c = c[::-1]
+    elif order == "shuffled":
+        c = c[rng.permutation(len(c))]
+    elif order != "forward":
+        raise ValueError(f"walk order must be one of {ORDERS}, got {order!r}")
+    return np.ascontiguousarray(c)
+
+
+def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
+    fn = getattr(np, "byte_bounds", None)
+    if fn is None:
+        from numpy.lib.array_utils import byte_bounds as fn  # numpy >= 2
+    return fn(a)  # type: ignore[no-any-return]
+
+
+def _ptr(a: Any) -> int:
+    if isinstance(a, np.ndarray):
+        return int(a.__array_interface__["data"][0])
+    return int(a.data.ptr)  # a CuPy array
+
+
+Dims = tuple[int, int, int]
+
+
+def _dim3(v: int | Sequence[int]) -> Dims:
+    t = (int(v),) if isinstance(v, (int, np.integer)) else tuple(int(x) for x in v)
+    t = t + (1,) * (3 - len(t))
+    if len(t) != 3 or min(t) < 1:
+        raise BackendError(f"cuda launch: grid/block must be 1 to 3 positive sizes, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+class ShimLauncher:
+    """Runs kernels from a ShimLibrary on numpy arrays, as a GPU launcher would."""
+
+    def __init__(self, lib: ShimLibrary, order: str = "forward", seed: int = 0) -> None:
+        self.lib = lib
+        self.order = order
+        self.rng = np.random.default_rng(seed)
+
+    def launch(self, kernel: RenderedKernel, grid: int | Sequence[int],
+               block: int | Sequence[int], args: Sequence[Any]) -> None:
+        g, b = _dim3(grid), _dim3(block)
+        border, torder = _coords(g, self.order, self.rng), _coords(b, self.order, self.rng)
+        keep: list[Any] = []
+        ptrs = (ctypes.c_void_p * len(args))()
+        for i, (p, a) in enumerate(zip(kernel.params, args)):
+            if p.pointer:
+                cell = ctypes.c_void_p(_ptr(a))
+            else:
+                cell = ctypes.c_int(int(a))
+            keep.append(cell)
+            ptrs[i] = ctypes.cast(ctypes.pointer(cell), ctypes.c_void_p)
+        gg = np.array(g, np.uint32)
+        bb = np.array(b, np.uint32)
+        self.lib.fn(kernel.name)(gg.ctypes.data, bb.ctypes.data, border.ctypes.data,
+                                 len(border), torder.ctypes.data, len(torder), ptrs)
+
+
+@dataclass
+class LaunchRecord:
+    kernel: str
+    grid: Dims
+    block: Dims
+    arg_types: tuple[str, ...]   # numpy dtype names for arrays, "int" for scalars
+
+
+@dataclass
+class FakeLauncher:
+    """Records launches and checks each against the kernel's signature before passing it on:
+    argument count, array dtypes against the C types, ints for int parameters, no write into a
+    read-only array, every touched element inside the array passed, outputs sharing memory with
+    no other argument (the kernels declare ``__restrict__``), and a block no larger than the
+    kernel's ``__launch_bounds__``."""
+    inner: Any = None
+    records: list[LaunchRecord] = field(default_factory=list)
+    check_bounds: bool = True
+
+    def launch(self, kernel: RenderedKernel, grid: int | Sequence[int],
+               block: int | Sequence[int], args: Sequence[Any]) -> None:
+        g, b = _dim3(grid), _dim3(block)
+        where = f"kernel {kernel.name}"
+        if b[0] * b[1] * b[2] > kernel.block:
+            raise BackendError(f"{where}: block {b} exceeds its __launch_bounds__ "
+                               f"({kernel.block})")
+        if len(args) != len(kernel.params):
+            raise BackendError(f"{where}: expected {len(kernel.params)} arguments "
+                               f"({', '.join(p.name for p in kernel.params)}), got {len(args)}")
+        types = []
+        ints: dict[str, int] = {}
+        for p, a in zip(kernel.params, args):
+            if p.pointer:
+                dt = getattr(a, "dtype", None)
+                if dt is None or np.dtype(dt) != NP_OF_CTYPE[p.ctype]:
+                    raise BackendError(f"{where}: argument {p.name} is {p.ctype}* but got "
+                                       f"{type(a).__name__} of dtype {dt}")
+                if not p.const and isinstance(a, np.ndarray) and not a.flags.writeable:
+                    raise BackendError(f"{where}: output {p.name} got a read-only array")
+                types.append(np.dtype(dt).name)
+            else:
+                if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)):
+                    raise BackendError(f"{where}: argument {p.name} is int but got "
+                                       f"{type(a).__name__} {a!r}")
+                if not -2**31 <= int(a) < 2**31:
+                    raise BackendError(f"{where}: argument {p.name}={a} does not fit an int")
+                ints[p.name] = int(a)
+                types.append("int")
+        if self.check_bounds:
+            self._check_memory(kernel, args, ints, where)
+        self.records.append(LaunchRecord(kernel.name, g, b, tuple(types)))
+        if self.inner is not None:
+            self.inner.launch(kernel, g, b, args)
+
+    @staticmethod
+    def _check_memory(kernel: RenderedKernel, args: Sequence[Any], ints: dict[str, int],
+                      where: str) -> None:
+        spec = kernel.spec
+        rows = ints.get("rows", 0)
+        steps = ints.get("steps", 1) if isinstance(spec, LoopSpec) else 1
+        if rows <= 0 or steps <= 0:
+            return  # nothing is touched
+        arrays = [(p, a) for p, a in zip(kernel.params, args) if p.pointer]
+        for k, (p, a) in enumerate(arrays):
+            need = extent(spec, k, rows, steps)
+            if isinstance(a, np.ndarray):
+                _lo, hi = _byte_bounds(a)
+                have = (hi - _ptr(a)) // a.itemsize
+            else:
+                have = int(a.size)
+            if need > have:
+                raise BackendError(f"{where}: {p.name} touches {need} elements from its start "
+                                   f"but the array passed holds {have} (rows={rows}, "
+                                   f"cols={spec.cols}, steps={steps})")
+            if not p.const and p.restrict and isinstance(a, np.ndarray):
+                for q, other in arrays:
+                    if q is not p and isinstance(other, np.ndarray) and \
+                            np.shares_memory(a, other):
+                        raise BackendError(f"{where}: output {p.name} shares memory with "
+                                           f"{q.name}; the kernel's pointers are __restrict__")
+
+
+def launch_shape(kernel: RenderedKernel, rows: int, max_blocks: int = 65535) -> tuple[int, int]:
+    """(grid, block) for a grid-stride kernel over rows * cols points."""
+    from .cuda_render import grid_for
+    return grid_for(rows, kernel.spec.cols, kernel.block, max_blocks), kernel.block

@@ -1,0 +1,51 @@
+/* graphrnn CUDA shim: build generated CUDA kernels unchanged as C++ and run them on the CPU.
+ *
+ * threadIdx, blockIdx, blockDim and gridDim become globals of the translation unit; GRNN_WALK
+ * sets them and calls the kernel once per (block, thread), walking blocks and threads in an
+ * order the caller chooses (forward, reversed, shuffled) so that any dependence of a result on
+ * the order in which the hardware schedules blocks shows up as a difference. Kernels that use
+ * shared memory, barriers or atomics cannot run here; graphrnn's kernels use none of them.
+ */
+#ifndef GRNN_CUDA_SHIM_H
+#define GRNN_CUDA_SHIM_H
+
+#include <math.h>
+#include <string.h>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+/* __restrict__ is a GNU C++ keyword already */
+
+struct grnn_dim3 { unsigned int x, y, z; };
+typedef struct grnn_dim3 dim3;
+
+static dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+/* device intrinsics that have a plain C meaning */
+#define __expf(x) expf(x)
+static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }
+static inline double __longlong_as_double(long long i) {
+  double d; memcpy(&d, &i, sizeof d); return d;
+}
+
+/* Walk the grid. grid/block: 3 unsigned each. border: nb block coordinates (x,y,z triples)
+ * in the order to run them; torder: nt thread coordinates likewise. CALL is the kernel call. */
+#define GRNN_WALK(grid, block, border, nb, torder, nt, CALL)                         \
+  do {                                                                               \
+    gridDim.x = (grid)[0]; gridDim.y = (grid)[1]; gridDim.z = (grid)[2];             \
+    blockDim.x = (block)[0]; blockDim.y = (block)[1]; blockDim.z = (block)[2];       \
+    for (long grnn_b = 0; grnn_b < (nb); ++grnn_b) {                                 \
+      blockIdx.x = (border)[3 * grnn_b]; blockIdx.y = (border)[3 * grnn_b + 1];      \
+      blockIdx.z = (border)[3 * grnn_b + 2];                                         \
+      for (long grnn_t = 0; grnn_t < (nt); ++grnn_t) {                               \
+        threadIdx.x = (torder)[3 * grnn_t]; threadIdx.y = (torder)[3 * grnn_t + 1];  \
+        threadIdx.z = (torder)[3 * grnn_t + 2];                                      \
+        CALL;                                                                        \
+      }                                                                              \
+    }                                                                                \
+  } while (0)
+
+#endif

@@ -1,0 +1,274 @@
+"""``CudaBackend`` end to end without a GPU, against a stand-in for CuPy.
+
+The stand-in is as thin as it can be and still honest about the parts that matter:
+
+- ``RawModule(code=...)`` compiles the *same module source* the GPU would get, with g++ through
+  ``cuda_shim.h``, and a kernel call walks the grid it is given (Python sets the thread and
+  block indices, then calls the ``extern "C"`` kernel by its symbol with the raw pointers);
+- ``cublas.sgemm``/``dgemm`` read and write raw memory column-major with leading dimensions, as
+  cuBLAS does, so the backend's row-major strided mapping is exercised for real;
+- arrays are numpy arrays of a subclass with ``.data.ptr``; streams record what a capture
+  would (kernel calls, GEMMs, in-place writes and reductions) and a graph replays the record.
+
+So everything in ``codegen/cuda.py`` but CuPy itself runs: bindings, launches, the cuBLAS call
+arguments, CUDA-graph capture and replay, DLPack input."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import sys
+import types
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import as_strided
+
+import graphrnn
+from graphrnn.cells import SQUARE_INPUT, zoo_cell
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ for the CUDA shim")
+
+CAPTURE: list | None = None   # the open capture, if any
+
+
+def _record_or_run(fn):
+    if CAPTURE is not None:
+        CAPTURE.append(fn)
+    else:
+        fn()
+
+
+class _Mem:
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
+
+
+class FakeDev(np.ndarray):
+    """A 'device' array: numpy memory with CuPy's ``.data.ptr``; writes are captured."""
+
+    @property
+    def data(self):  # type: ignore[override]
+        return _Mem(self.__array_interface__["data"][0])
+
+    def __setitem__(self, key, value):
+        _record_or_run(lambda: np.ndarray.__setitem__(self, key, value))
+
+    def __iadd__(self, other):
+        _record_or_run(lambda: np.add(self, other, out=self))
+        return self
+
+
+def _dev(a) -> FakeDev:
+    return np.asarray(a).view(FakeDev)
+
+
+class _Stream:
+    def __init__(self, non_blocking: bool = False) -> None:
+        self.ptr = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def synchronize(self) -> None:
+        pass
+
+    def begin_capture(self) -> None:
+        global CAPTURE
+        CAPTURE = []
+
+    def end_capture(self):
+        global CAPTURE
+        ops, CAPTURE = CAPTURE, None
+        g = types.SimpleNamespace(ops=ops)
+        g.launch = lambda stream=None: [op() for op in ops]
+        return g
+
+
+_CALLS = {"kernels": 0, "gemms": 0, "graph_ops": 0}
+
+
+class _RawModule:
+    def __init__(self, code: str, options=()) -> None:
+        import hashlib
+        import tempfile
+        from pathlib import Path
+
+        from codegen.cuda_cpu import SHIM_HEADER, _atomic_write, _run, default_cache_dir
+        helper = ('\nextern "C" void grnn_fake_set(unsigned bx, unsigned tx, unsigned gx, '
+                  "unsigned bdx) { blockIdx.x = bx; blockIdx.y = blockIdx.z = 0; threadIdx.x = "
+                  "tx; threadIdx.y = threadIdx.z = 0; gridDim.x = gx; gridDim.y = gridDim.z = 1;"
+                  " blockDim.x = bdx; blockDim.y = blockDim.z = 1; }\n")
+        src = code + helper
+        cache = default_cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        path = cache / f"fake_{hashlib.sha256(src.encode()).hexdigest()[:24]}.so"
+        if not path.exists():
+            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+                (Path(tmp) / "k.cpp").write_text(src)
+                _run(["g++", "-std=c++17", "-O1", "-shared", "-fPIC", "-include",
+                      str(SHIM_HEADER), "k.cpp", "-o", "k.so"], "g++", tmp)
+                _atomic_write(path, (Path(tmp) / "k.so").read_bytes())
+        self.lib = ctypes.CDLL(str(path))
+        self.options = options
+
+    def get_function(self, name: str):
+        fn = getattr(self.lib, name)
+        fn.restype = None
+        setter = self.lib.grnn_fake_set
+
+        def call(grid, block, args):
+            cargs = []
+            for a in args:
+                if isinstance(a, np.ndarray):
+                    assert isinstance(a, FakeDev), "a host array reached a kernel"
+                    cargs.append(ctypes.c_void_p(a.data.ptr))
+                else:
+                    assert isinstance(a, np.int32), f"kernel int argument {a!r} is not int32"
+                    cargs.append(ctypes.c_int(int(a)))
+
+            def run():
+                _CALLS["kernels"] += 1
+                order = np.random.default_rng(grid[0]).permutation(grid[0])   # any order
+                for bx in order:
+                    for tx in range(block[0]):
+                        setter(int(bx), tx, grid[0], block[0])
+                        fn(*cargs)
+            _record_or_run(run)
+        return call
+
+
+def _colmajor(ptr: int, rows: int, cols: int, ld: int, dtype) -> np.ndarray:
+    it = np.dtype(dtype).itemsize
+    n = ((cols - 1) * ld + rows) * it
+    flat = np.frombuffer((ctypes.c_char * n).from_address(ptr), dtype=dtype)
+    return as_strided(flat, shape=(rows, cols), strides=(it, ld * it), writeable=True)
+
+
+def _gemm(dtype):
+    def gemm(handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+        al = np.frombuffer((ctypes.c_char * 8).from_address(alpha), dtype=dtype, count=1)[0]
+        be = np.frombuffer((ctypes.c_char * 8).from_address(beta), dtype=dtype, count=1)[0]
+
+        def run():
+            _CALLS["gemms"] += 1
+            a = _colmajor(A, *((m, k) if transa == 0 else (k, m)), lda, dtype)
+            b = _colmajor(B, *((k, n) if transb == 0 else (n, k)), ldb, dtype)
+            c = _colmajor(C, m, n, ldc, dtype)
+            prod = (a if transa == 0 else a.T) @ (b if transb == 0 else b.T)
+            c[...] = al * prod + (be * c if be else 0)
+        _record_or_run(run)
+    return gemm
+
+
+def _reduction(np_fn):
+    def red(src, axis=None, keepdims=False, out=None):
+        assert out is not None, "a reduction would allocate"
+        _record_or_run(lambda: np_fn(np.asarray(src), axis=axis, keepdims=keepdims,
+                                     out=out.view(np.ndarray)))
+        return out
+    return red
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    cp = types.ModuleType("cupy")
+    cp.ndarray = FakeDev
+    cp.float32, cp.float64 = np.float32, np.float64
+    cp.asarray = lambda x, dtype=None: _dev(np.asarray(x, dtype=dtype)).copy() \
+        if not isinstance(x, FakeDev) or (dtype is not None and x.dtype != dtype) else x
+    cp.ascontiguousarray = lambda x: x if x.flags.c_contiguous else _dev(np.ascontiguousarray(x))
+    cp.empty = lambda shape, dtype=None: _dev(np.empty(shape, dtype))
+    cp.zeros = lambda shape, dtype=None: _dev(np.zeros(shape, dtype))
+    cp.asnumpy = lambda x: np.array(x).view(np.ndarray)
+    cp.from_dlpack = lambda x: _dev(np.from_dlpack(x))
+    cp.sum, cp.max = _reduction(np.sum), _reduction(np.max)
+    cp.matmul = None   # the backend must use cuBLAS directly
+    cp.RawModule = _RawModule
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
+    device_cls = lambda: types.SimpleNamespace(compute_capability="90",  # noqa: E731
+                                               synchronize=lambda: None)
+    cp.cuda = types.SimpleNamespace(runtime=runtime, Device=device_cls, Stream=_Stream,
+                                    device=types.SimpleNamespace(get_cublas_handle=lambda: 0),
+                                    get_current_stream=lambda: _Stream())
+    cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")
+    cublas.sgemm, cublas.dgemm = _gemm(np.float32), _gemm(np.float64)
+    cublas.setStream = lambda handle, ptr: None
+    libs = types.ModuleType("cupy_backends.cuda.libs")
+    libs.cublas = cublas
+    for name, mod in (("cupy", cp), ("cupy_backends", types.ModuleType("cupy_backends")),
+                      ("cupy_backends.cuda", types.ModuleType("cupy_backends.cuda")),
+                      ("cupy_backends.cuda.libs", libs),
+                      ("cupy_backends.cuda.libs.cublas", cublas)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    import codegen.cuda as cuda_mod
+    monkeypatch.setattr(cuda_mod, "_MODULES", {})
+    for k in _CALLS:
+        _CALLS[k] = 0
+    return cp
+
+
+def _check(cell, dtype, T, B, graph, tol):
+    pytest.importorskip("graphrnn.schedule")
+    ref = graphrnn.compile(cell, "ref", dtype)
+    cc = graphrnn.compile(cell, "cuda", dtype, cuda_graph=graph)
+    params = ref.init_params(seed=3, scale=0.5)
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal((T, B, int(n.shape[1]))).astype(dtype) for n in ref.cell.inputs]
+    h0 = [0.5 * rng.standard_normal((B, int(s.shape[1]))).astype(dtype)
+          for s in ref.cell.states]
+    dys = [rng.standard_normal((T, B, int(o.shape[1]))).astype(dtype) for o in ref.cell.outputs]
+    ys, hT, res = ref.forward_train(params, xs, h0)
+    g = ref.backward(params, res, dys)
+    want = ys + hT + [g.params[k] for k in sorted(g.params)] + g.inputs + g.states
+    for _ in range(2):   # the second time a captured graph replays
+        ys2, hT2, res2 = cc.forward_train(params, xs, h0)
+        g2 = cc.backward(params, res2, dys)
+        got = ys2 + hT2 + [g2.params[k] for k in sorted(g2.params)] + g2.inputs + g2.states
+        assert all(isinstance(v, FakeDev) for v in got)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(np.asarray(a), b, **tol)
+    return cc
+
+
+TOL = {"float64": dict(rtol=1e-9, atol=1e-9), "float32": dict(rtol=1e-4, atol=1e-4)}
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("name", ["lstm", "indrnn", "mut1", "peephole_lstm"])
+def test_cuda_backend_equals_ref_on_the_stand_in(fake_cupy, name, graph):
+    I, H = (13, 13) if name in SQUARE_INPUT else (5, 13)   # noqa: E741
+    dtype = "float64" if name in ("lstm", "indrnn") else "float32"
+    cc = _check(zoo_cell(name, I, H, dtype), dtype, 3, 2, graph, TOL[dtype])
+    assert _CALLS["kernels"] > 0
+    if name != "indrnn":
+        assert _CALLS["gemms"] > 0   # GEMMs went through (fake) cuBLAS
+    if graph:
+        assert len(cc._graphs) == 2   # one forward and one backward graph for (T, B)
+    else:
+        assert not cc._graphs
+
+
+def test_torch_tensors_go_in_through_dlpack(fake_cupy):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("graphrnn.schedule")
+    cell = zoo_cell("rnn_tanh", 4, 6, "float32")
+    cc = graphrnn.compile(cell, "cuda", "float32")
+    ref = graphrnn.compile(cell, "ref", "float32")
+    params = ref.init_params(seed=0)
+    x = torch.randn(3, 2, 4)
+    ys, _ = cc.forward({k: torch.from_numpy(v) for k, v in params.items()}, x)
+    want, _ = ref.forward(params, x.numpy())
+    np.testing.assert_allclose(np.asarray(ys[0]), want[0], rtol=1e-5, atol=1e-6)
+    y, _h = cc.step(params, x[0].numpy())
+    np.testing.assert_allclose(np.asarray(y[0]), want[0][0], rtol=1e-5, atol=1e-6)
+
+
+def test_export_methods_on_the_backend(fake_cupy):
+    pytest.importorskip("graphrnn.schedule")
+    cc = graphrnn.compile(zoo_cell("gru", 4, 6, "float32"), "cuda", "float32")
+    src = cc.cuda_source()
+    assert src.startswith("#ifndef GRNN_PRELUDE") and "atomicAdd" not in src

@@ -1,0 +1,125 @@
+"""The ``cuda`` backend on a real GPU (marked ``gpu``; skipped cleanly without CuPy and a GPU):
+every zoo cell equals ``ref`` forward and backward (float64 1e-9, float32 1e-4), with and
+without CUDA graphs, bit-identical across runs; LSTM and GRU equal cuDNN through torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphrnn
+from graphrnn.cells import SQUARE_INPUT, ZOO, zoo_cell
+
+
+def _gpu_or_skip():
+    cp = pytest.importorskip("cupy")
+    try:
+        if cp.cuda.runtime.getDeviceCount() < 1:
+            pytest.skip("no GPU")
+    except Exception as e:  # noqa: BLE001 - CuPy raises its own runtime errors
+        pytest.skip(f"no usable GPU: {e}")
+    pytest.importorskip("graphrnn.schedule")
+    return cp
+
+
+pytestmark = pytest.mark.gpu
+TOL = {"float64": dict(rtol=1e-9, atol=1e-9), "float32": dict(rtol=1e-4, atol=1e-4)}
+
+
+def _data(cc, T, B, seed):
+    rng = np.random.default_rng(seed)
+    dt = cc.dtype
+    xs = [rng.standard_normal((T, B, int(n.shape[1]))).astype(dt) for n in cc.cell.inputs]
+    h0 = [0.5 * rng.standard_normal((B, int(s.shape[1]))).astype(dt) for s in cc.cell.states]
+    dys = [rng.standard_normal((T, B, int(o.shape[1]))).astype(dt) for o in cc.cell.outputs]
+    dhT = [rng.standard_normal((B, int(s.shape[1]))).astype(dt) for s in cc.cell.states]
+    return xs, h0, dys, dhT
+
+
+def _flat(cp, ys, hT, g):
+    vals = list(ys) + list(hT) + [g.params[k] for k in sorted(g.params)] + list(g.inputs) \
+        + list(g.states)
+    return [cp.asnumpy(v) if isinstance(v, cp.ndarray) else np.asarray(v) for v in vals]
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_cuda_equals_ref(name, dtype, graph):
+    cp = _gpu_or_skip()
+    I, H = (37, 37) if name in SQUARE_INPUT else (19, 37)   # noqa: E741 - H not a block multiple
+    cell = zoo_cell(name, I, H, dtype)
+    ref = graphrnn.compile(cell, "ref", dtype)
+    cc = graphrnn.compile(cell, "cuda", dtype, cuda_graph=graph)
+    params = ref.init_params(seed=0, scale=0.3)
+    for T, B in ((5, 1), (4, 3)):
+        xs, h0, dys, dhT = _data(ref, T, B, seed=T)
+        ys, hT, res = ref.forward_train(params, xs, h0)
+        want = _flat(cp, ys, hT, ref.backward(params, res, dys, dhT))
+        runs = []
+        for _ in range(2):
+            ys2, hT2, res2 = cc.forward_train(params, xs, h0)
+            assert isinstance(ys2[0], cp.ndarray)
+            runs.append(_flat(cp, ys2, hT2, cc.backward(params, res2, dys, dhT)))
+        for a, b in zip(runs[0], want):
+            np.testing.assert_allclose(a, b, **TOL[dtype])
+        for a, b in zip(runs[0], runs[1]):
+            assert np.array_equal(a, b), "two runs differ: a reduction is not deterministic"
+
+
+def test_torch_tensors_in_without_copies():
+    cp = _gpu_or_skip()
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    cell = zoo_cell("lstm", 8, 16, "float32")
+    cc = graphrnn.compile(cell, "cuda", "float32")
+    params = {k: torch.from_numpy(v).cuda() for k, v in cc.init_params(seed=1).items()}
+    xs = torch.randn(3, 2, 8, device="cuda")
+    ys, _ = cc.forward(params, xs)
+    ref = graphrnn.compile(cell, "ref", "float32")
+    want, _ = ref.forward({k: v.cpu().numpy() for k, v in params.items()}, xs.cpu().numpy())
+    np.testing.assert_allclose(cp.asnumpy(ys[0]), want[0], **TOL["float32"])
+    back = torch.from_dlpack(ys[0])
+    assert back.device.type == "cuda"
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_matches_cudnn_with_converted_weights(kind):
+    cp = _gpu_or_skip()
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    from graphrnn import convert
+    T, B, I, H = 7, 3, 10, 37   # noqa: E741
+    torch.manual_seed(0)
+    m = (torch.nn.LSTM(I, H) if kind == "lstm" else torch.nn.GRU(I, H)).cuda().double()
+    if kind == "lstm":
+        cell, params = zoo_cell("lstm", I, H, "float64"), convert.lstm_from_torch(m.state_dict())
+    else:
+        cell = zoo_cell("gru_torch", I, H, "float64")
+        params = convert.gru_torch_from_torch(m.state_dict())
+    xs = torch.randn(T, B, I, device="cuda", dtype=torch.float64, requires_grad=True)
+    h0 = [0.5 * torch.randn(1, B, H, device="cuda", dtype=torch.float64)
+          for _ in range(2 if kind == "lstm" else 1)]
+    for h in h0:
+        h.requires_grad_()
+    out, fin = m(xs, tuple(h0) if kind == "lstm" else h0[0])
+    fin = list(fin) if kind == "lstm" else [fin]
+    cy = torch.randn_like(out)
+    ch = [torch.randn_like(f) for f in fin]
+    (out * cy).sum().add(sum((f * c).sum() for f, c in zip(fin, ch))).backward()
+    cc = graphrnn.compile(cell, "cuda", "float64")
+    ys, hT, res = cc.forward_train(params, xs.detach(), [h.detach()[0] for h in h0])
+    g = cc.backward(params, res, cy, [c[0] for c in ch])
+
+    def close(a, b):
+        np.testing.assert_allclose(cp.asnumpy(a), b.detach().cpu().numpy(), **TOL["float64"])
+
+    close(ys[0], out)
+    for a, b in zip(hT, fin):
+        close(a, b[0])
+    close(g.inputs[0], xs.grad)
+    for a, b in zip(g.states, h0):
+        close(a, b.grad[0])
+    close(g.params["W_h"], m.weight_hh_l0.grad.T)
