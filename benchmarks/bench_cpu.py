@@ -1,0 +1,362 @@
+"""CPU benchmark: graphrnn's ``llvm`` backend against ``ref``, PyTorch and (if installed) JAX.
+
+    .venv/bin/python benchmarks/bench_cpu.py                  # the full grid (slow: minutes)
+    .venv/bin/python benchmarks/bench_cpu.py --quick          # H=128, B=32, few repetitions
+    .venv/bin/python benchmarks/bench_cpu.py --cells lstm,mut1 --hidden 256 --batch 64
+
+For each cell (LSTM, the lectures' GRU, peephole LSTM, MUT1), T=50, B in {32, 64} and
+H = I in {128, 256, 1024}, float32, it times
+
+- ``train``: forward keeping residuals + BPTT to every parameter gradient, and
+- ``infer``: the forward over the whole sequence,
+
+for graphrnn ``llvm``, graphrnn ``ref`` (only at H=128, B=32: it is an interpreter),
+``torch.nn.LSTM``/``torch.nn.GRU`` (LSTM and GRU rows; nn.GRU computes PyTorch's GRU, which
+costs the same GEMMs as the lectures' GRU), the same cell written in PyTorch eagerly and under
+TorchScript (``torch.jit.script`` of the whole loop), and JAX ``jit`` + ``lax.scan`` when JAX is
+installed. Implementations are interleaved round by round in one process; each cell shows the
+median milliseconds and the spread (min-max over rounds), the achieved GFLOP/s (GEMM FLOPs of
+the cell's math: forward 2·T·B·K·N per matrix product, training three times that) and its
+fraction of this machine's sgemm peak, measured in the same run with numpy's BLAS (the one
+graphrnn calls). Compile times (cold: no cache; warm: from the disk cache) are listed per cell.
+The output is a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CELLS = ("lstm", "gru", "peephole_lstm", "mut1")
+LABEL = {"lstm": "LSTM", "gru": "GRU (lecture)", "peephole_lstm": "peephole LSTM",
+         "mut1": "MUT1"}
+
+
+# ---- timing ----
+
+def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, budget_s: float
+                ) -> dict[str, list[float]]:
+    """Run every fn once per round, in a rotating order, until rounds or the time budget is
+    spent (at least 3 rounds). Returns seconds per call, by name."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for n in names:          # warm-up: TorchScript's profiling executor optimizes on run 2-3
+        for _ in range(3):
+            fns[n]()
+    t_start = time.perf_counter()
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+        if r >= 2 and time.perf_counter() - t_start > budget_s:
+            break
+    return times
+
+
+def sgemm_peak(reps: int = 9) -> float:
+    """GFLOP/s of float32 n x n x n products (n = 1024, 2048) through numpy's BLAS, the best
+    of reps: on a shared machine the best run is the closest to the hardware's peak."""
+    best = 0.0
+    rng = np.random.default_rng(0)
+    for n in (1024, 2048):
+        a = rng.standard_normal((n, n)).astype(np.float32)
+        b = rng.standard_normal((n, n)).astype(np.float32)
+        c = np.empty((n, n), np.float32)
+        np.matmul(a, b, out=c)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
+def gemm_flops(cell: str, T: int, B: int, H: int) -> float:
+    """Forward GEMM FLOPs of the cell's math (I = H)."""
+    per_row = {"lstm": 2 * (2 * H) * 4 * H, "peephole_lstm": 2 * (2 * H) * 4 * H,
+               "gru": 2 * (2 * H) * 2 * H + 2 * (2 * H) * H,
+               "mut1": 2 * (H * H) * 2 + 2 * H * H * 2}[cell]
+    return float(T * B * per_row)
+
+
+# ---- PyTorch versions of the cells ----
+
+def torch_loops(torch: Any) -> dict[str, Callable[..., Any]]:
+
+    Tensor = torch.Tensor
+
+    def lstm(x: Tensor, h: Tensor, c: Tensor, p: dict[str, Tensor]) -> Tensor:
+        ys: list[Tensor] = []
+        for t in range(x.size(0)):
+            z = x[t] @ p["W_x"] + h @ p["W_h"] + p["b"]
+            i, f, g, o = z.chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            ys.append(h)
+        return torch.stack(ys)
+
+    def peephole_lstm(x: Tensor, h: Tensor, c: Tensor, p: dict[str, Tensor]) -> Tensor:
+        ys: list[Tensor] = []
+        for t in range(x.size(0)):
+            z = x[t] @ p["W_x"] + h @ p["W_h"] + p["b"]
+            zi, zf, zg, zo = z.chunk(4, 1)
+            i = torch.sigmoid(zi + p["p_i"] * c)
+            f = torch.sigmoid(zf + p["p_f"] * c)
+            c = f * c + i * torch.tanh(zg)
+            h = torch.sigmoid(zo + p["p_o"] * c) * torch.tanh(c)
+            ys.append(h)
+        return torch.stack(ys)
+
+    def gru(x: Tensor, h: Tensor, c: Tensor, p: dict[str, Tensor]) -> Tensor:
+        ys: list[Tensor] = []
+        H = h.size(1)
+        for t in range(x.size(0)):
+            zr = torch.sigmoid(torch.cat([h, x[t]], 1) @ p["W_g"] + p["b_g"])
+            z, r = zr[:, :H], zr[:, H:]
+            hc = torch.tanh(torch.cat([r * h, x[t]], 1) @ p["W_c"] + p["b_c"])
+            h = (1 - z) * h + z * hc
+            ys.append(h)
+        return torch.stack(ys)
+
+    def mut1(x: Tensor, h: Tensor, c: Tensor, p: dict[str, Tensor]) -> Tensor:
+        ys: list[Tensor] = []
+        for t in range(x.size(0)):
+            z = torch.sigmoid(x[t] @ p["W_xz"] + p["b_z"])
+            r = torch.sigmoid(x[t] @ p["W_xr"] + h @ p["W_hr"] + p["b_r"])
+            h = torch.tanh((r * h) @ p["W_hh"] + torch.tanh(x[t]) + p["b_h"]) * z + h * (1 - z)
+            ys.append(h)
+        return torch.stack(ys)
+
+    return {"lstm": lstm, "peephole_lstm": peephole_lstm, "gru": gru, "mut1": mut1}
+
+
+def jax_loop(cell: str) -> Callable[..., Any] | None:
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    sig, tanh = jax.nn.sigmoid, jnp.tanh
+
+    def step(carry: Any, xt: Any, p: dict[str, Any]) -> Any:
+        h, c = carry
+        if cell in ("lstm", "peephole_lstm"):
+            z = xt @ p["W_x"] + h @ p["W_h"] + p["b"]
+            zi, zf, zg, zo = jnp.split(z, 4, axis=1)
+            if cell == "lstm":
+                c = sig(zf) * c + sig(zi) * tanh(zg)
+                h = sig(zo) * tanh(c)
+            else:
+                i, f = sig(zi + p["p_i"] * c), sig(zf + p["p_f"] * c)
+                c = f * c + i * tanh(zg)
+                h = sig(zo + p["p_o"] * c) * tanh(c)
+        elif cell == "gru":
+            H = h.shape[1]
+            zr = sig(jnp.concatenate([h, xt], 1) @ p["W_g"] + p["b_g"])
+            z, r = zr[:, :H], zr[:, H:]
+            hc = tanh(jnp.concatenate([r * h, xt], 1) @ p["W_c"] + p["b_c"])
+            h = (1 - z) * h + z * hc
+        else:
+            z = sig(xt @ p["W_xz"] + p["b_z"])
+            r = sig(xt @ p["W_xr"] + h @ p["W_hr"] + p["b_r"])
+            h = tanh((r * h) @ p["W_hh"] + tanh(xt) + p["b_h"]) * z + h * (1 - z)
+        return (h, c), h
+
+    def run(x: Any, h: Any, c: Any, p: dict[str, Any]) -> Any:
+        _, ys = jax.lax.scan(lambda carry, xt: step(carry, xt, p), (h, c), x)
+        return ys
+
+    return run
+
+
+# ---- one configuration ----
+
+def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
+                 with_ref: bool, modes: list[str]) -> tuple[list[dict[str, Any]],
+                                                           dict[str, float]]:
+    import graphrnn
+    from graphrnn.cells import zoo_cell
+
+    c = zoo_cell(cell, H, H, "float32")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, H)).astype(np.float32) * 0.5
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+
+    # compile: cold (a fresh cache directory) and warm (the same directory again)
+    compile_s: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as d:
+        old = os.environ.get("GRAPHRNN_CACHE_DIR")
+        os.environ["GRAPHRNN_CACHE_DIR"] = d
+        try:
+            t0 = time.perf_counter()
+            cc = graphrnn.compile(c, backend="llvm", dtype="float32")
+            compile_s["cold"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            graphrnn.compile(c, backend="llvm", dtype="float32")
+            compile_s["warm"] = time.perf_counter() - t0
+        finally:
+            if old is None:
+                os.environ.pop("GRAPHRNN_CACHE_DIR", None)
+            else:
+                os.environ["GRAPHRNN_CACHE_DIR"] = old
+    params = cc.init_params(seed=0, scale=0.1)
+    fns: dict[str, dict[str, Callable[[], Any]]] = {m: {} for m in modes}
+
+    def add_graphrnn(name: str, comp: Any) -> None:
+        def infer() -> Any:
+            return comp.forward(params, x)
+
+        def train() -> Any:
+            ys, hT, res = comp.forward_train(params, x)
+            return comp.backward(params, res, [dy])
+        fns.get("infer", {})[name] = infer
+        fns.get("train", {})[name] = train
+
+    add_graphrnn("graphrnn llvm", cc)
+    if with_ref:
+        add_graphrnn("graphrnn ref", graphrnn.compile(c, backend="ref", dtype="float32"))
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        torch.manual_seed(0)
+        tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+        h0 = torch.zeros(B, H)
+        if cell in ("lstm", "gru"):
+            mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(H, H)
+
+            def nn_infer() -> Any:
+                with torch.no_grad():
+                    return mod(tx)
+
+            def nn_train() -> Any:
+                mod.zero_grad(set_to_none=True)
+                y, _ = mod(tx)
+                y.backward(tdy)
+            fns.get("infer", {})[f"torch.nn.{'LSTM' if cell == 'lstm' else 'GRU'}"] = nn_infer
+            fns.get("train", {})[f"torch.nn.{'LSTM' if cell == 'lstm' else 'GRU'}"] = nn_train
+        tparams = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in params.items()}
+        loops = torch_loops(torch)
+        eager = loops[cell]
+        scripted = torch.jit.script(eager)
+        for label, fn in (("torch eager", eager), ("TorchScript", scripted)):
+            def t_infer(fn: Any = fn) -> Any:
+                with torch.no_grad():
+                    return fn(tx, h0, h0, tparams)
+
+            def t_train(fn: Any = fn) -> Any:
+                for v in tparams.values():
+                    v.grad = None
+                fn(tx, h0, h0, tparams).backward(tdy)
+            fns.get("infer", {})[label] = t_infer
+            fns.get("train", {})[label] = t_train
+    run = jax_loop(cell)
+    if run is not None:
+        import jax
+        import jax.numpy as jnp
+        jp = {k: jnp.asarray(v) for k, v in params.items()}
+        jx, jdy, jh = jnp.asarray(x), jnp.asarray(dy), jnp.zeros((B, H), jnp.float32)
+        j_inf = jax.jit(run)
+        j_grad = jax.jit(jax.grad(lambda p: jnp.sum(run(jx, jh, jh, p) * jdy)))
+        fns.get("infer", {})["JAX jit+scan"] = \
+            lambda: j_inf(jx, jh, jh, jp).block_until_ready()
+        fns.get("train", {})["JAX jit+scan"] = \
+            lambda: jax.block_until_ready(j_grad(jp))
+
+    rows = []
+    flops_fwd = gemm_flops(cell, T, B, H)
+    for mode in modes:
+        times = interleaved(fns[mode], rounds, budget)
+        flops = flops_fwd * (3 if mode == "train" else 1)
+        base = None
+        for name, ts in times.items():
+            med = statistics.median(ts)
+            row = {"cell": LABEL[cell], "H": H, "B": B, "mode": mode, "impl": name,
+                   "ms": med * 1e3, "min": min(ts) * 1e3, "max": max(ts) * 1e3, "n": len(ts),
+                   "gflops": flops / med / 1e9}
+            if name == "graphrnn llvm":
+                base = med
+            rows.append(row)
+        for row in rows[-len(times):]:
+            row["vs_llvm"] = row["ms"] / 1e3 / base if base else float("nan")
+    return rows, compile_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cells", default=",".join(CELLS))
+    ap.add_argument("--hidden", default="128,256,1024", help="H = I values")
+    ap.add_argument("--batch", default="32,64")
+    ap.add_argument("--T", type=int, default=50)
+    ap.add_argument("--modes", default="train,infer")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--budget", type=float, default=20.0, help="seconds per configuration")
+    ap.add_argument("--quick", action="store_true", help="H=128, B=32, 5 rounds")
+    ap.add_argument("--no-ref", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.hidden, args.batch, args.rounds, args.budget = "128", "32", 5, 5.0
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    bad = [c for c in cells if c not in CELLS]
+    if bad:
+        ap.error(f"unknown cells {bad}; choose from {','.join(CELLS)}")
+    hs = [int(v) for v in args.hidden.split(",")]
+    bs = [int(v) for v in args.batch.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
+
+    from codegen.llvm_blas import blas_info, blas_threads
+    peak = sgemm_peak()
+    info = blas_info()
+    try:
+        import torch
+        tv = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    except ImportError:
+        tv = "torch not installed"
+    print(f"# graphrnn CPU benchmark\n\nmachine: {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores; numpy BLAS {Path(info.path).name if info.path else 'none'} "
+          f"({blas_threads()} threads); {tv}; sgemm peak at start {peak:.1f} GFLOP/s\n"
+          f"command: {' '.join(['benchmarks/bench_cpu.py'] + (argv or sys.argv[1:]))}\n")
+    compiles = []
+    all_rows = []
+    for cell in cells:
+        for H in hs:
+            for B in bs:
+                with_ref = not args.no_ref and H <= 128 and B <= 32
+                rows, cs = bench_config(cell, args.T, B, H, args.rounds, args.budget, with_ref,
+                                        modes)
+                compiles.append((LABEL[cell], H, B, cs))
+                all_rows += rows
+                print(f"<!-- done: {LABEL[cell]} H={H} B={B} -->", flush=True)
+    peak_end = sgemm_peak()
+    peak = max(peak, peak_end)
+    print(f"\nsgemm peak (best of start and end of the run): {peak:.1f} GFLOP/s\n")
+    print("| cell | H | B | mode | implementation | median ms | spread (min-max) | GFLOP/s |"
+          " % sgemm peak | time / llvm |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in all_rows:
+        print(f"| {r['cell']} | {r['H']} | {r['B']} | {r['mode']} | {r['impl']} | "
+              f"{r['ms']:.2f} | {r['min']:.2f}-{r['max']:.2f} | "
+              f"{r['gflops']:.1f} | {100 * r['gflops'] / peak:.0f}% | "
+              f"{r['vs_llvm']:.2f} |")
+    print("\n| cell | H | B | compile cold (s) | compile warm (s) |\n|---|---|---|---|---|")
+    for label, H, B, cs in compiles:
+        print(f"| {label} | {H} | {B} | {cs['cold']:.3f} | {cs['warm']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

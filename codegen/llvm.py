@@ -1,0 +1,476 @@
+"""The ``llvm`` backend: a cell's whole forward and BPTT as native code, through llvmlite.
+
+    cc = graphrnn.compile(cell, backend="llvm", dtype="float32")
+    ys, hT, res = cc.forward_train(params, xs, h0)      # one native call for all T steps
+    grads = cc.backward(params, res, d_ys, d_hT)         # one native call for BPTT
+
+The optimizer's ``Program`` (graphrnn/program.py) is emitted as one LLVM module
+(``llvm_program``): fused kernels become vectorized loops (``llvm_kernels``), GEMMs call numpy's
+OpenBLAS through a function pointer (``llvm_blas``), and the module is compiled once per cell and
+dtype and cached on disk (``llvm_jit``). ``T`` and ``B`` are runtime arguments, so nothing is
+recompiled for a new sequence length or batch size.
+
+``export(cell, outdir)`` writes the same module as LLVM IR text, an object file, a shared
+library (linked with the system ``cc``) and a C header documenting the ABI.
+
+Options: ``graphrnn.compile(cell, backend="llvm", cache=False)`` skips the disk cache;
+``blas=False`` keeps the naive GEMM fallback (for tests).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from graphrnn.api import CompiledCell, Grads
+from graphrnn.errors import BackendError, RuntimeInputError
+from graphrnn.ir import Cell
+from graphrnn.program import Buffer, Gather, Program, Ref, Scatter, _reads_writes
+
+from . import llvm_jit
+from .llvm_blas import blas_info
+from .llvm_program import collapsed_buffers, emit_program
+
+ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
+SETTER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+def compile_program(cell: Cell) -> Program:
+    """The optimizer's Program for a cell (graphrnn.schedule)."""
+    from graphrnn import schedule
+    return schedule.compile_program(cell)  # type: ignore[no-any-return]
+
+
+def module_prefix(cell_name: str, dtype: str) -> str:
+    base = re.sub(r"\W", "_", cell_name) or "cell"
+    return f"grnn_{base}_f{dtype[-2:]}"
+
+
+def _seq_view(arr: np.ndarray, ref: Ref, T: int) -> np.ndarray:
+    """A seq buffer's Ref seen over all T steps: (T, B, n)."""
+    v = arr[ref.t:ref.t + T]
+    return v[:, :, ref.cols[0]:ref.cols[1]] if ref.cols is not None else v
+
+
+def _fixed_view(arr: np.ndarray, ref: Ref) -> np.ndarray:
+    v = arr
+    if ref.rows is not None:
+        v = v[ref.rows[0]:ref.rows[1]]
+    if ref.cols is not None:
+        v = v[:, ref.cols[0]:ref.cols[1]]
+    return v
+
+
+def _batch_view(arr: np.ndarray, ref: Ref) -> np.ndarray:
+    return arr[:, ref.cols[0]:ref.cols[1]] if ref.cols is not None else arr
+
+
+class ArrayPool:
+    """Recycled buffers, by shape and dtype. Fresh multi-megabyte arrays cost page faults on
+    every call (measured: 7 ms of a 30 ms LSTM forward at H=256, B=32); a training loop
+    allocates the same shapes each step, so arrays whose contents nobody can see any more (the
+    residuals of a finished step, the backward's scratch) are kept for the next call."""
+
+    def __init__(self, per_key: int = 3) -> None:
+        self.per_key = per_key
+        self.free: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
+
+    def take(self, shape: tuple[int, ...], dtype: str, zero: bool) -> np.ndarray:
+        lst = self.free.get((tuple(shape), dtype))
+        if lst:
+            try:
+                a = lst.pop()
+            except IndexError:   # another thread took it
+                a = np.empty(shape, dtype)
+            if zero:
+                a.fill(0)
+            return a
+        return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+
+    def give(self, arrays: Sequence[np.ndarray]) -> None:
+        for a in arrays:
+            lst = self.free.setdefault((a.shape, a.dtype.name), [])
+            if len(lst) < self.per_key:
+                lst.append(a)
+
+
+def _written(sweep: Any) -> set[str]:
+    return {r.buf for _ph, steps in sweep.phases() for s in steps for r in _reads_writes(s)[1]}
+
+
+class LLVMResiduals:
+    """What forward_train leaves for backward: every buffer of the program, alive."""
+
+    def __init__(self, owner: int, T: int, B: int, arrays: dict[str, np.ndarray],
+                 pool: ArrayPool | None = None, pooled: Sequence[str] = ()) -> None:
+        self.owner = owner
+        self.T = T
+        self.B = B
+        self.arrays = arrays
+        if pool is not None:   # hand the scratch arrays back for the next forward
+            weakref.finalize(self, pool.give, [arrays[n] for n in pooled])
+
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
+
+class LLVMBackend(CompiledCell):
+    backend_name = "llvm"
+
+    def __init__(self, cell: Cell, dtype: str, cache: bool = True, blas: bool = True,
+                 program: Program | None = None) -> None:
+        super().__init__(cell, dtype)
+        t0 = time.perf_counter()
+        # program: a ready Program for this cell (tests hand-write one); normally the optimizer's
+        self.program = program if program is not None else compile_program(self.cell)
+        if self.program.dtype != dtype:
+            raise BackendError(f"llvm: the optimizer produced a {self.program.dtype} program for "
+                               f"a {dtype} cell")
+        self.prefix = module_prefix(self.cell.name, dtype)
+        self.ir_text = str(emit_program(self.program, self.prefix))
+        t1 = time.perf_counter()
+        self.jitted = llvm_jit.jit(self.ir_text, use_cache=cache)
+        self.compile_seconds = {"program": t1 - t0, "llvm": self.jitted.stats.seconds,
+                                "cache_hit": float(self.jitted.stats.cache_hit)}
+        self.uses_blas = bool(blas and blas_info().found)
+        if self.uses_blas:
+            info = blas_info()
+            addr = info.sgemm if dtype == "float32" else info.dgemm
+            SETTER(self.jitted.address(f"{self.prefix}_set_gemm_f{dtype[-2:]}"))(addr)
+        self._fwd = ENTRY(self.jitted.address(f"{self.prefix}_forward"))
+        self._inf = ENTRY(self.jitted.address(f"{self.prefix}_infer"))
+        self._bwd = ENTRY(self.jitted.address(f"{self.prefix}_backward"))
+        self._collapsed = collapsed_buffers(self.program)
+        self._bufs = self.program.buffer_map
+        self._input_bufs = {b for _n, b in self.program.inputs}
+        self._whole_params = self._whole_param_buffers()
+        self._pool = ArrayPool()
+        # arrays the caller sees views of are never recycled
+        self._fwd_exported = {r.buf for _n, r in self.program.outputs}
+        self._param_shapes = dict(self.program.param_shapes) or self.cell.param_shapes()
+        self._grad_pieces: dict[str, list[Any]] = {}
+        for pc in self.program.grad_pieces:
+            if not self._bufs[pc.ref.buf].fixed:
+                raise BackendError(f"llvm: gradient piece of {pc.name} views a "
+                                   f"{self._bufs[pc.ref.buf].kind} buffer; expected param-shaped")
+            self._grad_pieces.setdefault(pc.name, []).append(pc)
+        fw_written = _written(self.program.forward)
+        self._bwd_written = _written(self.program.backward)
+        fixed_in = {b for _n, b in self.program.inputs} | {b for _n, b in self.program.states}
+        d_out = {n for _o, n in self.program.d_outputs}
+        # buffers the forward sweep never touches get a placeholder in the forward; the
+        # backward allocates them (and everything else it writes) afresh
+        fw_touched = {r.buf for _ph, steps in self.program.forward.phases() for st in steps
+                      for r in _reads_writes(st)[0] + _reads_writes(st)[1]}
+        fw_touched |= fixed_in | {pc.ref.buf for pc in self.program.param_pieces}
+        fw_touched |= {r.buf for _n, r in self.program.outputs}
+        self._fwd_unused = frozenset(b.name for b in self.program.buffers
+                                     if b.name not in fw_touched)
+        self._bwd_fresh = frozenset(
+            b.name for b in self.program.buffers
+            if (b.name in self._bwd_written or b.kind in ("grad", "carry")
+                or b.name in self._fwd_unused)
+            and b.name not in fw_written and b.name not in fixed_in and b.name not in d_out)
+        self._placeholder = np.zeros(1, np.float64)
+
+    # ---- buffers ----
+    def _whole_param_buffers(self) -> dict[str, str]:
+        """param buffers that are exactly one user parameter: passed without a copy."""
+        shapes = dict(self.program.param_shapes) or self.cell.param_shapes()
+        count: dict[str, int] = {}
+        for pc in self.program.param_pieces:
+            count[pc.ref.buf] = count.get(pc.ref.buf, 0) + 1
+        out = {}
+        for pc in self.program.param_pieces:
+            buf = self._bufs[pc.ref.buf]
+            full = (pc.ref.rows in (None, (0, buf.rows)) and pc.ref.cols in (None, (0, buf.cols))
+                    and pc.rows == (0, shapes[pc.name][0]) and pc.cols == (0, shapes[pc.name][1])
+                    and (buf.rows, buf.cols) == tuple(shapes[pc.name]))
+            if full and count[pc.ref.buf] == 1:
+                out[pc.ref.buf] = pc.name
+        return out
+
+    def _alloc(self, buf: Buffer, T: int, B: int, collapsed: bool) -> np.ndarray:
+        shape = buf.shape(T, B)
+        if collapsed:
+            shape = (1,) + tuple(shape[1:])
+        return self._pool.take(shape, buf.dtype, zero=buf.kind in ("mat", "grad", "carry"))
+
+    def _pointers(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        return np.array([arrays[b.name].ctypes.data for b in self.program.buffers], np.uintp)
+
+    def _check_ids(self, arrays: dict[str, np.ndarray], which: str) -> None:
+        """Token ids out of range would read or write outside a table: refuse them here."""
+        sweep = self.program.forward if which == "forward" else self.program.backward
+        for _ph, steps in sweep.phases():
+            for s in steps:
+                if isinstance(s, Gather):
+                    ids_ref, table = s.ids, s.table
+                elif isinstance(s, Scatter):
+                    ids_ref, table = s.ids, s.out
+                else:
+                    continue
+                if ids_ref.buf not in self._input_bufs:
+                    continue
+                tb = self._bufs[table.buf]
+                rows = (table.rows[1] - table.rows[0]) if table.rows else tb.rows
+                ids = arrays[ids_ref.buf]
+                if ids.size and (ids.min() < 0 or ids.max() >= rows):
+                    name = next(n for n, b in self.program.inputs if b == ids_ref.buf)
+                    raise RuntimeInputError(f"input {name!r}: token ids must be in [0, {rows}),"
+                                            f" got values in [{ids.min()}, {ids.max()}]")
+
+    # ---- the sweeps ----
+    def _forward(self, params: dict[str, np.ndarray], xs: list[np.ndarray],
+                 h0: list[np.ndarray], save: bool) -> tuple[list[np.ndarray],
+                                                            list[np.ndarray], Any]:
+        p = self.program
+        T, B = int(xs[0].shape[0]), int(xs[0].shape[1])
+        arrays: dict[str, np.ndarray] = {}
+        for (_name, bname), x in zip(p.inputs, xs):
+            arrays[bname] = np.ascontiguousarray(x, dtype=self._bufs[bname].dtype)
+        for bname, pname in self._whole_params.items():
+            arrays[bname] = np.ascontiguousarray(params[pname], dtype=self.dtype)
+        owned = []
+        for buf in p.buffers:
+            if buf.name in self._fwd_unused:
+                arrays[buf.name] = self._placeholder
+            elif buf.name not in arrays:
+                arrays[buf.name] = self._alloc(buf, T, B, not save and buf.name in self._collapsed)
+                if buf.name not in self._fwd_exported:
+                    owned.append(buf.name)
+        for pc in p.param_pieces:
+            if pc.ref.buf in self._whole_params:
+                continue
+            _fixed_view(arrays[pc.ref.buf], pc.ref)[...] = \
+                params[pc.name][pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]]
+        for (_name, bname), h in zip(p.states, h0):
+            arrays[bname][0] = h
+        self._check_ids(arrays, "forward")
+        ptrs = self._pointers(arrays)
+        (self._fwd if save else self._inf)(T, B, ptrs.ctypes.data)
+        ys = [_seq_view(arrays[r.buf], r, T) for _n, r in p.outputs]
+        hT = [arrays[bname][T].copy() for _n, bname in p.states]
+        if save:
+            res = LLVMResiduals(id(self), T, B, arrays, self._pool, owned)
+        else:
+            res = None
+            self._pool.give([arrays[n] for n in owned])
+        return ys, hT, res
+
+    def _backward(self, params: dict[str, np.ndarray], residuals: Any,
+                  d_ys: Sequence[np.ndarray | None],
+                  d_final: Sequence[np.ndarray | None]) -> Grads:
+        if not isinstance(residuals, LLVMResiduals) or residuals.owner != id(self):
+            raise RuntimeInputError("backward: residuals must come from forward_train of this "
+                                    f"llvm-compiled cell, got {type(residuals).__name__}")
+        p = self.program
+        T, B = residuals.T, residuals.B
+        # what the backward writes is allocated afresh, so the arrays returned below (views
+        # where possible) belong to the caller and a second backward cannot overwrite them
+        arrays = dict(residuals.arrays)
+        for name in self._bwd_fresh:
+            arrays[name] = self._alloc(self._bufs[name], T, B, False)
+        for (oname, bname), d in zip(p.d_outputs, d_ys):
+            shape = self._bufs[bname].shape(T, B)
+            if d is None:
+                arrays[bname] = np.zeros(shape, self.dtype)
+                continue
+            if d.shape != shape:
+                raise RuntimeInputError(f"backward: cotangent of output {oname!r} must be "
+                                        f"{shape}, got {d.shape}")
+            if bname in self._bwd_written:
+                arrays[bname] = np.array(d, self.dtype, order="C")
+            else:   # only read: the caller's array is used as it is
+                arrays[bname] = np.ascontiguousarray(d, self.dtype)
+        for (sname, bname), d in zip(p.d_final, d_final):
+            buf = arrays[bname]
+            if d is None:
+                buf[...] = 0
+            else:
+                if d.shape != buf.shape:
+                    raise RuntimeInputError(f"backward: cotangent of final state {sname!r} must"
+                                            f" be {buf.shape}, got {d.shape}")
+                buf[...] = d
+        self._check_ids(arrays, "backward")
+        ptrs = self._pointers(arrays)
+        self._bwd(T, B, ptrs.ctypes.data)
+        grads: dict[str, np.ndarray] = {}
+        exported: set[str] = set()   # buffers the returned arrays may view
+        for name, shape in self._param_shapes.items():
+            pieces = self._grad_pieces.get(name, [])
+            if len(pieces) == 1 and pieces[0].rows == (0, shape[0]) \
+                    and pieces[0].cols == (0, shape[1]):
+                grads[name] = np.ascontiguousarray(_fixed_view(arrays[pieces[0].ref.buf],
+                                                               pieces[0].ref))
+                exported.add(pieces[0].ref.buf)
+                continue
+            g = np.zeros(shape, self.dtype)
+            for pc in pieces:
+                g[pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]] += \
+                    _fixed_view(arrays[pc.ref.buf], pc.ref)
+            grads[name] = g
+        d_inputs = []
+        for (_name, ref), x in zip(p.d_inputs, self.cell.inputs):
+            if ref is None:
+                d_inputs.append(np.zeros((T, B, int(x.shape[1])), self.dtype))
+            else:
+                v = _seq_view(arrays[ref.buf], ref, T)
+                d_inputs.append(np.ascontiguousarray(v) if ref.buf in self._bwd_fresh
+                                else v.copy())
+                exported.add(ref.buf)
+        d_states = [np.array(_batch_view(arrays[ref.buf], ref)) for _n, ref in p.d_states]
+        self._pool.give([arrays[n] for n in self._bwd_fresh if n not in exported])
+        return Grads(grads, d_inputs, d_states)
+
+    # ---- introspection ----
+    def assembly(self) -> str:
+        return llvm_jit.assembly(self.ir_text)
+
+
+# ---- export ----
+
+_C_TYPES = {"float32": "float", "float64": "double", "int64": "int64_t"}
+
+
+def _header(p: Program, prefix: str) -> str:
+    up = prefix.upper()
+    lines = [
+        f"/* {prefix}.h: the C ABI of graphrnn cell {p.cell_name!r} ({p.dtype}), generated by",
+        " * graphrnn.codegen.llvm.export. Do not edit.",
+        " *",
+        " * Every entry point takes (T, B, bufs): T time steps, B batch rows and an array of",
+        f" * {len(p.buffers)} buffer pointers, bufs[i] -> buffer i below. Buffers are row-major",
+        " * and C-contiguous; sizes in elements are given by "
+        f"{prefix}_buffer_elems(i, T, B):",
+        " *   param/grad/mat: rows x cols; seq: (T + extra) x B x cols; carry/temp: B x cols.",
+        " * mat buffers must be zero before the forward; grad buffers zero before the backward.",
+        " *",
+        " * Forward: copy each parameter piece into its param buffer, the inputs into their",
+        " * seq buffers, the initial states into slab 0 of their state buffers; call",
+        f" * {prefix}_forward (keeps residuals for the backward) or {prefix}_infer.",
+        " * After it, state buffer slab T holds the final state; outputs are the views listed.",
+        " * Backward (after _forward on the same buffers): fill the d_output seq buffers and",
+        f" * the d_final carry buffers, zero the grad buffers, call {prefix}_backward, then",
+        " * add each gradient piece into the user gradient region it names.",
+        " *",
+        " * GEMMs run through a function pointer that starts at a naive loop; install an ILP64",
+        " * row-major cblas_?gemm (64-bit M, N, K, lda, ...; e.g. OpenBLAS INTERFACE64 or numpy's",
+        f" * scipy_cblas_sgemm64_) with {prefix}_set_gemm_f{p.dtype[-2:]}.",
+        " *",
+        " * Buffers (index: name kind dtype rows/extra cols):",
+    ]
+    for i, b in enumerate(p.buffers):
+        dims = f"rows {b.rows}" if b.fixed else (f"extra {b.extra}" if b.kind == "seq" else "B")
+        lines.append(f" *   {i:3d}: {b.name:<20} {b.kind:<6} {b.dtype:<8} {dims:<10} cols {b.cols}")
+    lines.append(" *")
+    lines.append(" * Binding:")
+    for n, b in p.inputs:
+        lines.append(f" *   input {n}: (T, B, n) -> seq buffer {b}")
+    for n, b in p.states:
+        lines.append(f" *   state {n}: h0 -> {b}[0], final -> {b}[T]")
+    for n, r in p.outputs:
+        lines.append(f" *   output {n}: {r} over t = 0..T-1")
+    for pc in p.param_pieces:
+        lines.append(f" *   param {pc.name}[{pc.rows[0]}:{pc.rows[1]}, {pc.cols[0]}:{pc.cols[1]}]"
+                     f" -> {pc.ref}")
+    for n, b in p.d_outputs:
+        lines.append(f" *   d_output {n} -> seq buffer {b}")
+    for n, b in p.d_final:
+        lines.append(f" *   d_final {n} -> carry {b}")
+    for n, r in p.d_states:
+        lines.append(f" *   d_state {n} <- {r}")
+    for n, r in p.d_inputs:
+        lines.append(f" *   d_input {n} <- {r if r is not None else 'zero'}")
+    for pc in p.grad_pieces:
+        lines.append(f" *   grad {pc.name}[{pc.rows[0]}:{pc.rows[1]}, {pc.cols[0]}:{pc.cols[1]}]"
+                     f" += {pc.ref}")
+    if p.residuals:
+        lines.append(" *   residual buffers (written by _forward for _backward): "
+                     + ", ".join(p.residuals))
+    lines += [" */", f"#ifndef {up}_H", f"#define {up}_H", "#include <stdint.h>", "",
+              f"#define {up}_NBUFS {len(p.buffers)}", ""]
+    lines.append("enum {")
+    for i, b in enumerate(p.buffers):
+        lines.append(f"    {up}_BUF_{re.sub(r'[^0-9A-Za-z_]', '_', b.name).upper()} = {i},")
+    lines.append("};")
+    kinds = {"param": 0, "grad": 0, "mat": 0, "seq": 1, "carry": 2, "temp": 2}
+    lines += ["",
+              "/* per buffer: layout (0 fixed, 1 seq, 2 batch), rows, extra, cols, elem size */",
+              f"static const int64_t {prefix}_buffer_info[{len(p.buffers)}][5] = {{"]
+    for b in p.buffers:
+        size = 4 if b.dtype == "float32" else 8
+        lines.append(f"    {{{kinds[b.kind]}, {b.rows}, {b.extra}, {b.cols}, {size}}},")
+    lines += ["};", "",
+              f"static inline int64_t {prefix}_buffer_elems(int i, int64_t T, int64_t B) {{",
+              f"    const int64_t *d = {prefix}_buffer_info[i];",
+              "    if (d[0] == 0) return d[1] * d[3];",
+              "    if (d[0] == 1) return (T + d[2]) * B * d[3];",
+              "    return B * d[3];",
+              "}", "",
+              "#ifdef __cplusplus", 'extern "C" {', "#endif",
+              f"void {prefix}_forward(int64_t T, int64_t B, void **bufs);",
+              f"void {prefix}_infer(int64_t T, int64_t B, void **bufs);",
+              f"void {prefix}_backward(int64_t T, int64_t B, void **bufs);",
+              f"void {prefix}_step(int64_t B, void **bufs);  /* _infer with T = 1 */",
+              f"void {prefix}_set_gemm_f{p.dtype[-2:]}(void *ilp64_cblas_gemm);",
+              "#ifdef __cplusplus", "}", "#endif", f"#endif /* {up}_H */", ""]
+    return "\n".join(lines)
+
+
+def export(cell_or_compiled: Any, outdir: str | os.PathLike[str],
+           emit: Sequence[str] = ("ir", "obj", "so", "header"),
+           dtype: str | None = None) -> dict[str, Path]:
+    """Write the cell's native module to outdir: ``<prefix>.ll`` (LLVM IR text), ``<prefix>.o``
+    (position-independent object), ``lib<prefix>.so`` (linked with the system ``cc``) and
+    ``<prefix>.h`` (the C ABI). Returns the paths written, by kind."""
+    if isinstance(cell_or_compiled, LLVMBackend):
+        program, prefix = cell_or_compiled.program, cell_or_compiled.prefix
+        ir_text = cell_or_compiled.ir_text
+    else:
+        cell = cell_or_compiled
+        if not isinstance(cell, Cell):
+            raise TypeError(f"export takes a Cell or an llvm-compiled cell, got "
+                            f"{type(cell).__name__}")
+        cell = cell.with_dtype(dtype or cell.dtype)
+        program = compile_program(cell)
+        prefix = module_prefix(cell.name, cell.dtype)
+        ir_text = str(emit_program(program, prefix))
+    bad = set(emit) - {"ir", "obj", "so", "header"}
+    if bad:
+        raise ValueError(f"export: unknown kinds {sorted(bad)}; choose from ir, obj, so, header")
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    if "ir" in emit:   # LLVM's own printing, with the host triple and data layout
+        written["ir"] = out / f"{prefix}.ll"
+        written["ir"].write_text(str(llvm_jit.parse(ir_text, llvm_jit.target_machine())))
+    if "header" in emit:
+        written["header"] = out / f"{prefix}.h"
+        written["header"].write_text(_header(program, prefix))
+    if "obj" in emit or "so" in emit:
+        tm = llvm_jit.target_machine(reloc="pic")
+        obj = llvm_jit.compile_object(ir_text, tm)
+        written["obj"] = out / f"{prefix}.o"
+        written["obj"].write_bytes(obj)
+        if "so" in emit:
+            cc = shutil.which(os.environ.get("CC", "cc"))
+            if cc is None:
+                raise BackendError("export: no C compiler found to link the shared library "
+                                   "(set CC or install cc)")
+            so = out / f"lib{prefix}.so"
+            r = subprocess.run([cc, "-shared", "-o", str(so), str(written["obj"]), "-lm"],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                raise BackendError(f"export: linking {so.name} failed:\n{r.stderr}")
+            written["so"] = so
+    return written

@@ -1,0 +1,211 @@
+"""Turning LLVM IR into callable native code, with an on-disk object cache.
+
+llvmlite 0.50 facts this file relies on: there is no ``llvm.initialize()`` (only the native
+target and asm printer are initialised), optimisation uses the new pass manager
+(``create_pipeline_tuning_options`` + ``create_pass_builder(tm, pto).getModulePassManager()``),
+pointers are opaque, and every engine gets its own target machine.
+
+Compiled objects are cached under ``$GRAPHRNN_CACHE_DIR`` (default ``~/.cache/graphrnn``) in
+``llvm/<key>.o``, where the key hashes the unoptimised IR text, the llvmlite and LLVM versions
+and the host CPU name and features. A file holds a header (magic, key, SHA-256 of the payload)
+before the object bytes; an entry whose header, key or checksum does not match is rebuilt and
+overwritten. Writes go to a temporary file in the same directory, then ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import llvmlite
+import llvmlite.binding as llvm
+
+MAGIC = b"GRNNOBJ1"
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _init() -> None:
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    _register_process_symbols()
+
+
+def _register_process_symbols() -> None:
+    """libm/libc functions generated code may call (float64 tanh/log1p/exp/log, and memset/
+    memcpy that LLVM may introduce), made known to the JIT linker explicitly."""
+    names = {"m": ["tanh", "log1p", "exp", "log", "tanhf", "expf", "logf", "log1pf"],
+             "c": ["memset", "memcpy", "memmove"]}
+    for lib_name, syms in names.items():
+        path = ctypes.util.find_library(lib_name)
+        lib = ctypes.CDLL(path) if path else ctypes.CDLL(None)
+        for s in syms:
+            try:
+                addr = ctypes.cast(getattr(lib, s), ctypes.c_void_p).value
+            except AttributeError:
+                continue
+            if addr:
+                llvm.add_symbol(s, addr)
+
+
+def host_cpu() -> tuple[str, str]:
+    _init()
+    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
+def target_machine(cpu: str | None = None, features: str | None = None,
+                   reloc: str = "default") -> llvm.TargetMachine:
+    """A fresh target machine for the host (one per engine)."""
+    _init()
+    hc, hf = host_cpu()
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=cpu if cpu is not None else hc,
+                                        features=features if features is not None else hf,
+                                        opt=3, reloc=reloc, codemodel="jitdefault")
+
+
+def optimize(mod: llvm.ModuleRef, tm: llvm.TargetMachine) -> None:
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pto.loop_unrolling = True
+    pb = llvm.create_pass_builder(tm, pto)
+    mpm = pb.getModulePassManager()
+    mpm.run(mod, pb)
+
+
+def parse(ir_text: str, tm: llvm.TargetMachine) -> llvm.ModuleRef:
+    _init()
+    mod = llvm.parse_assembly(ir_text)
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    mod.verify()
+    return mod
+
+
+def compile_object(ir_text: str, tm: llvm.TargetMachine | None = None) -> bytes:
+    tm = tm or target_machine()
+    mod = parse(ir_text, tm)
+    optimize(mod, tm)
+    return bytes(tm.emit_object(mod))
+
+
+def assembly(ir_text: str) -> str:
+    """Optimised host assembly of an IR module (for tests and curious users)."""
+    tm = target_machine()
+    mod = parse(ir_text, tm)
+    optimize(mod, tm)
+    return str(tm.emit_assembly(mod))
+
+
+def optimized_ir(ir_text: str) -> str:
+    tm = target_machine()
+    mod = parse(ir_text, tm)
+    optimize(mod, tm)
+    return str(mod)
+
+
+# ---- the cache ----
+
+def cache_dir() -> Path:
+    root = os.environ.get("GRAPHRNN_CACHE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "graphrnn"
+    return base / "llvm"
+
+
+def cache_key(ir_text: str) -> str:
+    cpu, feats = host_cpu()
+    h = hashlib.sha256()
+    for part in (MAGIC.decode(), llvmlite.__version__, ".".join(map(str, llvm.llvm_version_info)),
+                 cpu, feats, ir_text):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _read_entry(path: Path, key: str) -> bytes | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    head = len(MAGIC) + 64 + 32
+    if len(data) < head or not data.startswith(MAGIC):
+        return None
+    if data[len(MAGIC):len(MAGIC) + 64] != key.encode():
+        return None
+    payload = data[head:]
+    if hashlib.sha256(payload).digest() != data[len(MAGIC) + 64:head]:
+        return None
+    return payload
+
+
+def _write_entry(path: Path, key: str, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = MAGIC + key.encode() + hashlib.sha256(payload).digest() + payload
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".o")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+@dataclass
+class JitStats:
+    cache_hit: bool = False
+    seconds: float = 0.0
+    key: str = ""
+    path: str = ""
+
+
+@dataclass
+class Jitted:
+    """A loaded native module: the engine must stay alive while its functions are used."""
+    engine: llvm.ExecutionEngine
+    tm: llvm.TargetMachine
+    stats: JitStats = field(default_factory=JitStats)
+
+    def address(self, name: str) -> int:
+        return int(self.engine.get_function_address(name))
+
+    def global_address(self, name: str) -> int:
+        return int(self.engine.get_global_value_address(name))
+
+
+def jit(ir_text: str, use_cache: bool = True) -> Jitted:
+    """Compile (or load from the cache) and link ir_text into a fresh engine."""
+    t0 = time.perf_counter()
+    _init()
+    stats = JitStats()
+    key = cache_key(ir_text)
+    path = cache_dir() / f"{key}.o"
+    stats.key, stats.path = key, str(path)
+    tm = target_machine()
+    obj = _read_entry(path, key) if use_cache else None
+    stats.cache_hit = obj is not None
+    if obj is None:
+        obj = compile_object(ir_text, tm)
+        if use_cache:
+            try:
+                _write_entry(path, key, obj)
+            except OSError:
+                pass  # a read-only home is not an error; we just do not cache
+    with _lock:
+        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+        engine.finalize_object()
+    stats.seconds = time.perf_counter() - t0
+    return Jitted(engine, tm, stats)

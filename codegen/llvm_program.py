@@ -1,0 +1,333 @@
+"""A whole ``graphrnn.program.Program`` as one LLVM module: one native call per sequence.
+
+Every entry point has the C signature ``void f(int64_t T, int64_t B, void **bufs)``: ``bufs[i]``
+points at ``program.buffers[i]`` (row-major, C-contiguous, shapes as ``Buffer.shape(T, B)``).
+``T`` and ``B`` are runtime values, so the code (and compile time) does not depend on them.
+
+Entry points, for a module prefix ``p``:
+
+* ``p_forward``   the forward sweep (pre-phase GEMMs, the time loop, post phase), writing every
+                  residual the backward needs;
+* ``p_infer``     the same sweep without the history of residuals: seq buffers that the forward
+                  writes only for the backward (``collapsed_buffers``) are given a single (1, B, n)
+                  slab that every step overwrites, so they stay in cache;
+* ``p_backward``  the backward sweep (BPTT), reading what ``p_forward`` left in the buffers;
+* ``p_step``      one inference step (``p_infer`` with T = 1), for sampling;
+* ``p_set_gemm_f32`` / ``p_set_gemm_f64``: install an ILP64 ``cblas_?gemm`` (see llvm_blas).
+
+Kernels are internal functions (``emit_kernel``) that LLVM may inline; GEMMs go through the
+module's gemm function pointer; reductions, gathers and scatters are short loops emitted inline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from llvmlite import ir
+
+from graphrnn.errors import BackendError
+from graphrnn.program import Buffer, Gather, Gemm, Kernel, Program, Reduce, Ref, Scatter, Sweep
+
+from .llvm_blas import NO_TRANS, ROW_MAJOR, TRANS, emit_naive_gemm, gemm_type
+from .llvm_kernels import (
+    FAST,
+    I32,
+    I64,
+    PTR,
+    VOID,
+    emit_kernel,
+    for_range,
+    ftype,
+    load_function_pointer,
+)
+
+ENTRY_TYPE = ir.FunctionType(VOID, [I64, I64, PTR])
+BCAST_KIND = {"full": "vec", "row": "vec", "col": "col", "scalar": "col"}
+
+
+def c64(v: int) -> ir.Constant:
+    return ir.Constant(I64, int(v))
+
+
+@dataclass
+class View:
+    ptr: ir.Value
+    rows: ir.Value       # i64
+    cols: int
+    ld: ir.Value         # i64, elements between rows
+
+
+def collapsed_buffers(p: Program) -> frozenset[str]:
+    """Residual seq buffers the inference entry keeps as a single slab: written and read by the
+    forward only inside the loop at time offset 0, and never bound to a user output."""
+    bufs = p.buffer_map
+    out_bufs = {r.buf for _n, r in p.outputs}
+    fw = p.forward
+    res = set()
+    for name in p.residuals:
+        b = bufs.get(name)
+        if b is None or b.kind != "seq" or b.extra != 0 or name in out_bufs:
+            continue
+        ok = True
+        for phase, steps in fw.phases():
+            for s in steps:
+                for r in _refs(s):
+                    if r.buf == name and (phase != "step" or r.t != 0):
+                        ok = False
+        if ok:
+            res.add(name)
+    return frozenset(res)
+
+
+def _refs(s: object) -> list[Ref]:
+    if isinstance(s, Gemm):
+        return [s.out, s.a, s.b]
+    if isinstance(s, Kernel):
+        return list(s.ins) + list(s.outs)
+    if isinstance(s, Reduce):
+        return [s.out, s.src]
+    if isinstance(s, Gather):
+        return [s.out, s.table, s.ids]
+    if isinstance(s, Scatter):
+        return [s.out, s.ids, s.src]
+    raise BackendError(f"llvm: unknown program step {s!r}")
+
+
+def _overlap(a: Ref, b: Ref, bufs: dict[str, Buffer]) -> bool:
+    if a.buf != b.buf or a.t != b.t:
+        return False
+    ac = a.cols or (0, bufs[a.buf].cols)
+    bc = b.cols or (0, bufs[b.buf].cols)
+    ar = a.rows or (0, 1 << 62)
+    br = b.rows or (0, 1 << 62)
+    return ac[0] < bc[1] and bc[0] < ac[1] and ar[0] < br[1] and br[0] < ar[1]
+
+
+def kernel_noalias(step: Kernel, bufs: dict[str, Buffer]) -> bool:
+    """Outputs may be declared ``noalias`` unless one overlaps an input other than element for
+    element (the same full-shaped view: each element is read before it is written, in the same
+    iteration, which no reordering can break) or overlaps another output."""
+    for k, o in enumerate(step.outs):
+        for r, bc in zip(step.ins, step.kernel.bcast):
+            if _overlap(o, r, bufs) and not (r == o and bc == "full"):
+                return False
+        for o2 in step.outs[k + 1:]:
+            if _overlap(o, o2, bufs):
+                return False
+    return True
+
+
+class ProgramEmitter:
+    def __init__(self, program: Program, prefix: str) -> None:
+        if not prefix.isidentifier():
+            raise BackendError(f"llvm: module prefix must be an identifier, got {prefix!r}")
+        self.p = program
+        self.prefix = prefix
+        self.dtype = program.dtype
+        self.t = ftype(self.dtype)
+        self.bufs = program.buffer_map
+        self.index = {b.name: i for i, b in enumerate(program.buffers)}
+        self.module = ir.Module(name=prefix)
+        self.kernels: dict[tuple[str, tuple[str, ...], bool], ir.Function] = {}
+        self.gemm_ptr: dict[str, ir.GlobalVariable] = {}
+
+    # ---- module-level pieces ----
+    def _gemm_global(self, dtype: str) -> ir.GlobalVariable:
+        if dtype not in self.gemm_ptr:
+            naive = emit_naive_gemm(self.module, f"{self.prefix}_naive_gemm_{dtype[-2:]}", dtype)
+            naive.linkage = "internal"
+            g = ir.GlobalVariable(self.module, PTR, f"{self.prefix}_gemm_{dtype[-2:]}")
+            g.linkage = "internal"
+            g.initializer = naive
+            self.gemm_ptr[dtype] = g
+            setter = ir.Function(self.module, ir.FunctionType(VOID, [PTR]),
+                                 f"{self.prefix}_set_gemm_f{dtype[-2:]}")
+            b = ir.IRBuilder(setter.append_basic_block("entry"))
+            b.store(setter.args[0], g)
+            b.ret_void()
+        return self.gemm_ptr[dtype]
+
+    def _kernel_fn(self, step: Kernel) -> ir.Function:
+        k = step.kernel
+        if k.dtype != self.dtype:
+            raise BackendError(f"llvm: kernel {k.name} is {k.dtype} in a {self.dtype} program")
+        kinds = tuple(BCAST_KIND[bc] for bc in k.bcast)
+        noalias = kernel_noalias(step, self.bufs)
+        key = (k.name, kinds, noalias)
+        fn = self.kernels.get(key)
+        if fn is None:
+            base = "".join(ch if ch.isalnum() else "_" for ch in k.name)
+            name = f"{self.prefix}_k{len(self.kernels)}_{base}"
+            fn = emit_kernel(self.module, name, k.program, k.dtype, kinds, linkage="internal")
+            if not noalias:
+                for a in fn.args:
+                    a.attributes.discard("noalias")
+            self.kernels[key] = fn
+        return fn
+
+    # ---- views ----
+    def _view(self, b: ir.IRBuilder, env: dict[str, ir.Value], r: Ref, t: ir.Value | None,
+              T: ir.Value, B: ir.Value, collapsed: frozenset[str]) -> View:
+        buf = self.bufs[r.buf]
+        et = I64 if buf.dtype == "int64" else self.t
+        base = env[r.buf]
+        c0, c1 = r.cols if r.cols is not None else (0, buf.cols)
+        ld = c64(buf.cols)
+        if buf.fixed:
+            r0, r1 = r.rows if r.rows is not None else (0, buf.rows)
+            ptr = b.gep(base, [c64(r0 * buf.cols + c0)], source_etype=et)
+            return View(ptr, c64(r1 - r0), c1 - c0, ld)
+        if buf.kind == "seq":
+            slab = b.mul(B, c64(buf.cols))
+            if t is None:
+                rows = b.mul(T, B)
+                off = b.mul(c64(r.t), slab)
+            else:
+                rows = B
+                tt = c64(0) if r.buf in collapsed else b.add(t, c64(r.t))
+                off = b.mul(tt, slab)
+            ptr = b.gep(base, [b.add(off, c64(c0))], source_etype=et)
+            return View(ptr, rows, c1 - c0, ld)
+        ptr = b.gep(base, [c64(c0)], source_etype=et)
+        return View(ptr, B, c1 - c0, ld)
+
+    # ---- steps ----
+    def _gemm(self, b: ir.IRBuilder, s: Gemm, out: View, a: View, bv: View) -> None:
+        m = c64(a.cols) if s.trans_a else a.rows
+        k = a.rows if s.trans_a else c64(a.cols)
+        n = bv.rows if s.trans_b else c64(bv.cols)
+        g = self._gemm_global(self.dtype)
+        fp = load_function_pointer(b, g, gemm_type(self.dtype))
+        one = ir.Constant(self.t, 1.0)
+        beta = ir.Constant(self.t, 1.0 if s.accumulate else 0.0)
+        # skip empty products (T = 0 or B = 0): some BLAS reject a zero leading size
+        nonempty = b.icmp_signed(">", b.mul(m, n), c64(0))
+        with b.if_then(nonempty):
+            b.call(fp, [ir.Constant(I32, ROW_MAJOR),
+                        ir.Constant(I32, TRANS if s.trans_a else NO_TRANS),
+                        ir.Constant(I32, TRANS if s.trans_b else NO_TRANS),
+                        m, n, k, one, a.ptr, a.ld, bv.ptr, bv.ld, beta, out.ptr, out.ld])
+
+    def _kernel(self, b: ir.IRBuilder, s: Kernel, ins: Sequence[View],
+                outs: Sequence[View]) -> None:
+        fn = self._kernel_fn(s)
+        args: list[ir.Value] = [outs[0].rows, c64(outs[0].cols)]
+        for v, bc in zip(ins, s.kernel.bcast):
+            args += [v.ptr, c64(0) if bc in ("row", "scalar") else v.ld]
+        for v in outs:
+            args += [v.ptr, v.ld]
+        b.call(fn, args)
+
+    def _reduce(self, b: ir.IRBuilder, s: Reduce, out: View, src: View) -> None:
+        t = self.t
+        is_max = s.op == "max"
+        init = ir.Constant(t, float("-inf") if is_max else 0.0)
+
+        def combine(acc: ir.Value, v: ir.Value) -> ir.Value:
+            if is_max:   # numpy max propagates NaN
+                r = b.select(b.fcmp_unordered(">", v, acc), v, acc)
+                return b.select(b.fcmp_unordered("uno", acc, acc), acc, r)
+            return b.fadd(acc, v, flags=FAST)
+
+        def at(v: View, r: ir.Value, j: ir.Value) -> ir.Value:
+            return b.gep(v.ptr, [b.add(b.mul(r, v.ld), j)], source_etype=t)
+
+        if s.axis == 0:   # out (1, n): rows outer, columns inner (vectorizes)
+            n = c64(src.cols)
+            if not s.accumulate:
+                with for_range(b, c64(0), n, "rz") as j:
+                    b.store(init, at(out, c64(0), j))
+            with for_range(b, c64(0), src.rows, "rr") as r:
+                with for_range(b, c64(0), n, "rj") as j:
+                    p = at(out, c64(0), j)
+                    b.store(combine(b.load(p, typ=t), b.load(at(src, r, j), typ=t)), p)
+        else:             # out (rows, 1)
+            with for_range(b, c64(0), src.rows, "rr") as r:
+                acc = b.alloca(t)
+                b.store(init, acc)
+                with for_range(b, c64(0), c64(src.cols), "rj") as j:
+                    b.store(combine(b.load(acc, typ=t), b.load(at(src, r, j), typ=t)), acc)
+                p = at(out, r, c64(0))
+                v = b.load(acc, typ=t)
+                if s.accumulate:
+                    v = b.fadd(b.load(p, typ=t), v, flags=FAST)
+                b.store(v, p)
+
+    def _gather(self, b: ir.IRBuilder, out: View, table: View, ids: View) -> None:
+        t = self.t
+        with for_range(b, c64(0), out.rows, "gr") as r:
+            idx = b.load(b.gep(ids.ptr, [b.mul(r, ids.ld)], source_etype=I64), typ=I64)
+            src = b.gep(table.ptr, [b.mul(idx, table.ld)], source_etype=t)
+            dst = b.gep(out.ptr, [b.mul(r, out.ld)], source_etype=t)
+            with for_range(b, c64(0), c64(out.cols), "gj") as j:
+                b.store(b.load(b.gep(src, [j], source_etype=t), typ=t),
+                        b.gep(dst, [j], source_etype=t))
+
+    def _scatter(self, b: ir.IRBuilder, s: Scatter, out: View, ids: View, src: View) -> None:
+        t = self.t
+        if not s.accumulate:
+            with for_range(b, c64(0), out.rows, "sz") as r:
+                with for_range(b, c64(0), c64(out.cols), "szj") as j:
+                    b.store(ir.Constant(t, 0.0),
+                            b.gep(out.ptr, [b.add(b.mul(r, out.ld), j)], source_etype=t))
+        with for_range(b, c64(0), src.rows, "sr") as r:
+            idx = b.load(b.gep(ids.ptr, [b.mul(r, ids.ld)], source_etype=I64), typ=I64)
+            dst = b.gep(out.ptr, [b.mul(idx, out.ld)], source_etype=t)
+            srow = b.gep(src.ptr, [b.mul(r, src.ld)], source_etype=t)
+            with for_range(b, c64(0), c64(out.cols), "sj") as j:
+                p = b.gep(dst, [j], source_etype=t)
+                v = b.load(b.gep(srow, [j], source_etype=t), typ=t)
+                b.store(b.fadd(b.load(p, typ=t), v, flags=FAST), p)
+
+    def _steps(self, b: ir.IRBuilder, env: dict[str, ir.Value], steps: Sequence[object],
+               t: ir.Value | None, T: ir.Value, B: ir.Value, collapsed: frozenset[str]) -> None:
+        def v(r: Ref) -> View:
+            return self._view(b, env, r, t, T, B, collapsed)
+
+        for s in steps:
+            if isinstance(s, Gemm):
+                self._gemm(b, s, v(s.out), v(s.a), v(s.b))
+            elif isinstance(s, Kernel):
+                self._kernel(b, s, [v(r) for r in s.ins], [v(r) for r in s.outs])
+            elif isinstance(s, Reduce):
+                self._reduce(b, s, v(s.out), v(s.src))
+            elif isinstance(s, Gather):
+                self._gather(b, v(s.out), v(s.table), v(s.ids))
+            elif isinstance(s, Scatter):
+                self._scatter(b, s, v(s.out), v(s.ids), v(s.src))
+            else:
+                raise BackendError(f"llvm: unknown program step {s!r}")
+
+    def emit_sweep(self, name: str, sw: Sweep,
+                   collapsed: frozenset[str] = frozenset()) -> ir.Function:
+        fn = ir.Function(self.module, ENTRY_TYPE, f"{self.prefix}_{name}")
+        T, B, bufs = fn.args
+        T.name, B.name, bufs.name = "T", "B", "bufs"
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        env = {buf.name: b.load(b.gep(bufs, [c64(i)], source_etype=PTR), typ=PTR,
+                                name=f"buf_{i}")
+               for i, buf in enumerate(self.p.buffers)}
+        self._steps(b, env, sw.pre, None, T, B, collapsed)
+        if sw.step:
+            with for_range(b, c64(0), T, "s") as s:
+                t = b.sub(b.sub(T, c64(1)), s) if sw.reverse else s
+                self._steps(b, env, sw.step, t, T, B, collapsed)
+        self._steps(b, env, sw.post, None, T, B, collapsed)
+        b.ret_void()
+        return fn
+
+    def emit(self) -> ir.Module:
+        self._gemm_global(self.dtype)
+        self.emit_sweep("forward", self.p.forward)
+        infer = self.emit_sweep("infer", self.p.forward, collapsed_buffers(self.p))
+        self.emit_sweep("backward", self.p.backward)
+        step = ir.Function(self.module, ir.FunctionType(VOID, [I64, PTR]), f"{self.prefix}_step")
+        b = ir.IRBuilder(step.append_basic_block("entry"))
+        b.call(infer, [c64(1), step.args[0], step.args[1]])
+        b.ret_void()
+        return self.module
+
+
+def emit_program(program: Program, prefix: str) -> ir.Module:
+    return ProgramEmitter(program, prefix).emit()

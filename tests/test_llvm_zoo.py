@@ -1,0 +1,213 @@
+"""llvm equals ref on every zoo cell and on random cells, forward and backward; edge sizes;
+finite differences through the float64 native build; the compiled LSTM's assembly."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import graphrnn
+from frontends.trace import CellBuilder, sigmoid, softplus, tanh
+from graphrnn.cells import SQUARE_INPUT, ZOO, zoo_cell
+
+TOL = {"float64": 1e-9, "float32": 1e-4}
+
+
+def close(a: np.ndarray, b: np.ndarray, rtol: float, what: str) -> None:
+    """Relative to each value, with an absolute floor relative to the array's scale (gradients
+    cancel to near zero in places)."""
+    scale = float(np.abs(b).max()) if b.size else 0.0
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * max(scale, 1e-6), err_msg=what)
+
+
+def sequences(cc, T: int, B: int, seed: int):
+    rng = np.random.default_rng(seed)
+    xs = [rng.integers(0, 5, (T, B, 1)) if n.dtype == "int64" else
+          rng.standard_normal((T, B, int(n.shape[1]))).astype(cc.dtype) for n in cc.cell.inputs]
+    h0 = [rng.standard_normal((B, int(s.shape[1]))).astype(cc.dtype) * 0.5
+          for s in cc.cell.states]
+    return xs, h0, rng
+
+
+def compare(cell, dtype: str, T: int, B: int, seed: int = 0) -> None:
+    rtol = TOL[dtype]
+    cc = graphrnn.compile(cell, backend="llvm", dtype=dtype)
+    ref = graphrnn.compile(cell, backend="ref", dtype=dtype)
+    params = ref.init_params(seed=seed, scale=0.4)
+    xs, h0, rng = sequences(ref, T, B, seed)
+    ys, hT, res = cc.forward_train(params, xs, h0)
+    rys, rhT, rres = ref.forward_train(params, xs, h0)
+    for i, (a, b) in enumerate(zip(ys + hT, rys + rhT)):
+        close(a, b, rtol, f"{cell.name} {dtype} forward value {i}")
+    ys2, hT2 = cc.forward(params, xs, h0)                 # the inference entry point
+    for i, (a, b) in enumerate(zip(ys2 + hT2, rys + rhT)):
+        close(a, b, rtol, f"{cell.name} {dtype} inference value {i}")
+    d_ys = [rng.standard_normal(y.shape).astype(dtype) for y in rys]
+    d_hT = [rng.standard_normal(h.shape).astype(dtype) for h in rhT]
+    g = cc.backward(params, res, d_ys, d_hT)
+    rg = ref.backward(params, rres, d_ys, d_hT)
+    assert set(g.params) == set(rg.params)
+    for k in rg.params:
+        close(g.params[k], rg.params[k], rtol, f"{cell.name} {dtype} d{k}")
+    for i, (a, b) in enumerate(zip(g.inputs, rg.inputs)):
+        close(a, b, rtol, f"{cell.name} {dtype} d_input {i}")
+    for i, (a, b) in enumerate(zip(g.states, rg.states)):
+        close(a, b, rtol, f"{cell.name} {dtype} d_state {i}")
+
+
+def sizes(name: str, I: int, H: int) -> tuple[int, int]:  # noqa: E741
+    return (H, H) if name in SQUARE_INPUT else (I, H)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_cell_matches_ref(name: str, dtype: str) -> None:
+    I, H = sizes(name, 5, 11)  # noqa: E741
+    compare(zoo_cell(name, I, H, dtype), dtype, T=4, B=3)
+
+
+@pytest.mark.parametrize("T, B, I, H", [(1, 1, 3, 7), (3, 1, 9, 9), (1, 5, 17, 13),
+                                        (6, 2, 2, 33)])
+@pytest.mark.parametrize("name", ["lstm", "gru", "mut1", "peephole_lstm"])
+def test_edge_sizes(name: str, T: int, B: int, I: int, H: int) -> None:  # noqa: E741
+    I, H = sizes(name, I, H)  # noqa: E741
+    compare(zoo_cell(name, I, H, "float64"), "float64", T, B, seed=T + B)
+
+
+@pytest.mark.parametrize("name", ["lstm", "mut1", "gru"])
+def test_finite_differences_through_native_float64(name: str) -> None:
+    """<grad, v> from the native backward equals the central difference of the native forward
+    loss in a random direction v (parameters and inputs together)."""
+    I, H = sizes(name, 4, 6)  # noqa: E741
+    cc = graphrnn.compile(zoo_cell(name, I, H, "float64"), backend="llvm", dtype="float64")
+    params = cc.init_params(seed=3, scale=0.5)
+    xs, h0, rng = sequences(cc, 5, 2, 7)
+    ys, hT, res = cc.forward_train(params, xs, h0)
+    d_ys = [rng.standard_normal(y.shape) for y in ys]
+    d_hT = [rng.standard_normal(h.shape) for h in hT]
+
+    def loss(p: dict, x: list) -> float:
+        ys_, hT_ = cc.forward(p, x, h0)
+        return sum(float(np.sum(a * b)) for a, b in zip(ys_ + hT_, d_ys + d_hT))
+
+    g = cc.backward(params, res, d_ys, d_hT)
+    vp = {k: rng.standard_normal(v.shape) for k, v in params.items()}
+    vx = [rng.standard_normal(x.shape) for x in xs]
+    eps = 1e-6
+    plus = loss({k: params[k] + eps * vp[k] for k in params}, [x + eps * v for x, v in
+                                                               zip(xs, vx)])
+    minus = loss({k: params[k] - eps * vp[k] for k in params}, [x - eps * v for x, v in
+                                                                zip(xs, vx)])
+    fd = (plus - minus) / (2 * eps)
+    an = sum(float(np.sum(g.params[k] * vp[k])) for k in params) + \
+        sum(float(np.sum(a * b)) for a, b in zip(g.inputs, vx))
+    assert fd == pytest.approx(an, rel=1e-6, abs=1e-8)
+
+
+# ---- random cells (property-based) ----
+
+UNARY = [tanh, sigmoid, softplus]
+
+
+@st.composite
+def random_cells(draw):
+    I = draw(st.integers(1, 6))  # noqa: E741
+    H = draw(st.integers(1, 9))
+    ops = draw(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 99), st.integers(0, 99)),
+                        min_size=1, max_size=6))
+    dtype = draw(st.sampled_from(["float64", "float32"]))
+    cb = CellBuilder("random", dtype)
+    x, h = cb.input("x", I), cb.state("h", H)
+    pool = [x @ cb.param("W", (I, H)) + cb.param("b", (1, H)), h @ cb.param("U", (H, H)), h]
+    for kind, a, b in ops:
+        u, v = pool[a % len(pool)], pool[b % len(pool)]
+        if kind < 3:
+            pool.append(UNARY[kind](u))
+        elif kind == 3:
+            pool.append(u * v)
+        elif kind == 4:
+            pool.append(u + v)
+        else:
+            pool.append(u - 0.5 * v)
+    h2 = tanh(pool[-1] + pool[0])
+    return cb.build([h2], {"h": h2}), dtype
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(random_cells())
+def test_random_cells_match_ref(cell_dtype) -> None:
+    cell, dtype = cell_dtype
+    compare(cell, dtype, T=3, B=2)
+
+
+# ---- the generated code ----
+
+def test_compiled_lstm_is_vectorized_and_calls_no_libm() -> None:
+    cc = graphrnn.compile(zoo_cell("lstm", 8, 16, "float32"), backend="llvm", dtype="float32")
+    asm = cc.assembly()
+    assert re.search(r"v\w+ps\s.*%[xy]mm", asm), "no packed float32 vector instructions"
+    calls = re.findall(r"^\s*(?:call|jmp)\w*\s+(\S+)", asm, re.M)
+    assert not [c for c in calls if re.search(r"tanh|exp|log", c)], calls
+    assert cc.uses_blas == graphrnn_blas_found()
+
+
+def graphrnn_blas_found() -> bool:
+    from codegen.llvm_blas import blas_info
+    return blas_info().found
+
+
+def test_compile_once_then_cache_hit(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("GRAPHRNN_CACHE_DIR", str(tmp_path))
+    cell = zoo_cell("lstm", 3, 5, "float32")
+    a = graphrnn.compile(cell, backend="llvm", dtype="float32")
+    b = graphrnn.compile(cell, backend="llvm", dtype="float32")
+    assert not a.jitted.stats.cache_hit and b.jitted.stats.cache_hit
+    params = a.init_params(seed=0)
+    x = np.ones((2, 1, 3), np.float32)
+    np.testing.assert_array_equal(a.forward(params, x)[0][0], b.forward(params, x)[0][0])
+
+
+def test_bad_residuals_and_token_ids_are_refused() -> None:
+    cc = graphrnn.compile(zoo_cell("rnn_tanh", 3, 4, "float64"), backend="llvm",
+                          dtype="float64")
+    params = cc.init_params()
+    with pytest.raises(graphrnn.RuntimeInputError, match="residuals must come from"):
+        cc.backward(params, ("not", "residuals"), [np.zeros((2, 1, 4))])
+    other = graphrnn.compile(zoo_cell("rnn_tanh", 3, 4, "float64"), backend="llvm",
+                             dtype="float64")
+    _, _, res = other.forward_train(params, np.zeros((2, 1, 3)))
+    with pytest.raises(graphrnn.RuntimeInputError, match="residuals"):
+        cc.backward(params, res, [np.zeros((2, 1, 4))])
+
+
+def test_recycled_buffers_never_leak_into_returned_arrays() -> None:
+    """Residuals used out of order, results kept while later calls recycle scratch arrays."""
+    import gc
+    cell = zoo_cell("lstm", 3, 6, "float64")
+    cc = graphrnn.compile(cell, backend="llvm", dtype="float64")
+    ref = graphrnn.compile(cell, backend="ref", dtype="float64")
+    params = cc.init_params(seed=5, scale=0.5)
+    rng = np.random.default_rng(5)
+    x1, x2 = rng.standard_normal((2, 4, 2, 3))
+    dy = rng.standard_normal((4, 2, 6))
+    ys1, _, r1 = cc.forward_train(params, x1)
+    ys2, _, r2 = cc.forward_train(params, x2)
+    g2 = cc.backward(params, r2, [dy])
+    g1 = cc.backward(params, r1, [dy])
+    del r1, r2
+    gc.collect()
+    for _ in range(3):   # churn the pool
+        _, _, r = cc.forward_train(params, x2 * 3)
+        cc.backward(params, r, [dy * 2])
+        cc.forward(params, x1 * 2)
+    for x, ys, g in ((x1, ys1, g1), (x2, ys2, g2)):
+        rys, _, rres = ref.forward_train(params, x)
+        rg = ref.backward(params, rres, [dy])
+        close(ys[0], rys[0], 1e-9, "output")
+        for k in rg.params:
+            close(g.params[k], rg.params[k], 1e-9, k)
+        close(g.inputs[0], rg.inputs[0], 1e-9, "d_x")
