@@ -5,6 +5,9 @@ inputs and outputs, FLOPs per step, and the residual bytes per step.
 
 Sizes print symbolically: ``B`` rows per step, ``TB`` rows over the whole sequence; FLOPs are
 counted for one time step (work before/after the loop is divided by T) at the given batch.
+Each sweep ends with a total line: its FLOPs per step, the residual bytes per step the forward
+writes for the backward (and the backward reads back), and the bytes per step the backward's
+loop stores for the work after it (the gate cotangents the weight-gradient GEMMs read).
 """
 
 from __future__ import annotations
@@ -12,7 +15,18 @@ from __future__ import annotations
 from typing import Any
 
 from .ops import Ops
-from .program import Gather, Gemm, Kernel, Program, Reduce, Ref, Scatter, Step, Sweep
+from .program import (
+    Gather,
+    Gemm,
+    Kernel,
+    Program,
+    Reduce,
+    Ref,
+    Scatter,
+    Step,
+    Sweep,
+    _reads_writes,
+)
 
 _COST = {Ops.CONST: 0}   # everything else counts one flop per element (transcendentals too)
 
@@ -73,9 +87,36 @@ def _describe(p: Program, s: Step, in_loop: bool) -> str:
     return repr(s)
 
 
+def sweep_flops(p: Program, sw: Sweep, batch: int = 1) -> int:
+    """FLOPs of a whole sweep for one time step at the given batch."""
+    return sum(step_flops(p, s, ph == "step", batch) for ph, steps in sw.phases() for s in steps)
+
+
+def loop_saved_values_per_row(p: Program, sw: Sweep) -> int:
+    """Values per time step and batch row that the loop of ``sw`` writes to sequence buffers
+    for its after-the-loop phase to read (the backward's gate cotangents for dW = Xᵀ dZ)."""
+    bufs = p.buffer_map
+    written = {r.buf for s in sw.step for r in _reads_writes(s)[1]
+               if bufs[r.buf].kind == "seq"}
+    read = {r.buf for s in sw.post for r in _reads_writes(s)[0]}
+    return sum(bufs[b].cols for b in written & read)
+
+
+def _size(p: Program) -> int:
+    return 8 if p.dtype == "float64" else 4
+
+
 def _sweep_lines(p: Program, name: str, sw: Sweep, batch: int) -> list[str]:
     lines = [f"{name} ({'t = T-1 .. 0' if sw.reverse else 't = 0 .. T-1'})"
              f"{'  [diagonal: the whole loop can run in one kernel]' if sw.diagonal else ''}"]
+    res = p.residual_bytes_per_step(batch)
+    kept = loop_saved_values_per_row(p, sw) * batch * _size(p)
+    total = (f"  {name} total: {sweep_flops(p, sw, batch):,} FLOPs per step at B={batch}; ")
+    if sw is p.backward:
+        total += (f"reads {res:,} residual bytes per step; its loop stores {kept:,} bytes per "
+                  "step for after the loop")
+    else:
+        total += f"writes {res:,} residual bytes per step for the backward"
     for ph, steps in sw.phases():
         label = {"pre": "before the loop (all T·B rows)", "step": "per time step",
                  "post": "after the loop (all T·B rows)"}[ph]
@@ -87,6 +128,7 @@ def _sweep_lines(p: Program, name: str, sw: Sweep, batch: int) -> list[str]:
                      f"{fl:,} FLOPs per step at B={batch}")
         for s in steps:
             lines.append(f"    {_describe(p, s, ph == 'step')}")
+    lines.append(total)
     return lines
 
 

@@ -103,7 +103,11 @@ Backward:
   they add up).
 
 ``validate(program)`` checks all of this statically (views in range, shapes agreeing, nothing
-read before it is written) and every Program that ``compile_program`` returns passes it.
+read before it is written) and every Program that ``compile_program`` returns passes it. Carry
+and temp buffers are per-step values: no pre/post step may read them; the one place a carry is
+read after its sweep is the ``d_states`` binding (the carry then holds d(initial state)).
+
+In Jupyter a Program draws itself (``_repr_svg_``, through ``graphrnn.viz.plan_svg``).
 """
 
 from __future__ import annotations
@@ -314,13 +318,26 @@ class Program:
         size = 8 if self.dtype == "float64" else 4
         return self.residual_values_per_row() * batch * size
 
+    def _repr_svg_(self) -> str | None:
+        """Jupyter's picture of the plan (``graphrnn.viz.plan_svg``); None when it cannot be
+        drawn (no graphviz, no ``dot`` binary, ...), so Jupyter falls back to the text repr."""
+        try:
+            from . import viz
+            plan_svg = getattr(viz, "plan_svg", None)
+            return plan_svg(self) if plan_svg is not None else None
+        except Exception:
+            return None
+
 
 # ---- validation ----
 
 Rows = Union[int, str]   # an int, "B" or "TB"
 
 
-def _view_shape(p: Program, r: Ref, in_loop: bool, bufs: dict[str, Buffer]) -> tuple[Rows, int]:
+def _view_shape(p: Program, r: Ref, in_loop: bool, bufs: dict[str, Buffer],
+                final: bool = False) -> tuple[Rows, int]:
+    """(rows, cols) of a view. ``final``: the view is a binding read after the sweep (d_states),
+    where a carry buffer holds the sweep's last value, (B, n)."""
     if r.buf not in bufs:
         raise BackendError(f"program {p.cell_name}: view {r} names no buffer")
     b = bufs[r.buf]
@@ -343,7 +360,7 @@ def _view_shape(p: Program, r: Ref, in_loop: bool, bufs: dict[str, Buffer]) -> t
             raise BackendError(f"program {p.cell_name}: time offset {r.t} out of range for "
                                f"{b.name} (extra {b.extra})")
         return ("B" if in_loop else "TB"), c1 - c0
-    if not in_loop:
+    if not in_loop and not (final and b.kind == "carry"):
         raise BackendError(f"program {p.cell_name}: {b.kind} buffer {b.name} used outside "
                            "the loop")
     if r.t:
@@ -542,9 +559,17 @@ def validate(p: Program) -> None:
     for _n, r in p.d_inputs:
         if r is not None:
             _view_shape(p, r, False, bufs)
-    for _n, r in p.d_states:
-        if bufs[r.buf].kind != "carry":
-            raise BackendError(f"program {p.cell_name}: d_states must name carry buffers")
+    # d(initial state) is read from its carry after the backward sweep: legitimate for this
+    # binding only (a step after the loop reading a carry is still refused above)
+    state_cols = {n: bufs[b].cols for n, b in p.states if b in bufs}
+    for n, r in p.d_states:
+        if r.buf not in bufs or bufs[r.buf].kind != "carry":
+            raise BackendError(f"program {p.cell_name}: d_states must name carry buffers, "
+                               f"got {r} for state {n}")
+        _rows, cols = _view_shape(p, r, False, bufs, final=True)
+        if n in state_cols and cols != state_cols[n]:
+            raise BackendError(f"program {p.cell_name}: d_states view {r} of state {n} has "
+                               f"{cols} columns, the state {state_cols[n]}")
     for pc in p.grad_pieces:
         rows, cols = _view_shape(p, pc.ref, False, bufs)
         if (rows, cols) != (pc.rows[1] - pc.rows[0], pc.cols[1] - pc.cols[0]):

@@ -21,6 +21,15 @@ fresh buffer: ``seq`` before/after the loop or when a later phase or the backwar
 ``temp`` otherwise, ``mat``/``grad`` for parameter-shaped values. A carry written while an older
 value is still to be read goes through a temp and a copy.
 
+**Accumulating GEMMs**: a sum ``a + m`` whose GEMM term ``m = u @ v`` feeds nothing else, where
+``a`` is computed in the same phase and read by nothing else, and where no elementwise consumer
+would fuse the sum into a kernel anyway, costs no kernel of its own: ``a`` is written where the
+sum lives and the GEMM adds into it (``Gemm(accumulate=True)``, BLAS beta = 1). Before
+scheduling, the backward's carried cotangents are re-associated by ``gemm_terms_last`` as
+``(elementwise terms) + G_1 + .. + G_k``: PyTorch's GRU's ``d_h = z * dh' + dZ @ W_hᵀ`` becomes
+one kernel writing ``z * dh'`` into the carry (reading the old carry element for element) and
+one GEMM adding ``dZ @ W_hᵀ`` to it: 1 GEMM + 1 kernel per step, like the LSTM.
+
 ``GRAPHRNN_DEBUG=1`` prints the IR after each pass, ``=2`` also the explained Program.
 """
 
@@ -36,7 +45,7 @@ import networkx as nx
 from .autodiff import backward_cell, output_name
 from .errors import BackendError
 from .fuse import build_program, fusable, group_nodes, kernel_spec
-from .ir import Cell, Node, short_type
+from .ir import Cell, Node, apply, short_type, toposort
 from .merge import Layout, merge_gemms
 from .ops import GroupOp, Ops
 from .printer import format_cell, format_nodes
@@ -192,17 +201,19 @@ class SweepBuilder:
         all_roots = self.roots + carry_roots + self.keep
         order, lv, phase = place(all_roots, self.blevel, carry_roots, self.keep)
         self.order, self.lv, self.phase = order, lv, phase
-        placed = [n for n in order if n in phase and n.op is not Ops.SLICE]
-        # dependency graph with views contracted
+        self.acc = self._find_accumulations()
+        absorbed = {m for _a, m in self.acc.values()}
+        placed = [n for n in order if n in phase and n.op is not Ops.SLICE and n not in absorbed]
+        # dependency graph with views contracted (an accumulating sum reads its GEMM's operands)
         deps = self.deps
         for n in placed:
             deps.add_node(n)
         for n in placed:
-            for s in n.src:
+            for s in self.srcs(n):
                 b = self.base(s)
                 if b in phase and b is not n:
                     deps.add_edge(b, n)
-        groups = group_nodes(placed, phase, deps)
+        groups = group_nodes([n for n in placed if n not in self.acc], phase, deps)
         self.groups = groups
         unit_of: dict[Node, int] = {}
         units: list[_Unit] = []
@@ -222,7 +233,7 @@ class SweepBuilder:
         # consumers through views: which units read each base node
         readers: dict[Node, set[int]] = {}
         for n in placed:
-            for s in n.src:
+            for s in self.srcs(n):
                 readers.setdefault(self.base(s), set()).add(unit_of[n])
         # carried values: write the new value in place only when every reader of the old one
         # runs first and the writer reads it (if at all) element for element
@@ -238,8 +249,16 @@ class SweepBuilder:
                     any(units[x].phase != "step" for x in readers.get(r, ())):
                 continue   # (a value read after the loop must live in a sequence)
             leaf = next(n for n, ref in self.bound.items() if ref == d)
-            w = unit_of[r]
+            # the units that write the destination: r's own and, for an accumulating sum, the
+            # chain down to the unit that writes its first term (which runs first)
+            chain, first = [unit_of[r]], r
+            while first in self.acc:
+                first = self.acc[first][0]
+                chain.append(unit_of[first])
+            w = chain[-1]
             rd = readers.get(leaf, set())
+            if any(x in rd for x in chain[:-1]):
+                continue   # a GEMM would read the carry it adds into
             if w in rd and not (units[w].kernel and all(
                     s is leaf for m in units[w].nodes for s in m.src if self.base(s) is leaf)):
                 continue
@@ -280,6 +299,44 @@ class SweepBuilder:
     def _materialized(self, n: Node) -> bool:
         return n in self.phase and n.op is not Ops.SLICE and n not in self.bound
 
+    def srcs(self, n: Node) -> tuple[Node, ...]:
+        """n's sources as scheduled: an accumulating sum ``a + u @ v`` reads a, u and v."""
+        if n in self.acc:
+            a, m = self.acc[n]
+            return (a,) + m.src
+        return n.src
+
+    def _find_accumulations(self) -> dict[Node, tuple[Node, Node]]:
+        """Sums ``n = a + m`` scheduled as "write a where n lives, then GEMM m with
+        accumulate": m is a GEMM and a is computed in n's phase, both feed only n, neither is
+        kept (output, residual, gradient), and no elementwise consumer in n's phase would fuse
+        n into its kernel anyway (there the sum is free). Returns n -> (a, m); a may itself be
+        such a sum (a chain of GEMMs adding into one place)."""
+        phase = self.phase
+        cons: dict[Node, set[Node]] = {}
+        for n in self.order:
+            if n in phase and n.op is not Ops.SLICE:
+                for s in n.src:
+                    cons.setdefault(self.base(s), set()).add(n)
+        kept = {self.base(k) for k in self.keep + self.roots} | self.carry_roots
+        acc: dict[Node, tuple[Node, Node]] = {}
+        for n in reversed(self.order):   # consumers first
+            if n.op is not Ops.ADD or n not in phase or n in self.bound:
+                continue
+            ph = phase[n]
+            if any(fusable(c) and c not in acc and phase.get(c) == ph for c in cons.get(n, ())):
+                continue
+            for m, a in ((n.src[1], n.src[0]), (n.src[0], n.src[1])):
+                if m is a or m.op is not Ops.MATMUL or \
+                        a.op in (Ops.SLICE, Ops.CONCAT, Ops.CONST):
+                    continue
+                if any(x in self.bound or x in kept or phase.get(x) != ph or
+                       cons.get(x) != {n} for x in (a, m)):
+                    continue
+                acc[n] = (a, m)
+                break
+        return acc
+
     def _assign_homes(self, units: list[_Unit], unit_of: dict[Node, int],
                       readers: dict[Node, set[int]]) -> None:
         keep_base = {self.base(k) for k in self.keep + self.roots}
@@ -318,6 +375,12 @@ class SweepBuilder:
                     self.extra.setdefault(s, []).append(_narrow(hk, off, off + w))
                     self.elided.add((k, i))
                 off += w
+        # an accumulating sum's first term is written where the sum lives
+        for n in reversed(self.order):   # consumers first: a chain shares one home
+            if n in self.acc:
+                if n not in self.home:
+                    self.home[n] = self._fresh(n, self.phase[n], needs_seq(n))
+                self.home[self.acc[n][0]] = self.home[n]
         for u in units:
             outs = self._outputs(u, unit_of) if u.kernel else u.nodes
             for n in outs:
@@ -338,10 +401,11 @@ class SweepBuilder:
     def _consumers(self, n: Node) -> list[Node]:
         if not hasattr(self, "_cons"):
             cons: dict[Node, list[Node]] = {}
+            absorbed = {m for _a, m in self.acc.values()}
             for m in self.order:
-                if m not in self.phase or m.op is Ops.SLICE:
+                if m not in self.phase or m.op is Ops.SLICE or m in absorbed:
                     continue
-                for s in m.src:
+                for s in self.srcs(m):
                     cons.setdefault(self.base(s), []).append(m)
             self._cons = cons
         return self._cons.get(n, [])
@@ -370,7 +434,11 @@ class SweepBuilder:
             return
         (n,) = u.nodes
         out = self.home[n]
-        if n.op is Ops.MATMUL:
+        if n in self.acc:
+            _a, m = self.acc[n]
+            self.steps[ph].append(Gemm(out, self.ref_of(m.src[0], ph), self.ref_of(m.src[1], ph),
+                                       *m.arg, accumulate=True))
+        elif n.op is Ops.MATMUL:
             a, b = n.src
             self.steps[ph].append(Gemm(out, self.ref_of(a, ph), self.ref_of(b, ph), *n.arg))
         elif n.op is Ops.REDUCE:
@@ -390,6 +458,44 @@ class SweepBuilder:
                 off += w
         else:
             raise BackendError(f"schedule: cannot schedule {n.op.name}")
+
+
+# ---- sums of GEMMs ----
+
+def gemm_terms_last(roots: Sequence[Node], which: Sequence[int]) -> list[Node]:
+    """Re-associate ``roots[i]`` (i in ``which``) as ``(other terms) + G_1 + .. + G_k``.
+
+    The sum tree of a root is flattened through ADD nodes that nothing else reads; its terms
+    that are GEMMs read by nothing else are moved to the end, one ADD each, so the schedule can
+    run them as GEMMs accumulating into the root's home (see ``SweepBuilder``). A carried
+    cotangent is such a sum whenever the state is read both by a matmul and elementwise:
+    ``d_h = z * dh' + dZ @ W_hᵀ`` (PyTorch's GRU), ``dh'(1-z) + d(rh) * r + dZ_g @ W_gᵀ`` (the
+    lecture GRU). Other roots are returned unchanged."""
+    roots = list(roots)
+    uses: dict[Node, int] = {}
+    for n in toposort(roots):
+        for s in set(n.src):
+            uses[s] = uses.get(s, 0) + 1
+    for r in roots:
+        uses[r] = uses.get(r, 0) + 1
+
+    def terms(n: Node, top: bool) -> list[Node]:
+        if n.op is Ops.ADD and (top or uses.get(n, 0) == 1):
+            return terms(n.src[0], False) + terms(n.src[1], False)
+        return [n]
+
+    for i in which:
+        r = roots[i]
+        ts = terms(r, True)
+        gemms = [t for t in ts if t.op is Ops.MATMUL and uses.get(t, 0) == 1]
+        rest = [t for t in ts if not (t.op is Ops.MATMUL and uses.get(t, 0) == 1)]
+        if not gemms or len(ts) < 2:
+            continue
+        acc = rest[0] if rest else gemms.pop(0)
+        for t in rest[1:] + gemms:
+            acc = apply(Ops.ADD, acc, t)
+        roots[i] = acc
+    return roots
 
 
 # ---- residuals ----
@@ -457,8 +563,8 @@ def compile_plan(cell: Cell, dtype: str | None = None, use_sympy: bool = True) -
     cm, layout = merge_gemms(cs)
     _debug("merge gemms", format_cell(cm))
     bw = backward_cell(cm)
-    bw_roots = simplify(list(bw.roots))
     ns, ni = len(bw.d_states), len(bw.d_inputs)
+    bw_roots = gemm_terms_last(simplify(list(bw.roots)), range(ns))
     d_states, d_inputs, d_params = bw_roots[:ns], bw_roots[ns:ns + ni], bw_roots[ns + ni:]
     if debug_level() >= 1:
         lines, _ = format_nodes(bw_roots)

@@ -21,7 +21,12 @@ simplified):
 * SLICE of an elementwise op becomes the op of the slices (and SLICE of EXPAND the EXPAND of the
   slice), so a 4H-wide ``x@W + b + h@U`` followed by gate slices fuses like four per-gate sums;
 * REDUCE over rows of a SLICE becomes the SLICE of the REDUCE, so all bias gradients read one
-  reduction of the gate cotangents.
+  reduction of the gate cotangents;
+* a CONCAT of adjacent REDUCEs over rows (same op) becomes one REDUCE of the CONCAT of their
+  sources: a packed bias gets its gradient per gate block, ``concat(Σ d_i, Σ d_f, Σ d_g, Σ d_o)``,
+  and the cotangents' CONCAT is the very node the weight-gradient GEMMs read (hash-consing), so
+  the schedule runs one reduction over the contiguous packed block instead of one per gate.
+  Sources that are leaves are left alone (concatenating them would cost a copy).
 """
 
 from __future__ import annotations
@@ -178,6 +183,7 @@ def _rewrite(n: Node, key: _Keys) -> Node:
                 merged[-1] = _slice(p.src[0], q.arg[0], p.arg[1])
             else:
                 merged.append(p)
+        merged = _merge_reductions(merged)
         if len(merged) == 1:
             return merged[0]
         if tuple(merged) != src:
@@ -186,6 +192,29 @@ def _rewrite(n: Node, key: _Keys) -> Node:
         x = src[0]
         return _slice(apply(Ops.REDUCE, x.src[0], arg=n.arg), *x.arg)
     return n
+
+
+def _merge_reductions(parts: list[Node]) -> list[Node]:
+    """Runs of adjacent ``REDUCE(s_k, axis 0)`` parts (same op, same source rows, sources not
+    leaves) become ``REDUCE(CONCAT(s_k))``."""
+    def ok(p: Node) -> bool:
+        return p.op is Ops.REDUCE and p.arg[1] == 0 and p.src[0].op not in GroupOp.Leaf
+
+    out: list[Node] = []
+    i = 0
+    while i < len(parts):
+        j = i + 1
+        if ok(parts[i]):
+            while j < len(parts) and ok(parts[j]) and parts[j].arg == parts[i].arg and \
+                    parts[j].src[0].shape[0] == parts[i].src[0].shape[0]:
+                j += 1
+        if j - i >= 2:
+            inner = apply(Ops.CONCAT, *[p.src[0] for p in parts[i:j]])
+            out.append(apply(Ops.REDUCE, inner, arg=parts[i].arg))
+        else:
+            out.append(parts[i])
+        i = j
+    return out
 
 
 def simplify(roots: Sequence[Node]) -> list[Node]:

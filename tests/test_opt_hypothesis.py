@@ -1,8 +1,14 @@
 """Property tests: random cells (random elementwise trees over inputs and states, random matmul
 placement) give the same forward values and gradients before and after optimization; every
-kernel group is convex; every Program validates (compile_plan runs validate)."""
+kernel group is convex; every Program validates (compile_plan runs validate).
+
+The generator also writes Linears (``a @ W + b``, so biases on the blocks of packed GEMMs get
+packed), weights on the left (``a @ Wᵀ``, the equations' form) and states read both by a matmul
+and elementwise (carried cotangents that the schedule builds by accumulating GEMMs)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -18,6 +24,8 @@ from graphrnn.ops import Ops  # noqa: E402
 from graphrnn.schedule import compile_plan  # noqa: E402
 
 W = 3
+# a local soak: GRAPHRNN_HYPOTHESIS_EXAMPLES=600 pytest tests/test_opt_hypothesis.py
+MAX_EXAMPLES = int(os.environ.get("GRAPHRNN_HYPOTHESIS_EXAMPLES", "30"))
 UNARY = [tanh, sigmoid, lambda a: -a, lambda a: apply(Ops.SOFTPLUS, a)]
 BINARY = [lambda a, b: a + b, lambda a, b: a - b, lambda a, b: a * b]
 
@@ -34,7 +42,8 @@ def random_cell(draw: st.DrawFn) -> object:
         return a @ cb.param(f"W{n_params[0]}", (W, W))
 
     for _ in range(draw(st.integers(2, 7))):
-        kind = draw(st.sampled_from(["unary", "binary", "matmul", "matmul_concat", "bias"]))
+        kind = draw(st.sampled_from(["unary", "binary", "matmul", "matmul_concat", "bias",
+                                     "linear", "matmul_t", "gates"]))
         a = draw(st.sampled_from(pool))
         if kind == "unary":
             pool.append(draw(st.sampled_from(UNARY))(a))
@@ -46,6 +55,21 @@ def random_cell(draw: st.DrawFn) -> object:
             b = draw(st.sampled_from(pool))
             n_params[0] += 1
             pool.append(concat([a, b]) @ cb.param(f"W{n_params[0]}", (2 * W, W)))
+        elif kind == "linear":
+            pool.append(matmul(a) + cb.param(f"b{n_params[0]}", (1, W)))
+        elif kind == "gates":
+            # per-gate Linears on one operand, as the lecture writes them (W on the left or
+            # the right): they pack into one GEMM and their biases into one bias
+            t = draw(st.booleans())
+            for _g in range(draw(st.integers(2, 3))):
+                n_params[0] += 1
+                w = cb.param(f"W{n_params[0]}", (W, W))
+                prod = apply(Ops.MATMUL, a, w, arg=(False, t))
+                pool.append(prod + cb.param(f"b{n_params[0]}", (1, W)))
+        elif kind == "matmul_t":
+            n_params[0] += 1
+            pool.append(apply(Ops.MATMUL, a, cb.param(f"W{n_params[0]}", (W, W)),
+                              arg=(False, True)))
         else:
             n_params[0] += 1
             pool.append(a + cb.param(f"b{n_params[0]}", (1, W)))
@@ -54,7 +78,7 @@ def random_cell(draw: st.DrawFn) -> object:
     return cb.build([out], nxt)
 
 
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=MAX_EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(random_cell())
 def test_random_cells_match_reference(cell: object) -> None:

@@ -17,6 +17,7 @@ from graphrnn.program import (
     Buffer,
     Gemm,
     Kernel,
+    KernelDef,
     ParamPiece,
     Program,
     Ref,
@@ -24,6 +25,7 @@ from graphrnn.program import (
     identity_kernel,
     validate,
 )
+from graphrnn.scalar import ScalarProgram
 from graphrnn.simplify import simplify
 
 DT = "float64"
@@ -166,3 +168,133 @@ def test_validate_accepts_a_simple_recurrence() -> None:
 def test_validate_rejects(steps: tuple, msg: str) -> None:
     with pytest.raises(BackendError, match=msg):
         validate(_prog(steps))
+
+
+# ---- bias gradients: adjacent reductions become one ----
+
+def test_concat_of_reductions_is_one_reduction() -> None:
+    a, b = tanh(x), sigmoid(y)
+    ra, rb = (apply(Ops.REDUCE, v, arg=("sum", 0)) for v in (a, b))
+    g = one(concat([ra, rb]))
+    assert g.op is Ops.REDUCE and g.src[0].op is Ops.CONCAT and g.src[0].src == (a, b)
+    # a reduction of another kind, or of a leaf, stays apart (a leaf would need a copy)
+    mx = apply(Ops.REDUCE, b, arg=("max", 0))
+    assert one(concat([ra, mx])).op is Ops.CONCAT
+    rx = apply(Ops.REDUCE, x, arg=("sum", 0))
+    assert one(concat([ra, rx])).op is Ops.CONCAT
+    # a run inside a longer concat: only the run merges
+    h = one(concat([rx, ra, rb]))
+    assert h.op is Ops.CONCAT and len(h.src) == 2 and h.src[1].op is Ops.REDUCE
+    rng = np.random.default_rng(0)
+    env = {x: rng.standard_normal((3, 4)), y: rng.standard_normal((3, 4))}
+    for n in (concat([ra, rb]), concat([rx, ra, rb])):
+        np.testing.assert_allclose(evaluate([one(n)], env)[0], evaluate([n], env)[0])
+
+
+def test_gemm_terms_last_moves_private_gemms_to_the_end() -> None:
+    from graphrnn.schedule import gemm_terms_last
+    W, U = param("W", (4, 4), DT), param("U", (4, 4), DT)
+    g1, g2 = x @ W, y @ U
+    e = tanh(x) * y
+    root = (g1 + e) + (g2 + x)
+    (r,) = gemm_terms_last([root], [0])
+    # ((e + x) + g1) + g2, in some order of the non-GEMM terms
+    assert r.op is Ops.ADD and r.src[1] is g2
+    assert r.src[0].op is Ops.ADD and r.src[0].src[1] is g1
+    # a GEMM someone else reads stays where it is (its value is needed on its own)
+    (r2, keep) = gemm_terms_last([root, g1], [0])
+    assert keep is g1 and r2.src[1] is g2
+    rng = np.random.default_rng(1)
+    env = {x: rng.standard_normal((2, 4)), y: rng.standard_normal((2, 4)),
+           W: rng.standard_normal((4, 4)), U: rng.standard_normal((4, 4))}
+    np.testing.assert_allclose(evaluate([r], env)[0], evaluate([root], env)[0])
+    # other roots are untouched
+    assert gemm_terms_last([root, g1], [1])[0] is root
+
+
+# ---- validate: d(initial state) is read from its carry after the backward sweep ----
+
+def _bwd_prog(d_states: tuple, post: tuple = ()) -> Program:
+    """Forward h' = h W; backward d_h = d_h Wᵀ per step, d(h0) left in the carry."""
+    bufs = (Buffer("x", "seq", DT, 4), Buffer("s", "seq", DT, 4, extra=1),
+            Buffer("W", "param", DT, 4, rows=4), Buffer("dy", "seq", DT, 4),
+            Buffer("dh", "carry", DT, 4), Buffer("tmp", "temp", DT, 4),
+            Buffer("out", "seq", DT, 4))
+    pieces = (ParamPiece("W", (0, 4), (0, 4), Ref("W")),)
+    fwd = Sweep((), (Gemm(Ref("s", 1), Ref("s", 0), Ref("W")),), ())
+    add = Kernel(KernelDef("add", ScalarProgram(2, ((Ops.ADD, (0, 1), None),), (2,)), DT,
+                           ("full", "full")), (Ref("dy"), Ref("dh")), (Ref("tmp"),))
+    bwd = Sweep((), (add, Gemm(Ref("dh"), Ref("tmp"), Ref("W"), trans_b=True)), post,
+                reverse=True)
+    return Program("t", DT, bufs, fwd, bwd, (("x", "x"),), (("h", "s"),),
+                   (("y", Ref("s", 1)),), pieces, (("y", "dy"),), (("h", "dh"),), d_states,
+                   (("x", None),), ())
+
+
+def test_validate_accepts_d_states_reading_the_carry_after_the_loop() -> None:
+    validate(_bwd_prog((("h", Ref("dh")),)))
+    validate(_bwd_prog((("h", Ref("dh", cols=(0, 4))),)))
+
+
+@pytest.mark.parametrize("d_states, post, msg", [
+    # a step after the loop may not read a carry: it holds one (B, n) value, not T of them
+    ((("h", Ref("dh")),), "copy", "carry buffer dh used outside the loop"),
+    ((("h", Ref("dh", cols=(0, 2))),), None, "has 2 columns, the state 4"),
+    ((("h", Ref("dh", cols=(0, 5))),), None, "out of range"),
+    ((("h", Ref("dy")),), None, "d_states must name carry buffers"),
+])
+def test_validate_rejects_bad_carry_reads(d_states: tuple, post: str | None, msg: str) -> None:
+    steps = (Kernel(identity_kernel(DT), (Ref("dh"),), (Ref("out"),)),) if post else ()
+    with pytest.raises(BackendError, match=msg):
+        validate(_bwd_prog(d_states, steps))
+
+
+def _pack_values(merged: object, layout: dict, vals: dict) -> dict:
+    penv = {}
+    for p in merged.params:  # type: ignore[attr-defined]
+        arr = np.full(tuple(int(d) for d in p.shape), np.nan)
+        for pc in layout[p.arg]:
+            arr[pc.prows[0]:pc.prows[1], pc.pcols[0]:pc.pcols[1]] = \
+                vals[pc.user][pc.urows[0]:pc.urows[1], pc.ucols[0]:pc.ucols[1]]
+        assert not np.isnan(arr).any(), p.arg        # every packed entry has a user value
+        penv[p] = arr
+    return penv
+
+
+def test_merge_packs_transposed_weights_and_biases() -> None:
+    # the equations' form: W (out, in) on the left, x @ Wᵀ in the IR, one bias per gate
+    from frontends.trace import CellBuilder
+    cb = CellBuilder("mt", DT)
+    xi, h = cb.input("x", 3), cb.state("h", 4)
+    A, Bq = cb.param("A", (4, 7)), cb.param("Bq", (4, 7))
+    ba, bb = cb.param("ba", (1, 4)), cb.param("bb", (1, 4))
+    hx = concat([h, xi])
+
+    def lin(w: Node, b: Node) -> Node:
+        return apply(Ops.MATMUL, hx, w, arg=(False, True)) + b
+    h2 = tanh(lin(A, ba)) * sigmoid(lin(Bq, bb))
+    cell = cb.build([h2], {"h": h2})
+    merged, layout = merge_gemms(cell)
+    mats = [n for n in toposort(merged.roots) if n.op is Ops.MATMUL]
+    assert len(mats) == 2 and all(m.arg == (False, True) for m in mats)   # h @ Pᵀ, x @ Qᵀ
+    assert sorted(int(m.src[1].shape[0]) for m in mats) == [8, 8]         # rows stacked
+    assert any(n.startswith("__bias") for n in layout)                    # ba | bb packed
+    rng = np.random.default_rng(2)
+    vals = {n: rng.standard_normal(s) for n, s in
+            (("A", (4, 7)), ("Bq", (4, 7)), ("ba", (1, 4)), ("bb", (1, 4)))}
+    env = {xi: rng.standard_normal((2, 3)), h: rng.standard_normal((2, 4))}
+    want = evaluate([h2], {**env, A: vals["A"], Bq: vals["Bq"], ba: vals["ba"],
+                           bb: vals["bb"]})[0]
+    got = evaluate(list(merged.outputs), {**env, **_pack_values(merged, layout, vals)})[0]
+    np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_biases_that_do_not_tile_a_gemm_stay_apart() -> None:
+    # x @ [A | Bq] with a bias on A's block only: packing would leave a hole
+    from frontends.trace import CellBuilder
+    cb = CellBuilder("hole", DT)
+    xi, h = cb.input("x", 3), cb.state("h", 4)
+    A, Bq, ba = cb.param("A", (3, 4)), cb.param("Bq", (3, 4)), cb.param("ba", (1, 4))
+    h2 = tanh(xi @ A + ba) * sigmoid(xi @ Bq) + h
+    merged, layout = merge_gemms(cb.build([h2], {"h": h2}))
+    assert not any(n.startswith("__bias") for n in layout) and "ba" in layout

@@ -117,7 +117,7 @@ def test_lecture_and_charrnn_forms_give_the_same_plan() -> None:
     b = compile_plan(fused_lstm()).program
     for sa, sb in ((a.forward, b.forward), (a.backward, b.backward)):
         for ph in ("pre", "step", "post"):
-            assert counts(sa, ph)[:2] == counts(sb, ph)[:2], ph
+            assert counts(sa, ph) == counts(sb, ph), ph      # the 8 biases pack: 1 reduction
     assert a.residual_values_per_row() == b.residual_values_per_row()
 
 
@@ -211,36 +211,105 @@ def test_every_zoo_cell_runs_through_the_pipeline() -> None:
         assert counts(p.forward, "pre")[0] >= 1, name   # the input projection is hoisted
 
 
-def test_zoo_minimal_counts() -> None:
+# The plan of every zoo cell, as (GEMMs before the forward loop, forward step (GEMM, kernel),
+# backward step (GEMM, kernel), after the backward loop (GEMM, reduce), residual values per row
+# per step in units of H). Sizes: I = H = 4. Why each is the minimum for the cell's structure:
+#
+# * before the loop: every matmul on x alone is hoisted, and matmuls sharing x are packed into
+#   one [W_1 | W_2 | ..] GEMM over T·B rows, so 1 for every cell.
+# * forward step: one GEMM per *distinct left operand* that depends on h (matmuls sharing one
+#   are packed); one kernel before each GEMM whose left operand is not h itself (r*h, m, tanh h
+#   are elementwise and need a kernel first; independent ones share it) plus one kernel after
+#   the last GEMM for the new state. A cell without a matmul on h is diagonal: 0 GEMM, 1 kernel.
+# * backward step: the mirror. d(left operand) = dZ @ Wᵀ per forward GEMM; one kernel before
+#   the first (the gate cotangents from dh' = dy + d_h) and one between dependent GEMMs. The
+#   carried d_h = (elementwise part) + dZ @ Wᵀ costs no kernel of its own: the last kernel writes
+#   the elementwise part into the carry and the GEMM accumulates (BLAS beta = 1).
+# * after the loop: d_x = dZ_x @ W_xᵀ (1 GEMM: the x-weights are packed), dW_x = Xᵀ dZ_x (1),
+#   plus one dW = Aᵀ dZ per distinct left operand A of the in-loop GEMMs (h, r*h, tanh h, m:
+#   different operands cannot share a GEMM). One reduction per packed bias over its contiguous
+#   block of gate cotangents (separate (1, H) biases added to the column blocks of one packed
+#   GEMM are packed like it: merge.pack_biases); what cannot be packed (peepholes and IndRNN's
+#   u multiply, a bias whose sum holds no packed GEMM) gets one each.
+ZOO_PLANS = {
+    # h' = tanh(x W_x + h W_h + b): GEMM h@W_h, kernel tanh; backward kernel dz, GEMM
+    # d_h = dz W_hᵀ (h is not used elementwise); after: d_x, dW_x, dW_h; reduce b.
+    # Residuals: none (tanh' = 1 - h'² reads the saved state h').
+    "rnn_tanh": (1, (1, 1), (1, 1), (3, 1), 0),
+    # all four gates read h through one packed (H, 4H) GEMM; c only elementwise: 1 + 1 both
+    # ways; after: d_x, dW_x = Xᵀ dZ, dW_h = Hᵀ dZ and one reduction over the (1, 4H) bias.
+    # Residuals: i, f, g, o and c (c is a state but not an output): 5H.
+    "lstm": (1, (1, 1), (1, 1), (3, 1), 5),
+    # 3 gates (i, g, o), the same structure; residuals i, g, o + c = 4H
+    "lstm_no_forget": (1, (1, 1), (1, 1), (3, 1), 4),
+    # peepholes p * c are elementwise: still 1 + 1; reductions: b (one packed block) + p_i,
+    # p_f, p_o (three separate (1, H) parameters, each Σ d_gate * c)
+    "peephole_lstm": (1, (1, 1), (1, 1), (3, 4), 5),
+    # f = 1 - i: 3 gates, as lstm_no_forget
+    "cifg_lstm": (1, (1, 1), (1, 1), (3, 1), 4),
+    # lecture GRU: h~ reads (r*h) W_c, and r needs h W_g first: GEMM h@W_g_h, kernel (z, r, r*h),
+    # GEMM (r*h)@W_c_h, kernel (h~, h'): 2 + 2. Backward: kernel (d_a~, dz), GEMM
+    # d(rh) = d_a~ W_c_hᵀ, kernel (dr = d(rh) h r(1-r); writes dh'(1-z) + r d(rh) into the
+    # carry), GEMM d_h += [dz|dr] W_g_hᵀ: the second GEMM reads dr, which needs the first GEMM's
+    # output through a product, so 2 + 2 (was 2 + 3 with a separate kernel for the final sum).
+    # After: d_x, dW_x (x-rows of W_g and W_c packed), dW_g_h = Hᵀ [dz|dr], dW_c_h = (r*h)ᵀ d_a~:
+    # 4; reductions b_g (adjacent [dz|dr]) and b_c: 2. Residuals z, r, h~: 3H.
+    "gru": (1, (2, 2), (2, 2), (4, 2), 3),
+    # PyTorch GRU: r multiplies (h W_hn + b_hn) after the matmul: one (H, 3H) GEMM + 1 kernel.
+    # Backward: one kernel writes dZ_h = [d_r, d_z, r d_n] and z dh' (into the carry), one GEMM
+    # d_h += dZ_h W_hᵀ (was 1 + 2: the sum had its own kernel). After: d_x, dW_x = Xᵀ dZ_x,
+    # dW_h = Hᵀ dZ_h: 3; reductions Σ dZ_x (b_x) and Σ dZ_h (b_h): 2 (their n-blocks differ).
+    # Residuals r, z, n and h W_hn + b_hn (dr needs it): 4H.
+    "gru_torch": (1, (1, 1), (1, 1), (3, 2), 4),
+    # MUT1: z = sigm(x W_xz + b_z) reads x only, so it is computed before the loop (1 GEMM
+    # x@[W_xz|W_xr] and a kernel); r reads h (GEMM h@W_hr), h' needs (r*h) W_hh: a kernel between
+    # two dependent GEMMs, and one after: 2 + 2; backward the mirror 2 + 2. After: d_x, dW_x,
+    # dW_hr = Hᵀ dr, dW_hh = (r*h)ᵀ d_a: 4; b_z and b_r sit on the blocks of x@[W_xz|W_xr] and
+    # are packed (one Σ [dz|dr]); b_h's sum holds no packed GEMM ((r*h) W_hh + tanh x): 2.
+    # Residuals z, r, h~.
+    "mut1": (1, (2, 2), (2, 2), (4, 2), 3),
+    # MUT2: z and r both read h: one packed GEMM h@[W_hz|W_hr], then (r*h) W_hh: 2 + 2, mirror
+    # 2 + 2. After: d_x, dW_x = Xᵀ[dz|dh~], dW_h = Hᵀ[dz|dr], dW_hh = (r*h)ᵀ d_a: 4. Biases:
+    # b_r can only join h@[W_hz|W_hr], b_h only x@[W_xz|W_xh], so at best one pair packs: 2.
+    "mut2": (1, (2, 2), (2, 2), (4, 2), 3),
+    # MUT3: z reads tanh(h) through a matmul and r reads h: two first-stage GEMMs with
+    # different left operands (h, tanh h), then (r*h) W_hh: 3 GEMMs; one kernel (tanh h, r, r*h)
+    # feeds both later GEMMs, one after: 3 + 2. Backward: kernel (d_a, dz), GEMMs d(rh) and
+    # d(tanh h) (independent; both are multiplied elementwise afterwards, so neither can
+    # accumulate into the carry), kernel (dr, the elementwise part of d_h into the carry), GEMM
+    # d_h += dr W_hrᵀ: 3 + 2. After: d_x, dW_x, dW_hz = tanh(H)ᵀ dz, dW_hr = Hᵀ dr,
+    # dW_hh = (r*h)ᵀ d_a: 5; the three biases sit on the blocks of x@[W_xz|W_xh|W_xr]: 1.
+    "mut3": (1, (3, 2), (3, 2), (5, 1), 3),
+    # mRNN: m = (x W_mx) * (h W_mh) is elementwise between GEMM h@W_mh and GEMM m@W_hm: 2 + 2.
+    # Backward: kernel d_a, GEMM dm = d_a W_hmᵀ, kernel dm * (x W_mx), GEMM d_h = . W_mhᵀ (h is
+    # not used elementwise: the GEMM writes the carry): 2 + 2. After: d_x, dW_x = Xᵀ[d_a|d(xW_mx)],
+    # dW_mh = Hᵀ d(hW_mh), dW_hm = mᵀ d_a: 4; reduce b: 1. Residuals: the two GEMM results
+    # x@[W_hx|W_mx] (2H) and h W_mh (H), which cannot be recomputed elementwise: 3H.
+    "mrnn": (1, (2, 2), (2, 2), (4, 1), 3),
+    # IndRNN: u * h is elementwise: no GEMM in the loop, 1 kernel (diagonal: the whole loop can
+    # be one kernel), both ways. After: d_x, dW: 2; b and u are separate: 2. Residual: the
+    # pre-activation (relu' needs its sign): 1H.
+    "indrnn": (1, (0, 1), (0, 1), (2, 2), 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO_PLANS))
+def test_zoo_plan_counts(name: str) -> None:
     cells = pytest.importorskip("graphrnn.cells")
-    ZOO = cells.ZOO
-    want = {
-        # one recurrent matrix (all gates read h through one packed GEMM); every gate is
-        # elementwise after it: 1 GEMM + 1 kernel per step, both ways
-        "rnn_tanh": (1, 1), "lstm": (1, 1), "lstm_no_forget": (1, 1), "cifg_lstm": (1, 1),
-        # peepholes are elementwise products with c: still 1 + 1
-        "peephole_lstm": (1, 1),
-        # PyTorch GRU: r multiplies (h W_hn + b_hn) after the matmul: 1 + 1
-        "gru_torch": (1, 1),
-        # lecture GRU: r*h feeds a second matmul: 2 GEMMs, a kernel before and after it
-        "gru": (2, 2),
-        # mRNN: m = (x Wmx) * (h Wmh) then h' = f(m Wh + x W): two dependent GEMMs on h
-        "mrnn": (2, 2),
-        # IndRNN: diagonal recurrence: no GEMM, one kernel
-        "indrnn": (0, 1),
-    }
-    for name, (g, k) in want.items():
-        if name not in ZOO:
-            continue
-        p = compile_plan(ZOO[name](4, 4, dtype="float64")).program
-        assert counts(p.forward, "step")[:2] == (g, k), name
-        assert p.forward.diagonal == (g == 0), name
-    # MUT1-3: each has a gate (r) multiplying h before a second matmul, so 2 dependent GEMM
-    # stages; MUT3's z also reads tanh(h) through a matmul: one more GEMM in the first stage
-    for name, g in (("mut1", 2), ("mut2", 2), ("mut3", 3)):
-        if name in ZOO:
-            p = compile_plan(ZOO[name](4, 4, dtype="float64")).program
-            assert counts(p.forward, "step") == (g, 2, 0), name
+    assert set(ZOO_PLANS) == set(cells.ZOO)          # every zoo cell has its row
+    pre, fwd, bwd, post, res = ZOO_PLANS[name]
+    p = compile_plan(cells.ZOO[name](4, 4, dtype="float64")).program
+    assert counts(p.forward, "pre")[0] == pre
+    assert all(p.buffer(s.out.buf).kind == "seq" for s in p.forward.pre if isinstance(s, Gemm))
+    assert counts(p.forward, "step")[:2] == fwd
+    assert counts(p.forward, "post") == (0, 0, 0)
+    assert counts(p.backward, "step")[:2] == bwd
+    assert counts(p.backward, "pre")[0] == 0
+    g, _k, r = counts(p.backward, "post")
+    assert (g, r) == post
+    assert counts(p.forward, "step")[2] == counts(p.backward, "step")[2] == 0
+    assert p.forward.diagonal == p.backward.diagonal == (fwd[0] == 0)
+    assert p.residual_values_per_row() == res * 4
 
 
 def test_nngraph_lecture_and_charrnn_same_plan() -> None:
@@ -249,7 +318,212 @@ def test_nngraph_lecture_and_charrnn_same_plan() -> None:
     b = compile_plan(nng.charrnn_lstm(I, H, dtype="float64")).program
     for sa, sb in ((a.forward, b.forward), (a.backward, b.backward)):
         for ph in ("pre", "step", "post"):
-            assert counts(sa, ph)[:2] == counts(sb, ph)[:2], ph
+            assert counts(sa, ph) == counts(sb, ph), ph
     assert counts(a.forward, "step") == (1, 1, 0)
+    assert counts(a.backward, "post") == (3, 0, 1)
     compare(nng.lecture_lstm(I, H, dtype="float64"))
     compare(nng.charrnn_lstm(I, H, dtype="float64"))
+
+
+# ---- accumulating GEMMs: a carried cotangent that is "elementwise part + dZ @ Wᵀ" ----
+
+def test_gru_torch_backward_writes_the_carry_then_accumulates() -> None:
+    cells = pytest.importorskip("graphrnn.cells")
+    cell = cells.gru_torch(3, 4, dtype="float64")
+    p = compile_plan(cell).program
+    (dh_name,) = [b for _n, b in p.d_final]
+    k, g = p.backward.step
+    # the kernel reads the old carry and writes z * dh' into it (element for element) ...
+    assert isinstance(k, Kernel) and any(r.buf == dh_name for r in k.ins)
+    assert any(r.buf == dh_name for r in k.outs)
+    # ... and the GEMM adds dZ_h @ W_hᵀ to it
+    assert isinstance(g, Gemm) and g.accumulate and g.out.buf == dh_name and g.trans_b
+    compare(cell)
+    compare(cell, B=1, T=1)
+
+
+def test_lecture_gru_backward_is_two_gemms_two_kernels() -> None:
+    p = compile_plan(lecture_gru()).program
+    kinds = [type(s).__name__ for s in p.backward.step]
+    assert kinds == ["Kernel", "Gemm", "Kernel", "Gemm"]
+    assert p.backward.step[-1].accumulate                # d_h += [dz|dr] @ W_g_hᵀ
+    assert not p.backward.step[1].accumulate             # d(r*h) is read elementwise
+    compare(lecture_gru())
+
+
+def two_gemm_carry_cell() -> graphrnn.Cell:
+    """d_h = 0.5 dh' + dA @ U1ᵀ + dS @ U2ᵀ: U1 is also used on x (so it is not packed with U2),
+    and h is used elementwise: two GEMMs accumulate into the carry after one kernel."""
+    cb = CellBuilder("two_acc", "float64")
+    x, h = cb.input("x", H), cb.state("h", H)
+    U1, U2, V = cb.param("U1", (H, H)), cb.param("U2", (H, H)), cb.param("V", (H, H))
+    h2 = tanh(h @ U1 + x @ V) * sigmoid(h @ U2) + tanh(x @ U1) + 0.5 * h
+    return cb.build([h2], {"h": h2})
+
+
+def test_two_gemms_accumulate_into_one_carry() -> None:
+    p = compile_plan(two_gemm_carry_cell()).program
+    (dh_name,) = [b for _n, b in p.d_final]
+    assert counts(p.backward, "step") == (2, 1, 0)
+    gemms = [s for s in p.backward.step if isinstance(s, Gemm)]
+    assert all(s.accumulate and s.out.buf == dh_name for s in gemms)
+    compare(two_gemm_carry_cell())
+
+
+def test_tied_weight_gradient_accumulates_after_the_loop() -> None:
+    # W is read by x @ W and h @ W: dW = Xᵀ dZ + Hᵀ dZ is one GEMM plus one accumulating GEMM
+    cb = CellBuilder("tied", "float64")
+    x, h = cb.input("x", H), cb.state("h", H)
+    W = cb.param("W", (H, H))
+    h2 = tanh(x @ W + h @ W)
+    cell = cb.build([h2], {"h": h2})
+    p = compile_plan(cell).program
+    post = [s for s in p.backward.post if isinstance(s, Gemm)]
+    acc = [s for s in post if s.accumulate]
+    assert len(acc) == 1 and p.buffer(acc[0].out.buf).kind == "grad"
+    assert counts(p.backward, "post")[1] == 0            # no kernel adds the two products
+    compare(cell)
+
+
+def test_a_sum_read_elementwise_is_not_accumulated() -> None:
+    # forward: x@W + h@U is read by tanh: the sum fuses into the kernel, no accumulation
+    p = compile_plan(fused_lstm()).program
+    assert not any(s.accumulate for s in p.forward.step if isinstance(s, Gemm))
+
+
+# ---- bias gradients: one reduction over a packed block ----
+
+@pytest.mark.parametrize("order", ["pytorch", "char-rnn", "zaremba"])
+@pytest.mark.parametrize("forget_bias", [0.0, 1.0])
+def test_zoo_lstm_every_form_meets_the_targets(order: str, forget_bias: float) -> None:
+    cells = pytest.importorskip("graphrnn.cells")
+    cell = cells.lstm(I, H, dtype="float64", gate_order=order, forget_bias=forget_bias)
+    p = compile_plan(cell).program
+    assert counts(p.forward, "pre") == (1, 0, 0)
+    assert counts(p.forward, "step") == (1, 1, 0)
+    assert counts(p.backward, "step") == (1, 1, 0)
+    assert counts(p.backward, "post") == (3, 0, 1)       # d_x, dW_x, dW_h; Σ dZ for b
+    (red,) = [s for s in p.backward.post if isinstance(s, Reduce)]
+    assert red.src.cols is None and p.buffer(red.src.buf).cols == 4 * H   # the whole block
+    assert p.residual_values_per_row() <= 5 * H
+    compare(cell)
+
+
+# ---- inspection ----
+
+def test_explain_prints_totals_per_sweep() -> None:
+    p = compile_plan(fused_lstm()).program
+    text = graphrnn.explain(p, batch=2)
+    from graphrnn.explain import sweep_flops
+    res = p.residual_bytes_per_step(2)
+    assert f"forward total: {sweep_flops(p, p.forward, 2):,} FLOPs per step at B=2" in text
+    assert f"writes {res:,} residual bytes per step for the backward" in text
+    assert f"backward total: {sweep_flops(p, p.backward, 2):,} FLOPs per step at B=2" in text
+    assert f"reads {res:,} residual bytes per step" in text
+    # the backward loop stores dZ (4H per row) for the weight-gradient GEMMs
+    assert f"its loop stores {4 * H * 2 * 8:,} bytes per step" in text
+    assert res == 5 * H * 2 * 8
+    # FLOPs grow linearly with the batch
+    assert sweep_flops(p, p.forward, 4) == 2 * sweep_flops(p, p.forward, 2)
+
+
+@pytest.mark.parametrize("level, titles, absent", [
+    ("1", ("input cell", "simplify", "merge gemms", "backward cell"), ("program",)),
+    ("2", ("input cell", "simplify", "merge gemms", "backward cell", "program"), ()),
+    ("0", (), ("input cell", "program")),
+    ("not a number", (), ("input cell", "program")),
+])
+def test_debug_levels(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                      level: str, titles: tuple[str, ...], absent: tuple[str, ...]) -> None:
+    monkeypatch.setenv("GRAPHRNN_DEBUG", level)
+    compile_plan(diagonal_cell())
+    err = capsys.readouterr().err
+    for t in titles:
+        assert f"---- {t}" in err
+    for t in absent:
+        assert f"---- {t}" not in err
+    if level == "2":
+        assert "forward total:" in err and "per time step: 0 GEMM, 1 kernel" in err
+    if level == "1":
+        assert "tanh" in err                     # the IR itself is printed
+
+
+def test_debug_unset_prints_nothing(monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("GRAPHRNN_DEBUG", raising=False)
+    compile_plan(diagonal_cell())
+    assert capsys.readouterr().err == ""
+
+
+def test_program_repr_svg(monkeypatch: pytest.MonkeyPatch) -> None:
+    from graphrnn import viz
+    p = compile_plan(diagonal_cell()).program
+    svg = p._repr_svg_()
+    if svg is not None:                          # None when graphviz/dot is missing
+        assert "<svg" in svg
+    calls = []
+    monkeypatch.setattr(viz, "plan_svg", lambda prog: calls.append(prog) or "<svg>x</svg>")
+    assert p._repr_svg_() == "<svg>x</svg>" and calls == [p]
+
+    def boom(prog: object) -> str:
+        raise RuntimeError("no dot")
+    monkeypatch.setattr(viz, "plan_svg", boom)
+    assert p._repr_svg_() is None                # a failure never breaks Jupyter's display
+    monkeypatch.delattr(viz, "plan_svg")
+    assert p._repr_svg_() is None
+
+
+# ---- the LSTM written as equations, W on the left (x @ Wᵀ in the IR) ----
+
+LSTM_EQUATIONS = """
+i = sigmoid(W_xi @ x + W_hi @ h + b_i)
+f = sigmoid(W_xf @ x + W_hf @ h + b_f)
+g = tanh(W_xg @ x + W_hg @ h + b_g)
+o = sigmoid(W_xo @ x + W_ho @ h + b_o)
+c_next = f * c + i * g
+h_next = o * tanh(c_next)
+"""
+
+LSTM_EQUATIONS_CONCAT = """
+i = sigmoid(W_i @ [h, x] + b_i)
+f = sigmoid(W_f @ [h, x] + b_f)
+g = tanh(W_g @ [h, x] + b_g)
+o = sigmoid(W_o @ [h, x] + b_o)
+c_next = f * c + i * g
+h_next = o * tanh(c_next)
+"""
+
+
+@pytest.mark.parametrize("text", [LSTM_EQUATIONS, LSTM_EQUATIONS_CONCAT])
+def test_equations_lstm_meets_the_targets(text: str) -> None:
+    equations = pytest.importorskip("frontends.equations")
+    cell = equations.cell_from_equations(text, inputs={"x": I}, states={"h": H, "c": H},
+                                         dtype="float64", name="lstm_eq")
+    plan = compile_plan(cell)
+    p = plan.program
+    # W (out, in) used transposed: the packing stacks rows ([W_i; W_f; W_g; W_o] is (4H, in))
+    packs = [n for n in plan.layout if n.startswith("__pack")]
+    assert len(packs) == 2
+    assert counts(p.forward, "pre") == (1, 0, 0)
+    assert counts(p.forward, "step") == (1, 1, 0)
+    assert counts(p.backward, "step") == (1, 1, 0)
+    assert counts(p.backward, "post") == (3, 0, 1)     # the four b_g pack: one reduction
+    assert p.residual_values_per_row() <= 5 * H
+    compare(cell)
+
+
+def test_bias_packing_keeps_every_user_parameter() -> None:
+    plan = compile_plan(lecture_lstm8())
+    biases = [n for n in plan.layout if n.startswith("__bias")]
+    assert len(biases) == 2                           # the x-side and the h-side Linears
+    users = sorted(pc.user for n in biases for pc in plan.layout[n])
+    assert users == sorted([f"bx{g}" for g in "ifog"] + [f"bh{g}" for g in "ifog"])
+    for n in biases:                                  # each packed bias is tiled exactly
+        cols = sorted(pc.pcols for pc in plan.layout[n])
+        assert cols[0][0] == 0 and all(a[1] == b[0] for a, b in zip(cols, cols[1:]))
+        assert cols[-1][1] == 4 * H
+    # both packed biases get their gradient from the one reduction of dZ
+    p = plan.program
+    (red,) = [s for s in p.backward.post if isinstance(s, Reduce)]
+    grads = {pc.ref.buf for pc in p.grad_pieces if pc.name in users}
+    assert grads == {red.out.buf}
