@@ -14,7 +14,9 @@ recompiled for a new sequence length or batch size.
 library (linked with the system ``cc``) and a C header documenting the ABI.
 
 Options: ``graphrnn.compile(cell, backend="llvm", cache=False)`` skips the disk cache;
-``blas=False`` keeps the naive GEMM fallback (for tests).
+``blas=False`` keeps the naive GEMM fallback (for tests); ``diagonal=False`` keeps the
+step-by-step time loop of a diagonal recurrence (``llvm_program.diagonal_loop``), which by
+default runs as one loop over batch rows (``cc.diagonal_loops`` says which sweeps do).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -34,13 +38,44 @@ import numpy as np
 from graphrnn.api import CompiledCell, Grads
 from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
-from graphrnn.program import Buffer, Gather, Program, Ref, Scatter, _reads_writes
+from graphrnn.program import Gather, Program, Ref, Scatter, _reads_writes
 
-from . import llvm_jit
 from .llvm_blas import blas_info
-from .llvm_program import collapsed_buffers, emit_program
+from .llvm_program import collapsed_buffers, diagonal_loop, emit_program
 
 ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p)
+_preload: threading.Thread | None = None
+_preload_lock = threading.Lock()
+
+
+def _load_llvm() -> None:
+    try:
+        from . import llvm_jit
+        llvm_jit.host_cpu()
+    except Exception:   # noqa: BLE001 - jit_module() imports again and raises in the caller
+        pass
+
+
+def start_llvm_load() -> None:
+    """Load LLVM in a background thread. Most of importing llvmlite.binding (~70 ms) is the
+    dlopen of its shared library, which releases the GIL, so it overlaps with the optimizer's
+    Python work on another core (measured: a cold LSTM compile 0.05 s faster)."""
+    global _preload
+    if "codegen.llvm_jit" in sys.modules:
+        return
+    with _preload_lock:
+        if _preload is None:
+            _preload = threading.Thread(target=_load_llvm, name="graphrnn-llvm-load",
+                                        daemon=True)
+            _preload.start()
+
+
+def jit_module() -> Any:
+    """codegen.llvm_jit, with LLVM initialised (waits for start_llvm_load's thread)."""
+    if _preload is not None:
+        _preload.join()
+    from . import llvm_jit
+    return llvm_jit
 SETTER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 
 
@@ -82,10 +117,11 @@ class ArrayPool:
 
     def __init__(self, per_key: int = 3) -> None:
         self.per_key = per_key
-        self.free: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
+        # keyed by np.dtype objects: ``a.dtype.name`` costs ~3 us a call, ``a.dtype`` nothing
+        self.free: dict[tuple[tuple[int, ...], np.dtype], list[np.ndarray]] = {}
 
-    def take(self, shape: tuple[int, ...], dtype: str, zero: bool) -> np.ndarray:
-        lst = self.free.get((tuple(shape), dtype))
+    def take(self, shape: tuple[int, ...], dtype: np.dtype, zero: bool) -> np.ndarray:
+        lst = self.free.get((shape, dtype))
         if lst:
             try:
                 a = lst.pop()
@@ -98,9 +134,18 @@ class ArrayPool:
 
     def give(self, arrays: Sequence[np.ndarray]) -> None:
         for a in arrays:
-            lst = self.free.setdefault((a.shape, a.dtype.name), [])
+            lst = self.free.setdefault((a.shape, a.dtype), [])
             if len(lst) < self.per_key:
                 lst.append(a)
+
+
+def _address(a: np.ndarray) -> int:
+    """The data pointer of a C-contiguous array; ``c_char.from_buffer`` is 3x cheaper than
+    ``a.ctypes.data`` but needs a writable buffer (inputs may be read-only views)."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError, BufferError):
+        return int(a.ctypes.data)
 
 
 def _written(sweep: Any) -> set[str]:
@@ -127,21 +172,32 @@ class LLVMBackend(CompiledCell):
     backend_name = "llvm"
 
     def __init__(self, cell: Cell, dtype: str, cache: bool = True, blas: bool = True,
-                 program: Program | None = None) -> None:
+                 program: Program | None = None, diagonal: bool = True) -> None:
         super().__init__(cell, dtype)
         t0 = time.perf_counter()
+        start_llvm_load()
         # program: a ready Program for this cell (tests hand-write one); normally the optimizer's
         self.program = program if program is not None else compile_program(self.cell)
         if self.program.dtype != dtype:
             raise BackendError(f"llvm: the optimizer produced a {self.program.dtype} program for "
                                f"a {dtype} cell")
         self.prefix = module_prefix(self.cell.name, dtype)
-        self.ir_text = str(emit_program(self.program, self.prefix))
         t1 = time.perf_counter()
-        self.jitted = llvm_jit.jit(self.ir_text, use_cache=cache)
-        self.compile_seconds = {"program": t1 - t0, "llvm": self.jitted.stats.seconds,
-                                "cache_hit": float(self.jitted.stats.cache_hit)}
         self.uses_blas = bool(blas and blas_info().found)
+        # with BLAS the naive fallback is never called: leave it out of the module
+        self.ir_text = str(emit_program(self.program, self.prefix,
+                                        fallback_gemm=not self.uses_blas, diagonal=diagonal))
+        # which sweeps run their time loop as one loop over batch rows (diagonal recurrences)
+        bufs = self.program.buffer_map
+        self.diagonal_loops = {
+            name: diagonal and diagonal_loop(sw, bufs)
+            for name, sw in (("forward", self.program.forward),
+                             ("backward", self.program.backward))}
+        t2 = time.perf_counter()
+        self.jitted = jit_module().jit(self.ir_text, use_cache=cache)
+        self.compile_seconds = {"program": t1 - t0, "emit": t2 - t1,
+                                "llvm": self.jitted.stats.seconds,
+                                "cache_hit": float(self.jitted.stats.cache_hit)}
         if self.uses_blas:
             info = blas_info()
             addr = info.sgemm if dtype == "float32" else info.dgemm
@@ -181,6 +237,10 @@ class LLVMBackend(CompiledCell):
                 or b.name in self._fwd_unused)
             and b.name not in fw_written and b.name not in fixed_in and b.name not in d_out)
         self._placeholder = np.zeros(1, np.float64)
+        # bound to user arrays (no allocation) in the forward
+        self._fwd_bound = self._input_bufs | set(self._whole_params)
+        self._buf_names = [b.name for b in self.program.buffers]
+        self._plans: dict[tuple[int, int, str], list[Any]] = {}
 
     # ---- buffers ----
     def _whole_param_buffers(self) -> dict[str, str]:
@@ -199,14 +259,34 @@ class LLVMBackend(CompiledCell):
                 out[pc.ref.buf] = pc.name
         return out
 
-    def _alloc(self, buf: Buffer, T: int, B: int, collapsed: bool) -> np.ndarray:
-        shape = buf.shape(T, B)
-        if collapsed:
-            shape = (1,) + tuple(shape[1:])
-        return self._pool.take(shape, buf.dtype, zero=buf.kind in ("mat", "grad", "carry"))
+    def _alloc_plan(self, T: int, B: int, which: str) -> list[tuple[str, tuple[int, ...],
+                                                                   np.dtype, bool]]:
+        """(name, shape, dtype, zero-filled) of every array a sweep allocates, per (T, B):
+        a training loop calls with the same sizes every step."""
+        key = (T, B, which)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        if which == "backward":
+            names = sorted(self._bwd_fresh)
+        else:
+            names = [b.name for b in self.program.buffers
+                     if b.name not in self._fwd_unused and b.name not in self._fwd_bound]
+        plan = []
+        for name in names:
+            buf = self._bufs[name]
+            shape = tuple(buf.shape(T, B))
+            if which == "infer" and name in self._collapsed:
+                shape = (1,) + shape[1:]
+            plan.append((name, shape, np.dtype(buf.dtype), buf.kind in ("mat", "grad", "carry")))
+        if len(self._plans) > 32:   # many sequence lengths: keep the cache small
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
 
     def _pointers(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        return np.array([arrays[b.name].ctypes.data for b in self.program.buffers], np.uintp)
+        return np.fromiter(map(_address, map(arrays.__getitem__, self._buf_names)), np.uintp,
+                           len(self._buf_names))
 
     def _check_ids(self, arrays: dict[str, np.ndarray], which: str) -> None:
         """Token ids out of range would read or write outside a table: refuse them here."""
@@ -235,19 +315,17 @@ class LLVMBackend(CompiledCell):
                                                             list[np.ndarray], Any]:
         p = self.program
         T, B = int(xs[0].shape[0]), int(xs[0].shape[1])
-        arrays: dict[str, np.ndarray] = {}
+        arrays: dict[str, np.ndarray] = dict.fromkeys(self._fwd_unused, self._placeholder)
         for (_name, bname), x in zip(p.inputs, xs):
             arrays[bname] = np.ascontiguousarray(x, dtype=self._bufs[bname].dtype)
         for bname, pname in self._whole_params.items():
             arrays[bname] = np.ascontiguousarray(params[pname], dtype=self.dtype)
         owned = []
-        for buf in p.buffers:
-            if buf.name in self._fwd_unused:
-                arrays[buf.name] = self._placeholder
-            elif buf.name not in arrays:
-                arrays[buf.name] = self._alloc(buf, T, B, not save and buf.name in self._collapsed)
-                if buf.name not in self._fwd_exported:
-                    owned.append(buf.name)
+        take = self._pool.take
+        for name, shape, dt, zero in self._alloc_plan(T, B, "forward" if save else "infer"):
+            arrays[name] = take(shape, dt, zero)
+            if name not in self._fwd_exported:
+                owned.append(name)
         for pc in p.param_pieces:
             if pc.ref.buf in self._whole_params:
                 continue
@@ -278,8 +356,9 @@ class LLVMBackend(CompiledCell):
         # what the backward writes is allocated afresh, so the arrays returned below (views
         # where possible) belong to the caller and a second backward cannot overwrite them
         arrays = dict(residuals.arrays)
-        for name in self._bwd_fresh:
-            arrays[name] = self._alloc(self._bufs[name], T, B, False)
+        take = self._pool.take
+        for name, shape, dt, zero in self._alloc_plan(T, B, "backward"):
+            arrays[name] = take(shape, dt, zero)
         for (oname, bname), d in zip(p.d_outputs, d_ys):
             shape = self._bufs[bname].shape(T, B)
             if d is None:
@@ -334,7 +413,7 @@ class LLVMBackend(CompiledCell):
 
     # ---- introspection ----
     def assembly(self) -> str:
-        return llvm_jit.assembly(self.ir_text)
+        return jit_module().assembly(self.ir_text)
 
 
 # ---- export ----
@@ -435,7 +514,8 @@ def export(cell_or_compiled: Any, outdir: str | os.PathLike[str],
     ``<prefix>.h`` (the C ABI). Returns the paths written, by kind."""
     if isinstance(cell_or_compiled, LLVMBackend):
         program, prefix = cell_or_compiled.program, cell_or_compiled.prefix
-        ir_text = cell_or_compiled.ir_text
+        # the JIT's module may lack the naive GEMM; a library keeps it until the caller's BLAS
+        ir_text = str(emit_program(program, prefix))
     else:
         cell = cell_or_compiled
         if not isinstance(cell, Cell):
@@ -450,6 +530,7 @@ def export(cell_or_compiled: Any, outdir: str | os.PathLike[str],
         raise ValueError(f"export: unknown kinds {sorted(bad)}; choose from ir, obj, so, header")
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
+    llvm_jit = jit_module()
     written: dict[str, Path] = {}
     if "ir" in emit:   # LLVM's own printing, with the host triple and data layout
         written["ir"] = out / f"{prefix}.ll"

@@ -32,11 +32,21 @@ MAGIC = b"GRNNOBJ1"
 _lock = threading.Lock()
 
 
-@lru_cache(maxsize=1)
+_ready = False
+
+
 def _init() -> None:
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
-    _register_process_symbols()
+    """Initialise LLVM's native target once per process (thread-safe: codegen.llvm may run
+    this in a background thread while the optimizer works)."""
+    global _ready
+    if _ready:
+        return
+    with _lock:
+        if not _ready:
+            llvm.initialize_native_target()
+            llvm.initialize_native_asmprinter()
+            _register_process_symbols()
+            _ready = True
 
 
 def _register_process_symbols() -> None:
@@ -56,6 +66,7 @@ def _register_process_symbols() -> None:
                 llvm.add_symbol(s, addr)
 
 
+@lru_cache(maxsize=1)
 def host_cpu() -> tuple[str, str]:
     _init()
     return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()

@@ -115,3 +115,71 @@ def test_inference_collapses_residual_history() -> None:
     from codegen.llvm_program import collapsed_buffers
     # da is written in the loop at offset 0 and read only by the backward: one slab suffices
     assert collapsed_buffers(rnn_program(3, 4, "float64")) == frozenset({"da"})
+
+
+def rotate_program(n: int, dtype: str) -> Program:
+    """A diagonal loop whose stages pass values between columns of a row (which CUDA's
+    one-thread-per-element loop kernel must refuse): with h = [u | v],
+    a = tanh(v + x), then h' = [a | 0.5 u]."""
+    k1 = KernelDef("tanh_add", ScalarProgram(2, ((Ops.ADD, (0, 1), None),
+                                                 (Ops.TANH, (2,), None)), (3,)),
+                   dtype, ("full", "full"))
+    k2 = KernelDef("rotate", ScalarProgram(2, ((Ops.CONST, (), 0.5),
+                                               (Ops.MUL, (2, 1), None)), (0, 3)),
+                   dtype, ("full", "full"))
+    bufs = (Buffer("x", "seq", dtype, n), Buffer("h", "seq", dtype, 2 * n, extra=1),
+            Buffer("a", "temp", dtype, n), Buffer("W", "param", dtype, 2 * n, n))
+    fwd = Sweep(step=(Kernel(k1, (Ref("h", 0, (n, 2 * n)), Ref("x")), (Ref("a"),)),
+                      Kernel(k2, (Ref("a"), Ref("h", 0, (0, n))),
+                             (Ref("h", 1, (0, n)), Ref("h", 1, (n, 2 * n))))))
+    p = Program("rotate", dtype, bufs, fwd, Sweep(reverse=True), inputs=(("x", "x"),),
+                states=(("h", "h"),), outputs=(("y", Ref("h", 1)),), param_pieces=(),
+                d_outputs=(), d_final=(), d_states=(), d_inputs=(), grad_pieces=(),
+                param_shapes=(("W", (n, 2 * n)),))
+    validate(p)
+    return p
+
+
+@pytest.mark.parametrize("n, B", [(5, 3), (1500, 4)])
+def test_diagonal_loop_with_flows_between_columns(n: int, B: int) -> None:
+    from codegen.cuda_exec import loop_spec
+    from codegen.llvm_program import diagonal_loop
+    p = rotate_program(n, "float64")
+    assert diagonal_loop(p.forward, p.buffer_map)
+    assert loop_spec(p.forward, p.buffer_map, "float64", "rotate") is None
+    cb = CellBuilder("rotate", "float64")
+    x, h = cb.input("x", n), cb.state("h", 2 * n)
+    h2 = tanh(h + x @ cb.param("W", (n, 2 * n)))
+    cell = cb.build([h2], {"h": h2})
+    rng = np.random.default_rng(n)
+    T = 6
+    xs = rng.standard_normal((T, B, n))
+    h0 = rng.standard_normal((B, 2 * n))
+    want, hh = [], h0
+    for t in range(T):
+        a = np.tanh(hh[:, n:] + xs[t])
+        hh = np.concatenate([a, 0.5 * hh[:, :n]], axis=1)
+        want.append(hh)
+    params = {"W": np.zeros((n, 2 * n))}
+    for diagonal in (True, False):
+        cc = LLVMBackend(cell, "float64", program=p, cache=False, diagonal=diagonal)
+        assert cc.diagonal_loops["forward"] == diagonal
+        for ys, hT in (cc.forward(params, xs, h0), cc.forward_train(params, xs, h0)[:2]):
+            np.testing.assert_allclose(ys[0], np.stack(want), rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(hT[0], want[-1], rtol=1e-12, atol=1e-12)
+
+
+def test_diagonal_loop_refuses_steps_that_couple_rows() -> None:
+    from codegen.llvm_program import diagonal_loop
+    dtype = "float64"
+    copy = KernelDef("copy", ScalarProgram(1, (), (0,)), dtype, ("full",))
+    bufs = {b.name: b for b in (Buffer("h", "seq", dtype, 4, extra=1),
+                                Buffer("m", "mat", dtype, 4, 3))}
+    ok = Sweep(step=(Kernel(copy, (Ref("h"),), (Ref("h", 1),)),))
+    assert diagonal_loop(ok, bufs)
+    assert not diagonal_loop(Sweep(step=(Kernel(copy, (Ref("h"),), (Ref("m"),)),)), bufs)
+    assert not diagonal_loop(Sweep(step=(Kernel(copy, (Ref("m"),), (Ref("h", 1),)),)), bufs)
+    assert not diagonal_loop(Sweep(step=ok.step + (Gemm(Ref("h", 1), Ref("h"), Ref("m")),)),
+                             bufs)
+    assert not diagonal_loop(rnn_program(3, 4, dtype).forward,
+                             rnn_program(3, 4, dtype).buffer_map)

@@ -33,9 +33,9 @@ def sequences(cc, T: int, B: int, seed: int):
     return xs, h0, rng
 
 
-def compare(cell, dtype: str, T: int, B: int, seed: int = 0) -> None:
+def compare(cell, dtype: str, T: int, B: int, seed: int = 0, **options) -> None:
     rtol = TOL[dtype]
-    cc = graphrnn.compile(cell, backend="llvm", dtype=dtype)
+    cc = graphrnn.compile(cell, backend="llvm", dtype=dtype, **options)
     ref = graphrnn.compile(cell, backend="ref", dtype=dtype)
     params = ref.init_params(seed=seed, scale=0.4)
     xs, h0, rng = sequences(ref, T, B, seed)
@@ -106,6 +106,40 @@ def test_finite_differences_through_native_float64(name: str) -> None:
     an = sum(float(np.sum(g.params[k] * vp[k])) for k in params) + \
         sum(float(np.sum(a * b)) for a, b in zip(g.inputs, vx))
     assert fd == pytest.approx(an, rel=1e-6, abs=1e-8)
+
+
+# ---- diagonal recurrences: the whole time loop inside a loop over row blocks ----
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("activation, T, B, I, H", [("relu", 5, 3, 4, 11), ("tanh", 4, 7, 3, 700),
+                                                    ("relu", 1, 1, 2, 3)])
+def test_indrnn_runs_as_one_loop_over_row_blocks(dtype: str, activation: str, T: int, B: int,
+                                                  I: int, H: int) -> None:  # noqa: E741
+    """H=700 makes blocks of 4096 // 700 = 5 rows: B=7 is one full block and a partial one."""
+    from graphrnn.cells import indrnn
+    cell = indrnn(I, H, dtype, activation=activation)
+    cc = graphrnn.compile(cell, backend="llvm", dtype=dtype, cache=False)
+    assert cc.diagonal_loops == {"forward": True, "backward": True}
+    assert "diag_blk" in cc.ir_text
+    compare(cell, dtype, T, B, seed=B, cache=False)
+    # the step-by-step loop stays available and agrees
+    plain = graphrnn.compile(cell, backend="llvm", dtype=dtype, cache=False, diagonal=False)
+    assert plain.diagonal_loops == {"forward": False, "backward": False}
+    assert "diag_blk" not in plain.ir_text
+    params = cc.init_params(seed=2, scale=0.5)
+    xs, h0, rng = sequences(cc, T, B, 4)
+    ys, hT, res = cc.forward_train(params, xs, h0)
+    ys2, hT2, res2 = plain.forward_train(params, xs, h0)
+    dy = [rng.standard_normal(y.shape).astype(dtype) for y in ys]
+    g, g2 = cc.backward(params, res, dy), plain.backward(params, res2, dy)
+    for a, b in zip(ys + hT + g.inputs + g.states, ys2 + hT2 + g2.inputs + g2.states):
+        close(a, b, TOL[dtype], "diagonal vs step by step")
+
+
+def test_cells_with_a_matmul_on_the_state_keep_the_step_loop() -> None:
+    cc = graphrnn.compile(zoo_cell("lstm", 3, 5, "float64"), backend="llvm", dtype="float64")
+    assert cc.diagonal_loops == {"forward": False, "backward": False}
+    assert "diag_blk" not in cc.ir_text
 
 
 # ---- random cells (property-based) ----
