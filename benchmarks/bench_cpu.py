@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/bench_cpu.py                  # the full grid (slow: minutes)
     .venv/bin/python benchmarks/bench_cpu.py --quick          # H=128, B=32, few repetitions
     .venv/bin/python benchmarks/bench_cpu.py --cells lstm,mut1 --hidden 256 --batch 64
+    .venv/bin/python benchmarks/bench_cpu.py --cells lstm --hidden 256 --compile-runs 10
+                                                  # compile time only, in fresh processes
 
 For each cell (LSTM, the lectures' GRU, peephole LSTM, MUT1), T=50, B in {32, 64} and
 H = I in {128, 256, 1024}, float32, it times
@@ -14,7 +16,10 @@ for graphrnn ``llvm``, graphrnn ``ref`` (only at H=128, B=32: it is an interpret
 ``torch.nn.LSTM``/``torch.nn.GRU`` (LSTM and GRU rows; nn.GRU computes PyTorch's GRU, which
 costs the same GEMMs as the lectures' GRU), the same cell written in PyTorch eagerly and under
 TorchScript (``torch.jit.script`` of the whole loop), and JAX ``jit`` + ``lax.scan`` when JAX is
-installed. Implementations are interleaved round by round in one process; each cell shows the
+installed (``pip install jax``; not a dependency of graphrnn). Before timing, each PyTorch
+loop and JAX version is checked against graphrnn on the same weights (outputs and every
+parameter gradient; a line ``check ... ok`` per configuration; one that disagrees is left out).
+Implementations are interleaved round by round in one process; each cell shows the
 median milliseconds and the spread (min-max over rounds), the achieved GFLOP/s (GEMM FLOPs of
 the cell's math: forward 2·T·B·K·N per matrix product, training three times that) and its
 fraction of this machine's sgemm peak, measured in the same run with numpy's BLAS (the one
@@ -143,6 +148,9 @@ def torch_loops(torch: Any) -> dict[str, Callable[..., Any]]:
 
 
 def jax_loop(cell: str) -> Callable[..., Any] | None:
+    """The cell in JAX: ``run(x, h, c, params) -> ys`` over the whole sequence with
+    ``lax.scan`` (to be wrapped in ``jax.jit``), the same equations and parameter names as
+    graphrnn's zoo cell; None when JAX is not installed."""
     try:
         import jax
         import jax.numpy as jnp
@@ -179,6 +187,105 @@ def jax_loop(cell: str) -> Callable[..., Any] | None:
         return ys
 
     return run
+
+
+# ---- checking the other implementations compute the same thing ----
+
+def check_against(label: str, cc: Any, params: dict[str, np.ndarray], x: np.ndarray,
+                  dy: np.ndarray, ys: np.ndarray, grads: dict[str, np.ndarray],
+                  rtol: float = 2e-3) -> bool:
+    """Does another implementation's output sequence and parameter gradients (of <ys, dy>,
+    h0 = 0) equal graphrnn's on the same weights? Errors are relative to each array's largest
+    value (float32, different summation orders over T steps). Prints one line either way; an
+    implementation that disagrees is left out of the timings."""
+    ref_ys = cc.forward(params, x)[0][0]
+    _, _, res = cc.forward_train(params, x)
+    ref_g = cc.backward(params, res, [dy]).params
+
+    def err(a: np.ndarray, b: np.ndarray) -> float:
+        if a.shape != b.shape:
+            return float("inf")
+        return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-30))
+
+    e_y = err(np.asarray(ys, np.float32), ref_ys)
+    missing = sorted(set(ref_g) ^ set(grads))
+    e_g = max((err(np.asarray(grads[k], np.float32), ref_g[k]) for k in ref_g if k in grads),
+              default=0.0)
+    ok = e_y <= rtol and e_g <= rtol and not missing
+    print(f"<!-- check {label} vs graphrnn llvm: outputs max rel err {e_y:.1e}, gradients "
+          f"{e_g:.1e}{', missing ' + str(missing) if missing else ''}: "
+          f"{'ok' if ok else 'MISMATCH, left out of the timings'} -->", flush=True)
+    return ok
+
+
+def match_threads(n: int = 0) -> int:
+    """One thread count for every implementation: numpy's OpenBLAS (graphrnn's GEMMs; n = 0
+    keeps its count, OPENBLAS_NUM_THREADS), torch, and XLA (single-threaded when n is 1; set
+    before jax is first imported). torch's OpenMP pool left at 2 threads while the machine was
+    busy measured 100x slower (2 s for an H=128 LSTM training step, 20 ms on 1 thread)."""
+    from codegen.llvm_blas import blas_threads, set_blas_threads
+    if n:
+        set_blas_threads(n)
+    n = blas_threads()
+    if n == 1 and "XLA_FLAGS" not in os.environ:
+        os.environ["XLA_FLAGS"] = ("--xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1")
+    try:
+        import torch
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
+    return n
+
+
+# ---- compile time in fresh processes ----
+
+_COMPILE_SNIPPET = """
+import sys, time
+import graphrnn
+from graphrnn.cells import zoo_cell
+cell = zoo_cell(sys.argv[1], int(sys.argv[2]), int(sys.argv[2]), "float32")
+t0 = time.perf_counter()
+cc = graphrnn.compile(cell, backend="llvm", dtype="float32", cache=sys.argv[3] == "warm")
+s = cc.compile_seconds
+print(time.perf_counter() - t0, s["program"], s["emit"], s["llvm"], s["cache_hit"])
+"""
+
+
+def fresh_process_compiles(cell: str, H: int, runs: int) -> dict[str, list[list[float]]]:
+    """The first ``graphrnn.compile(..., backend="llvm")`` of a process, after ``import
+    graphrnn``, in ``runs`` fresh interpreters each: ``cold`` without the disk cache, ``warm``
+    from a cache the first warm run fills (that run is not counted). Per run: total, then the
+    optimizer (with its imports), IR emission and LLVM (or cache load) seconds."""
+    import subprocess
+    out: dict[str, list[list[float]]] = {"cold": [], "warm": []}
+    with tempfile.TemporaryDirectory() as d:
+        env = dict(os.environ, GRAPHRNN_CACHE_DIR=d)
+        root = str(Path(__file__).resolve().parents[1])
+        for r in range(runs + 1):
+            for kind in ("cold", "warm"):
+                if kind == "cold" and r == runs:
+                    continue
+                res = subprocess.run([sys.executable, "-c", _COMPILE_SNIPPET, cell, str(H), kind],
+                                     capture_output=True, text=True, env=env, cwd=root,
+                                     check=True)
+                vals = [float(v) for v in res.stdout.split()]
+                if kind == "cold" or r > 0:
+                    out[kind].append(vals)
+    return out
+
+
+def compile_table(cells: list[str], hs: list[int], runs: int) -> None:
+    print("| cell | H | compile | total s: median (min-max) | optimizer s | emit s | LLVM s |")
+    print("|---|---|---|---|---|---|---|")
+    for cell in cells:
+        for H in hs:
+            for kind, rows in fresh_process_compiles(cell, H, runs).items():
+                med = [statistics.median(col) for col in zip(*rows)]
+                tot = [r[0] for r in rows]
+                print(f"| {LABEL[cell]} | {H} | {kind} (fresh process, n={len(rows)}) | "
+                      f"{med[0]:.3f} ({min(tot):.3f}-{max(tot):.3f}) | {med[1]:.3f} | "
+                      f"{med[2]:.3f} | {med[3]:.3f} |", flush=True)
 
 
 # ---- one configuration ----
@@ -252,8 +359,13 @@ def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
         tparams = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in params.items()}
         loops = torch_loops(torch)
         eager = loops[cell]
+        ty = eager(tx, h0, h0, tparams)
+        ty.backward(tdy)
+        same = check_against(f"PyTorch loop {LABEL[cell]} H={H} B={B}", cc, params, x, dy,
+                             ty.detach().numpy(),
+                             {k: v.grad.numpy() for k, v in tparams.items()})
         scripted = torch.jit.script(eager)
-        for label, fn in (("torch eager", eager), ("TorchScript", scripted)):
+        for label, fn in (("torch eager", eager), ("TorchScript", scripted)) if same else ():
             def t_infer(fn: Any = fn) -> Any:
                 with torch.no_grad():
                     return fn(tx, h0, h0, tparams)
@@ -271,11 +383,15 @@ def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
         jp = {k: jnp.asarray(v) for k, v in params.items()}
         jx, jdy, jh = jnp.asarray(x), jnp.asarray(dy), jnp.zeros((B, H), jnp.float32)
         j_inf = jax.jit(run)
-        j_grad = jax.jit(jax.grad(lambda p: jnp.sum(run(jx, jh, jh, p) * jdy)))
-        fns.get("infer", {})["JAX jit+scan"] = \
-            lambda: j_inf(jx, jh, jh, jp).block_until_ready()
-        fns.get("train", {})["JAX jit+scan"] = \
-            lambda: jax.block_until_ready(j_grad(jp))
+        # the training step: forward + BPTT to every parameter gradient of <ys, dy>
+        j_grad = jax.jit(jax.grad(lambda p, xx, hh, d: jnp.sum(run(xx, hh, hh, p) * d)))
+        if check_against(f"JAX jit+scan {LABEL[cell]} H={H} B={B}", cc, params, x, dy,
+                         np.asarray(j_inf(jx, jh, jh, jp)),
+                         {k: np.asarray(v) for k, v in j_grad(jp, jx, jh, jdy).items()}):
+            fns.get("infer", {})["JAX jit+scan"] = \
+                lambda: j_inf(jx, jh, jh, jp).block_until_ready()
+            fns.get("train", {})["JAX jit+scan"] = \
+                lambda: jax.block_until_ready(j_grad(jp, jx, jh, jdy))
 
     rows = []
     flops_fwd = gemm_flops(cell, T, B, H)
@@ -307,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=20.0, help="seconds per configuration")
     ap.add_argument("--quick", action="store_true", help="H=128, B=32, 5 rounds")
     ap.add_argument("--no-ref", action="store_true")
+    ap.add_argument("--compile-runs", type=int, default=0,
+                    help="only measure compile time: this many fresh processes per cell and H")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for every implementation: numpy's OpenBLAS (graphrnn's), "
+                         "torch.set_num_threads, XLA (1 thread or its default); default: "
+                         "OpenBLAS's own count (OPENBLAS_NUM_THREADS)")
     args = ap.parse_args(argv)
     if args.quick:
         args.hidden, args.batch, args.rounds, args.budget = "128", "32", 5, 5.0
@@ -317,8 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     hs = [int(v) for v in args.hidden.split(",")]
     bs = [int(v) for v in args.batch.split(",")]
     modes = [m for m in args.modes.split(",") if m]
+    if args.compile_runs:
+        compile_table(cells, hs, args.compile_runs)
+        return 0
 
     from codegen.llvm_blas import blas_info, blas_threads
+    match_threads(args.threads)
     peak = sgemm_peak()
     info = blas_info()
     try:
@@ -326,6 +452,11 @@ def main(argv: list[str] | None = None) -> int:
         tv = f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
     except ImportError:
         tv = "torch not installed"
+    try:
+        import jax
+        tv += f"; jax {jax.__version__} ({jax.devices()[0].platform})"
+    except ImportError:
+        tv += "; jax not installed"
     print(f"# graphrnn CPU benchmark\n\nmachine: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores; numpy BLAS {Path(info.path).name if info.path else 'none'} "
           f"({blas_threads()} threads); {tv}; sgemm peak at start {peak:.1f} GFLOP/s\n"
