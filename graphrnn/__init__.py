@@ -15,8 +15,15 @@ from typing import Any
 
 from .api import CompiledCell, Grads, compile, init_params
 from .autodiff import BackwardCell, backward_cell, vjp
-from .errors import (BackendError, EquationError, GraphError, GraphRNNError,
-                     ModuleUsageError, RuntimeInputError, ShapeError)
+from .errors import (
+    BackendError,
+    EquationError,
+    GraphError,
+    GraphRNNError,
+    ModuleUsageError,
+    RuntimeInputError,
+    ShapeError,
+)
 from .explain import explain
 from .ir import B, Cell, Node, apply, const, input_, param, state
 from .ops import GroupOp, Ops

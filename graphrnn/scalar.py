@@ -23,7 +23,6 @@ import sympy
 
 from .ops import GroupOp, Ops
 
-
 # ---- sympy functions that stay primitive (a backend lowers them its own way) ----
 
 class sigmoid(sympy.Function):  # noqa: N801 - sympy naming
