@@ -16,7 +16,7 @@ import os
 import sys
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Container, Iterable, Sequence, Union
 
 from .errors import GraphError, ShapeError
 from .ops import GroupOp, Ops
@@ -382,8 +382,9 @@ def const(value: float, shape: Shape, dtype: str = "float32") -> Node:
 
 # ---- graph walks ----
 
-def toposort(roots: Iterable[Node]) -> list[Node]:
-    """Every node reachable from roots, each after its sources (iterative, no recursion limit)."""
+def toposort(roots: Iterable[Node], stop: Container[Node] = ()) -> list[Node]:
+    """Every node reachable from roots, each after its sources (iterative, no recursion limit).
+    Nodes in ``stop`` are listed but not looked below."""
     order: list[Node] = []
     seen: set[Node] = set()
     stack: list[tuple[Node, bool]] = [(r, False) for r in reversed(list(roots))]
@@ -396,7 +397,8 @@ def toposort(roots: Iterable[Node]) -> list[Node]:
             continue
         seen.add(n)
         stack.append((n, True))
-        stack.extend((s, False) for s in reversed(n.src) if s not in seen)
+        if n not in stop:
+            stack.extend((s, False) for s in reversed(n.src) if s not in seen)
     return order
 
 

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 
 from .errors import BackendError
 from .fuse import fusable
-from .ir import B, Node, where
+from .ir import B, Node, toposort, where
 from .ops import Ops
 
 STATIC, SEQ, LOOP = 0, 1, 2
@@ -56,21 +56,7 @@ def consumers(order: Sequence[Node], bound: Iterable[Node]) -> dict[Node, list[N
 
 def walk(roots: Sequence[Node], bound: dict[Node, int]) -> list[Node]:
     """Nodes reachable from roots without looking below bound nodes, sources first."""
-    order: list[Node] = []
-    seen: set[Node] = set()
-    stack: list[tuple[Node, bool]] = [(r, False) for r in reversed(list(roots))]
-    while stack:
-        n, done = stack.pop()
-        if done:
-            order.append(n)
-            continue
-        if n in seen:
-            continue
-        seen.add(n)
-        stack.append((n, True))
-        if n not in bound:
-            stack.extend((s, False) for s in reversed(n.src) if s not in seen)
-    return order
+    return toposort(roots, stop=bound)
 
 
 def levels(order: Sequence[Node], bound: dict[Node, int]) -> dict[Node, int]:
