@@ -412,6 +412,37 @@ def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
     return rows, compile_s
 
 
+CUSTOM_RIVALS = ("torch eager", "TorchScript", "JAX jit+scan")
+
+
+def target_table(rows: list[dict[str, Any]], peak: float) -> None:
+    """The issue's training-step targets, each with what meeting it would take: the llvm time
+    needed, as GFLOP/s and as a fraction of the sgemm peak (over 100%: out of reach here)."""
+    train = [r for r in rows if r["mode"] == "train"]
+    print("\n| cell | H | B | target (train step) | rival | rival ms | llvm ms | ratio | met |"
+          " llvm would need |\n|---|---|---|---|---|---|---|---|---|---|")
+    for r in train:
+        if r["impl"] != "graphrnn llvm":
+            continue
+        same = [o for o in train if (o["cell"], o["H"], o["B"]) == (r["cell"], r["H"], r["B"])]
+        if r["cell"] == "LSTM":
+            rivals = [o for o in same if o["impl"] == "torch.nn.LSTM"]
+            goal = 2.0 if r["H"] == 128 else 1.0
+            what = f"{goal:g}x torch.nn.LSTM"
+        else:
+            rivals = [o for o in same if o["impl"] in CUSTOM_RIVALS]
+            goal, what = 1.5, "1.5x best of eager/TorchScript/JAX"
+        if not rivals:
+            continue
+        best = min(rivals, key=lambda o: o["ms"])
+        ratio = best["ms"] / r["ms"]
+        need = r["gflops"] * r["ms"] / (best["ms"] / goal)
+        print(f"| {r['cell']} | {r['H']} | {r['B']} | {what} | {best['impl']} | "
+              f"{best['ms']:.2f} | {r['ms']:.2f} | {ratio:.2f} | "
+              f"{'yes' if ratio >= goal else 'no'} | "
+              f"{need:.0f} GFLOP/s ({100 * need / peak:.0f}% of peak) |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", default=",".join(CELLS))
@@ -483,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['ms']:.2f} | {r['min']:.2f}-{r['max']:.2f} | "
               f"{r['gflops']:.1f} | {100 * r['gflops'] / peak:.0f}% | "
               f"{r['vs_llvm']:.2f} |")
+    target_table(all_rows, peak)
     print("\n| cell | H | B | compile cold (s) | compile warm (s) |\n|---|---|---|---|---|")
     for label, H, B, cs in compiles:
         print(f"| {label} | {H} | {B} | {cs['cold']:.3f} | {cs['warm']:.3f} |")
