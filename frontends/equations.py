@@ -519,6 +519,11 @@ class _Checker:
     def _typo_check(self, nm: str, node: ast.AST, line: _Line) -> None:
         if nm in self.p.param_shapes:
             return
+        if f"{nm}_next" in self.p.assigned:
+            # a free name would become a learned bias and the state would never carry over
+            raise self.p.err(line, f"{nm!r} is not an input or a state, but {nm}_next is "
+                                   f"assigned: declare the state ('state {nm}: SIZE' or "
+                                   f"states={{{nm!r}: SIZE}})", node)
         known = list(self.p.inputs) + list(self.p.states) + list(self.p.assigned)
         close = difflib.get_close_matches(nm, known, n=1, cutoff=_TYPO_CUTOFF)
         if close:
@@ -578,7 +583,14 @@ class _Checker:
         p = self.p
         if isinstance(node.op, ast.MatMult):
             prm = self.matrix_param(node.left, line, target)
-            v = self._expr(node.right, line, target)
+            r = node.right
+            if (isinstance(r, ast.Name) and r.id not in self.vars and r.id not in p.assigned
+                    and r.id not in p.param_shapes):
+                # W @ name with an unknown name: it would silently become a (1, n) parameter
+                raise p.err(line, f"undefined name {r.id!r} on the right of @: it must be an "
+                                  "input, a state or a value assigned above (declare it with "
+                                  f"'input {r.id}: SIZE' or 'state {r.id}: SIZE')", r)
+            v = self._expr(r, line, target)
             if v.dim is None:
                 raise p.err(line, f"{prm.name} @ {v.value:g}: the right of @ must be a "
                                   "per-example value, not a number", node.right)

@@ -276,6 +276,23 @@ def test_error_points_at_line_and_column():
     assert lines[2].index("^") == lines[1].index("sigmod")
 
 
+@pytest.mark.parametrize("text,message,token", [
+    # a forgotten state would become a learned (1, n) bias and never carry over
+    ("c_next = c + h\nh_next = tanh(c_next)",
+     r"'c' is not an input or a state, but c_next is assigned: declare the state", "c + h"),
+    # an unknown name right of @ would become a (1, n) parameter and blame the weight's size
+    ("h_next = tanh(U @ hidden_prev)",
+     r"undefined name 'hidden_prev' on the right of @: it must be an input, a state or a value "
+     r"assigned above", "hidden_prev"),
+])
+def test_silent_parameters_are_refused(text, message, token):
+    with pytest.raises(EquationError, match=message) as ei:
+        eq(text)
+    e = ei.value
+    line = text.splitlines()[e.lineno - 1]
+    assert e.offset == line.index(token) + 1
+
+
 def test_shape_mismatch_with_declared_matmul():
     with pytest.raises(EquationError, match=r"shape mismatch in 'W @ x': W takes 4 features but "
                                             r"'x' has 3 features") as ei:
