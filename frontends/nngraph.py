@@ -56,6 +56,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -221,9 +222,13 @@ class Module:
 
 def _expecting_node(bad: Any, who: str, where: str) -> str:
     if isinstance(bad, Module):
+        role = "outputs" if where.startswith("output") else "inputs"
         return (f"{who}: {where} is a Module ({bad!r}, created at {bad._site}) but only nngraph "
-                f"Nodes can be inputs. Did you forget the second ()? {bad.typename}(...)(x) "
+                f"Nodes can be {role}. Did you forget the second ()? {bad.typename}(...)(x) "
                 "applies the module to the node x")
+    if isinstance(bad, type) and issubclass(bad, Module):
+        return (f"{who}: {where} is the class nn.{bad.__name__}, not a node; make a module and "
+                f"apply it: nn.{bad.__name__}(...)(x)")
     if isinstance(bad, (Criterion, gModule)):
         return f"{who}: {where} is {bad!r}, not an nngraph Node"
     return (f"{who}: {where} should be an nngraph Node but is of type {type(bad).__name__}: "
@@ -1005,7 +1010,9 @@ class gModule:  # noqa: N801 - Torch's name
                                         f"{type(inputs).__name__}")
             inputs = [inputs]
         if len(inputs) != n_in:
-            raise RuntimeInputError(f"gModule: got {len(inputs)} inputs instead of {n_in}")
+            names = ", ".join(n.label for n in self.inputs)
+            raise RuntimeInputError(f"gModule: got {len(inputs)} inputs instead of {n_in} "
+                                    f"({names}), in the order given to nn.gModule")
         arrays = [np.asarray(a) for a in inputs]
         for k, a in enumerate(arrays):
             if a.ndim != 2:
@@ -1068,6 +1075,13 @@ class gModule:  # noqa: N801 - Torch's name
         outputs by their annotate name, else ``y``/``y<i>``. ``sizes`` gives input sizes by
         index or name where the graph does not decide them."""
         n_in = len(self.inputs)
+        for m in self.modules:
+            if isinstance(m, Dropout) and m.p > 0:
+                # not an error: char-rnn's multi-layer gModule puts Dropout between its layers
+                warnings.warn(f"to_cell: nn.Dropout({m.p:g}) created at {m._site} is the "
+                              "identity inside a cell; graphrnn applies dropout between layers "
+                              f"(RNNModel(..., dropout={m.p:g})) in training mode",
+                              stacklevel=2)
         st = [self._ref("states", r) for r in states]
         ins = ([self._ref("inputs", r) for r in inputs] if inputs is not None
                else [i for i in range(n_in) if i not in st])

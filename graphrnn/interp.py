@@ -47,6 +47,12 @@ def _eval_node(n: Node, vals: list[np.ndarray], batch: int) -> Any:
         return np.broadcast_to(vals[0], _dims(n.arg, batch))
     if op is Ops.GATHER:
         table, ids = vals
+        bad = (ids[:, 0] < 0) | (ids[:, 0] >= table.shape[0])
+        if bad.any():
+            # numpy would wrap negative ids silently; Torch users expect 1-based ids
+            raise RuntimeInputError(f"gather{where(n)}: id {int(ids[bad][0, 0])} is out of "
+                                    f"range: ids are 0-based in [0, {table.shape[0]}) (Torch's "
+                                    "LookupTable counts from 1: subtract 1)")
         return table[ids[:, 0]]
     if op is Ops.SCATTER:
         ids, v = vals
@@ -82,6 +88,8 @@ def evaluate(roots: Sequence[Node], env: dict[Node, np.ndarray], batch: int | No
                                     f"{where(n)}")
         try:
             vals[n] = _eval_node(n, [vals[s] for s in n.src], batch)
+        except RuntimeInputError:
+            raise
         except (FloatingPointError, ValueError, IndexError) as e:
             from .printer import context
             raise BackendError(f"interpreter failed at {n.op.name.lower()}{where(n)}: {e}\n"

@@ -428,8 +428,10 @@ def test_every_lowering_differentiates_correctly():
     h2 = nn.CSubTable()([nn.MulConstant(0.5)(h2), nn.Dropout(0.2)(nn.Sigmoid()(h))])
     out = nn.LogSoftMax()(h2).annotate(name="logprobs")
     g = nn.gModule([ids, h], [out, h2])
-    cell = g.to_cell(inputs=[0], states=["h"], next_states=[1], outputs=["logprobs"],
-                     sizes={"h": 3})
+    with pytest.warns(UserWarning, match=r"to_cell: nn.Dropout\(0.2\) created at .*"
+                                         r"test_nngraph.py:\d+ is the identity inside a cell"):
+        cell = g.to_cell(inputs=[0], states=["h"], next_states=[1], outputs=["logprobs"],
+                         sizes={"h": 3})
     assert ir.short_type(cell.inputs[0]) == "i64[B,1]" and cell.states[0].shape == (ir.B, 3)
     assert check_gradients(cell, seed=5) < 1e-6
 
@@ -630,3 +632,25 @@ def test_the_gradient_check_can_fail(monkeypatch):
 
     monkeypatch.setattr(RefBackend, "_backward", off)
     assert check_gradients(nn.zaremba_lstm(2, 3)) > 1e-6
+
+
+def test_more_mistakes_get_a_hint():
+    x = nn.Identity()()
+    with pytest.raises(ModuleUsageError, match=r"nn.Tanh: input is the class nn.Sigmoid, not a "
+                                               r"node; .* nn.Sigmoid\(...\)\(x\)"):
+        nn.Tanh()(nn.Sigmoid)
+    with pytest.raises(ModuleUsageError, match=r"outputs\[0\] is a Module .* only nngraph Nodes "
+                                               r"can be outputs. Did you forget the second"):
+        nn.gModule([x], [nn.Tanh()])
+    a, b = nn.Identity()().annotate(name="a"), nn.Identity()().annotate(name="b")
+    g = nn.gModule([a, b], [nn.CAddTable()([a, b])])
+    with pytest.raises(RuntimeInputError, match=r"got 1 inputs instead of 2 \(nn.Identity\(\) "
+                                                r"'a', nn.Identity\(\) 'b'\), in the order"):
+        g.forward([np.ones((1, 2))])
+    ids = nn.Identity()()
+    lut = nn.gModule([ids], [nn.LookupTable(5, 3)(ids)])
+    for bad in (-1, 5):   # numpy would wrap -1 to the last row
+        with pytest.raises(RuntimeInputError, match=rf"gather \(created at .*test_nngraph.py:\d+"
+                                                    rf"\): id {bad} is out of range: ids are "
+                                                    r"0-based in \[0, 5\) \(Torch's"):
+            lut.forward(np.array([[0], [bad]]))
