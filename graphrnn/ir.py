@@ -288,8 +288,12 @@ def infer(op: Ops, src: tuple[Node, ...], arg: Any) -> tuple[str, Shape]:
         (m, ka) = a.shape[::-1] if ta else a.shape
         (kb, n) = b.shape[::-1] if tb else b.shape
         if ka != kb:
+            hint = ""
+            if kb is B and a.shape[0] is not B and not tb:
+                # W @ x written as in the math (column vectors); the IR's rows are examples
+                hint = "; rows are examples here: write x @ W with W of shape (in, out)"
             raise _fail(f"matmul: inner sizes differ: {short_type(a)}{'ᵀ' if ta else ''} @ "
-                        f"{short_type(b)}{'ᵀ' if tb else ''} ({ka} vs {kb})", a, b)
+                        f"{short_type(b)}{'ᵀ' if tb else ''} ({ka} vs {kb}){hint}", a, b)
         if a.dtype != b.dtype:
             raise _fail(f"matmul: dtypes differ: {short_type(a)} @ {short_type(b)}", a, b)
         return a.dtype, (m, n)

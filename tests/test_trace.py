@@ -82,3 +82,12 @@ def test_shape_errors_point_at_the_user_line():
         cb.param("se_b", (3,))
     with pytest.raises(ShapeError, match=r"input name must be an identifier"):
         cb.input("not a name", 2)
+
+
+def test_weight_on_the_left_gets_the_row_convention_hint():
+    cb = tr.CellBuilder("c")
+    x, W = cb.input("x", 3), cb.param("W", (4, 3))
+    with pytest.raises(ShapeError, match=r"inner sizes differ: f32\[4,3\] @ f32\[B,3\] \(3 vs "
+                                         r"B\); rows are examples here: write x @ W with W of "
+                                         r"shape \(in, out\)"):
+        W @ x
