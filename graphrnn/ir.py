@@ -230,7 +230,10 @@ def call(op: Ops, *xs: Any) -> Node:
     """An elementwise op on nodes or numbers, broadcasting size-1 axes."""
     nodes = [x for x in xs if isinstance(x, Node)]
     if not nodes:
-        raise ShapeError(f"{op.name.lower()} needs at least one Node operand")
+        got = ", ".join(type(x).__name__ for x in xs)
+        hint = ("; a list is not a concatenation here: write concat([a, b])"
+                if any(isinstance(x, (list, tuple)) for x in xs) else "")
+        raise ShapeError(f"{op.name.lower()} needs at least one Node operand, got ({got}){hint}")
     srcs = [_as_node(x, nodes[0]) for x in xs]
     for i in range(1, len(srcs)):
         srcs[0], srcs[i] = _broadcast(srcs[0], srcs[i])

@@ -91,3 +91,7 @@ def test_weight_on_the_left_gets_the_row_convention_hint():
                                          r"B\); rows are examples here: write x @ W with W of "
                                          r"shape \(in, out\)"):
         W @ x
+    h = cb.state("h", 3)
+    with pytest.raises(ShapeError, match=r"tanh needs at least one Node operand, got \(list\); a "
+                                         r"list is not a concatenation here: write concat"):
+        tr.tanh([h, x])
