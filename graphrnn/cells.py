@@ -35,6 +35,15 @@ def canonical_gate_order(order: str) -> str:
     return letters
 
 
+def gate_meta(gates: str, gate_biases: tuple[str, ...] = ("b",)) -> dict[str, object]:
+    """``Cell.meta`` of a cell with fused gates: ``gates`` are the letters of the column blocks
+    of its fused pre-activation, in order (i, f, g, o: input, forget, candidate, output), and
+    ``gate_biases`` the (1, len(gates) * H) parameters laid out in that order whose sum is each
+    gate's bias. Tools (``graphrnn.model.forget_bias_overrides``) read the forget gate's slice
+    from it instead of guessing a layout from names and widths."""
+    return {"gates": gates, "gate_biases": tuple(gate_biases)}
+
+
 def _sizes(name: str, input_size: int, hidden_size: int) -> None:
     for arg, v in (("input_size", input_size), ("hidden_size", hidden_size)):
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -88,7 +97,7 @@ def lstm(input_size: int, hidden_size: int, dtype: str = "float32", gate_order: 
     i, f, g, o = sigmoid(z["i"]), sigmoid(zf), tanh(z["g"]), sigmoid(z["o"])
     c2 = f * c + i * g
     h2 = o * tanh(c2)
-    return cb.build([h2], {"h": h2, "c": c2}, ["h"])
+    return cb.build([h2], {"h": h2, "c": c2}, ["h"]).with_meta(**gate_meta(order))
 
 
 def lstm_no_forget(input_size: int, hidden_size: int, dtype: str = "float32") -> Cell:
@@ -110,7 +119,7 @@ def lstm_no_forget(input_size: int, hidden_size: int, dtype: str = "float32") ->
     i, g, o = sigmoid(z["i"]), tanh(z["g"]), sigmoid(z["o"])
     c2 = c + i * g
     h2 = o * tanh(c2)
-    return cb.build([h2], {"h": h2, "c": c2}, ["h"])
+    return cb.build([h2], {"h": h2, "c": c2}, ["h"]).with_meta(**gate_meta("igo"))
 
 
 def peephole_lstm(input_size: int, hidden_size: int, dtype: str = "float32") -> Cell:
@@ -140,7 +149,7 @@ def peephole_lstm(input_size: int, hidden_size: int, dtype: str = "float32") -> 
     c2 = f * c + i * g
     o = sigmoid(z["o"] + p_o * c2)
     h2 = o * tanh(c2)
-    return cb.build([h2], {"h": h2, "c": c2}, ["h"])
+    return cb.build([h2], {"h": h2, "c": c2}, ["h"]).with_meta(**gate_meta("ifgo"))
 
 
 def cifg_lstm(input_size: int, hidden_size: int, dtype: str = "float32") -> Cell:
@@ -163,7 +172,8 @@ def cifg_lstm(input_size: int, hidden_size: int, dtype: str = "float32") -> Cell
     f = 1.0 - i
     c2 = f * c + i * g
     h2 = o * tanh(c2)
-    return cb.build([h2], {"h": h2, "c": c2}, ["h"])
+    # no "f" block: the forget gate is 1 - i and has no bias of its own
+    return cb.build([h2], {"h": h2, "c": c2}, ["h"]).with_meta(**gate_meta("igo"))
 
 
 def gru(input_size: int, hidden_size: int, dtype: str = "float32") -> Cell:

@@ -4,7 +4,8 @@ The JSON (options, vocabulary, optimizer hyper-parameters, step counters, RNG st
 history) is stored inside the npz as the uint8 array ``__meta__``, so one file holds everything
 and one ``os.replace`` makes the write atomic: a crash leaves the previous checkpoint intact,
 never a half-written one. Loading uses ``allow_pickle=False``; a file that is not a graphrnn
-checkpoint, or is truncated, raises ``CheckpointError`` naming the file.
+checkpoint, or is truncated, raises ``CheckpointError`` naming the file and why (never advising
+``allow_pickle``: a checkpoint holds only numeric arrays and JSON).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -56,23 +58,80 @@ def save(path: str | os.PathLike[str], arrays: dict[str, np.ndarray],
     return path
 
 
+def _not_checkpoint(path: Path, reason: str) -> CheckpointError:
+    # numpy's own messages for pickles advise ``allow_pickle=True``, which would let a foreign
+    # file run code; never pass that advice on, whatever the reason text says
+    if "allow_pickle" in reason or "pickle.load" in reason:
+        reason = "it holds pickled Python objects, which graphrnn never loads"
+    return CheckpointError(f"{path} is not a graphrnn checkpoint (.npz with JSON metadata): "
+                           f"{reason}")
+
+
+def _sniff(path: Path) -> str | None:
+    """Why ``path`` cannot be an npz archive, judged from its bytes; None when it is a zip.
+    Deciding before ``np.load`` matters: a pickle or a text file would get numpy's pickle
+    message, and a ``.npy`` file would load as a bare array rather than an archive."""
+    if path.is_dir():
+        return "it is a directory"
+    if zipfile.is_zipfile(path):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK"):
+        return "it is a truncated or corrupt zip archive"
+    if head.startswith(b"\x93NUMPY"):
+        return "it is a single .npy array, not an .npz archive"
+    if head[:1] == b"\x80":
+        return "it is a Python pickle, which graphrnn never loads (unpickling can run code)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        # a multi-byte character cut at byte 512 still counts as text
+        text = head[:-3].decode("utf-8", errors="replace")
+    if text and all(c.isprintable() or c in "\t\r\n\f" for c in text):
+        return "it is a text file, not an .npz (zip) archive"
+    return "it is not an .npz (zip) archive"
+
+
 def load(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(arrays, meta) of a checkpoint written by ``save``."""
+    """(arrays, meta) of a checkpoint written by ``save``. Any other file (a pickle, a text
+    file, a foreign or truncated npz) raises one ``CheckpointError``: "X is not a graphrnn
+    checkpoint (.npz with JSON metadata): <reason>"."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
+        why = _sniff(path)
+        if why is not None:
+            raise _not_checkpoint(path, why)
         with np.load(path, allow_pickle=False) as z:
             if _META not in z.files:
-                raise CheckpointError(f"{path} is not a graphrnn checkpoint (no metadata)")
+                raise _not_checkpoint(path, f"it has no {_META} entry (arrays "
+                                            f"{sorted(z.files)[:6]})")
             meta = json.loads(z[_META].tobytes().decode("utf-8"))
             arrays = {k: z[k] for k in z.files if k != _META}
     except CheckpointError:
         raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise _not_checkpoint(path, f"its {_META} entry is not UTF-8 JSON") from None
+    except ValueError as e:
+        # allow_pickle=False refusing an object array is the one ValueError np.load raises on
+        # a well-formed zip; anything else is a malformed member
+        msg = str(e)
+        why = ("it holds Python object arrays (pickled data), which graphrnn never loads"
+               if "pickle" in msg or "Object arrays" in msg else f"a member is malformed ({msg})")
+        raise _not_checkpoint(path, why) from None
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+        raise _not_checkpoint(path, f"it is truncated or corrupt ({type(e).__name__}: {e})"
+                              ) from None
+    if not isinstance(meta, dict):
+        raise _not_checkpoint(path, f"its metadata is a JSON {type(meta).__name__}, not an "
+                                    "object")
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a graphrnn checkpoint")
+        raise _not_checkpoint(path, f"its metadata names the format {meta.get('format')!r}, "
+                                    f"not {FORMAT!r}")
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {meta.get('version')}, this "
                               f"graphrnn reads version {VERSION}")

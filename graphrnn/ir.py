@@ -12,10 +12,13 @@ the hash: two identical expressions written on two lines are one node, reported 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Container, Iterable, Sequence, Union
 
 from .errors import GraphError, ShapeError
@@ -450,7 +453,13 @@ def retype(roots: Sequence[Node], dtype: str) -> list[Node]:
 @dataclass(frozen=True)
 class Cell:
     """One time step. ``next_states[i]`` feeds ``states[i]`` at t+1. ``params`` is every PARAM
-    leaf reachable from the outputs, in first-use order unless given."""
+    leaf reachable from the outputs, in first-use order unless given.
+
+    ``meta`` holds facts about the cell that its graph does not spell out for tools, read-only:
+    the zoo's LSTMs record ``gates`` (the letters of the gate blocks of the fused
+    pre-activation, in column order, e.g. "ifgo") and ``gate_biases`` (the (1, k*H) parameters
+    laid out in that order whose sum is each gate's bias), which ``forget_bias_overrides``
+    reads. It is not part of equality or the hash: the graph alone is the function."""
     inputs: tuple[Node, ...]
     states: tuple[Node, ...]
     outputs: tuple[Node, ...]
@@ -458,18 +467,26 @@ class Cell:
     params: tuple[Node, ...] = ()
     name: str = "cell"
     output_names: tuple[str, ...] = field(default=())
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         for f in ("inputs", "states", "outputs", "next_states", "params"):
             object.__setattr__(self, f, tuple(getattr(self, f)))
+        # a private copy behind a read-only view: a frozen cell must not change under its users
+        object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
         self._validate()
+
+    def with_meta(self, **entries: Any) -> Cell:
+        """The same cell with ``entries`` added to (or replacing keys of) ``meta``."""
+        return dataclasses.replace(self, meta={**self.meta, **entries})
 
     @classmethod
     def make(cls, inputs: Sequence[Node], states: Sequence[Node], outputs: Sequence[Node],
              next_states: Sequence[Node], name: str = "cell",
-             output_names: Sequence[str] | None = None) -> Cell:
+             output_names: Sequence[str] | None = None,
+             meta: Mapping[str, Any] | None = None) -> Cell:
         return cls(tuple(inputs), tuple(states), tuple(outputs), tuple(next_states), (), name,
-                   tuple(output_names or ()))
+                   tuple(output_names or ()), meta or {})
 
     def _validate(self) -> None:
         for kind, leaves, op in (("input", self.inputs, Ops.INPUT),
@@ -539,7 +556,7 @@ class Cell:
         outs = new[k:k + len(self.outputs)]
         nxt = new[k + len(self.outputs):]
         return Cell(tuple(ins), tuple(sts), tuple(outs), tuple(nxt), (), self.name,
-                    self.output_names)
+                    self.output_names, self.meta)
 
     def param_shapes(self) -> dict[str, tuple[int, int]]:
         return {p.arg: p.shape for p in self.params}

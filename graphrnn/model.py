@@ -64,7 +64,7 @@ def masked_cell(cell: Cell) -> Cell:
     m = input_(name, 1, cell.dtype)
     nxt = [m * ns + (1.0 - m) * s for s, ns in zip(cell.states, cell.next_states, strict=True)]
     return Cell.make(list(cell.inputs) + [m], cell.states, cell.outputs, nxt,
-                     cell.name + "_masked", cell.output_names)
+                     cell.name + "_masked", cell.output_names, cell.meta)
 
 
 # ---- cells by name ----
@@ -75,22 +75,96 @@ def make_cell(name: str, input_size: int, hidden_size: int, dtype: str = "float3
     return cells.zoo_cell(name, input_size, hidden_size, dtype)
 
 
-def forget_bias_overrides(model: RNNModel, value: float, gate_order: str = "ifgo"
-                          ) -> dict[str, float]:
-    """Overrides that set the forget-gate slice of every fused LSTM bias ``b`` (1, 4H) to value
-    (zoo LSTMs: gate order "ifgo" unless built otherwise)."""
+# char-rnn's LSTM.lua as the nngraph frontend names it (the main job's ``nngraph_lstm`` and
+# ``frontends.nngraph.charrnn_lstm``): Linears annotated i2h / h2h, or i2h_L / h2h_L per layer,
+# each (1, 4H), gates i, f, o, g (Reshape(4, H) + SplitTable(2): in, forget, out, in_transform)
+_CHARRNN_BIAS = re.compile(r"^i2h(?P<layer>_\w+)?_b$")
+CHARRNN_GATES = "ifog"
+
+
+def forget_gate_biases(cell: Cell, gate_order: str | None = None
+                       ) -> list[tuple[tuple[str, ...], int, int]]:
+    """Where the forget gate's bias lives: ``[(bias params, start, stop), ...]``, one entry per
+    LSTM in the cell (char-rnn's multi-layer cell has several): the forget gate's columns
+    ``start:stop`` in each of the (1, gates * H) ``bias params``, whose sum is the gate's bias.
+
+    Read from ``cell.meta`` (``gates``, ``gate_biases``: the zoo LSTMs record theirs); else, for
+    cells with no metadata, char-rnn's nngraph naming (``i2h_b`` + ``h2h_b``, gates i, f, o, g);
+    else, when ``gate_order`` is given, a fused bias ``b`` of width 4H in that order. Raises
+    ``ValueError`` naming the cell when it has no forget gate (``lstm_no_forget``,
+    ``cifg_lstm``) or its layout is unknown."""
     from .cells import canonical_gate_order
-    k = canonical_gate_order(gate_order).index("f")
+    want = canonical_gate_order(gate_order) if gate_order is not None else None
+    shapes = cell.param_shapes()
+    gates, biases = cell.meta.get("gates"), cell.meta.get("gate_biases")
+    if gates is not None and biases:
+        if want is not None and want != gates:
+            raise ValueError(f"cell {cell.name}: gate_order={gate_order!r} contradicts the "
+                             f"cell's own gate order {gates!r}")
+        if "f" not in gates:
+            raise ValueError(f"cell {cell.name} has no forget gate with a bias of its own "
+                             f"(its gate blocks are {gates!r}); --forget-bias needs an LSTM "
+                             "with a forget gate")
+        missing = [b for b in biases if b not in shapes]
+        if missing:
+            raise ValueError(f"cell {cell.name}: its gate_biases {missing} are not parameters "
+                             f"of the cell ({sorted(shapes)})")
+        widths = {shapes[b][1] for b in biases}
+        if len(widths) != 1 or widths.pop() % len(gates):
+            raise ValueError(f"cell {cell.name}: gate biases {list(biases)} do not hold "
+                             f"{len(gates)} equal gate blocks ({[shapes[b] for b in biases]})")
+        H = shapes[biases[0]][1] // len(gates)
+        k = gates.index("f")
+        return [(tuple(biases), k * H, (k + 1) * H)]
+    state_widths = {int(s.shape[1]) for s in cell.states}
+    found = []
+    for name, shape in shapes.items():
+        m = _CHARRNN_BIAS.match(name)
+        partner = f"h2h{m['layer'] or ''}_b" if m else ""
+        if m and shapes.get(partner) == shape and shape[0] == 1 and shape[1] % 4 == 0 \
+                and shape[1] // 4 in state_widths:
+            H = shape[1] // 4
+            k = CHARRNN_GATES.index("f")
+            found.append(((name, partner), k * H, (k + 1) * H))
+    if found:
+        if want is not None and want != CHARRNN_GATES:
+            raise ValueError(f"cell {cell.name}: gate_order={gate_order!r}, but its i2h/h2h "
+                             f"biases are char-rnn's (gates {CHARRNN_GATES!r})")
+        return found
+    b = shapes.get("b")
+    if want is not None and b is not None and len(cell.states) == 2 \
+            and b[1] == 4 * int(cell.states[0].shape[1]):
+        H = b[1] // 4
+        k = want.index("f")
+        return [(("b",), k * H, (k + 1) * H)]
+    raise ValueError(f"cell {cell.name}: no LSTM forget gate found: it records no gate layout "
+                     "(Cell.meta gates/gate_biases) and has no char-rnn i2h_b/h2h_b biases. For "
+                     "an LSTM of your own, record its layout, e.g. cell.with_meta(gates='ifgo', "
+                     "gate_biases=('b',)), or set the bias with init overrides such as "
+                     "{'l*.b[H:2H]': 1.0}")
+
+
+def forget_bias_overrides(model: RNNModel, value: float, gate_order: str | None = None
+                          ) -> dict[str, float]:
+    """Overrides (for ``init_params``) that make the forget gate's bias of every LSTM layer
+    equal ``value``. Where the bias is the sum of several parameters (char-rnn's i2h_b + h2h_b),
+    the first gets ``value`` in its forget block and the others 0 there, so the total is exactly
+    ``value``; every other column keeps its initial value. A constant the cell adds itself
+    (``cells.lstm(forget_bias=...)``) comes on top. The layout comes from
+    ``forget_gate_biases`` (``gate_order`` only for cells that do not record theirs); a layer
+    without a forget gate is an error."""
     out: dict[str, float] = {}
-    for name, shape in model.param_shapes().items():
-        pre, _, pname = name.rpartition(".")
-        if pre.startswith("l") and pname == "b" and len(shape) == 2 and shape[1] % 4 == 0:
-            cell = model.layers[int(pre[1:].rstrip("r"))].fwd.cell
-            H = int(cell.states[0].shape[1])
-            if 4 * H == shape[1] and len(cell.states) == 2:
-                out[f"{name}[{k * H}:{(k + 1) * H}]"] = value
-    if not out:
-        raise ValueError("no LSTM-style fused bias (a parameter b of width 4H) in this model")
+    for i, lay in enumerate(model.layers):
+        for pre, cc in ((f"l{i}.", lay.fwd), (f"l{i}r.", lay.rev)):
+            if cc is None:
+                continue
+            try:
+                where = forget_gate_biases(cc.cell, gate_order)
+            except ValueError as e:
+                raise ValueError(f"layer {i}: {e}") from None
+            for biases, a, b in where:
+                for j, name in enumerate(biases):
+                    out[f"{pre}{name}[{a}:{b}]"] = float(value) if j == 0 else 0.0
     return out
 
 

@@ -9,9 +9,13 @@ chunk (a test checks it against one long call).
 The ``Trainer`` adds clipping, validation, progress, checkpoints and guards: a NaN/inf loss or
 gradient, or a loss above ``explode_factor`` times the first one, stops training with a
 ``TrainingDivergedError`` error saying where the last good checkpoint is (the update that would have
-been applied is not). Resuming from a checkpoint restores parameters, optimizer state, the
-carried state, the step counter and the RNG, so it continues bit for bit like an uninterrupted
-run on the same backend.
+been applied is not). An update that leaves non-finite parameters (those stay in memory; the
+checkpoint does not get them), or a validation loss that is non-finite or above
+``explode_factor`` times the first loss, stops it the same way. A checkpoint is only ever
+written from finite parameters with a sane validation loss, so "the last good checkpoint" is
+good: a diverged run leaves the previous file untouched. Resuming from a checkpoint restores
+parameters, optimizer state, the carried state, the step counter and the RNG, so it continues
+bit for bit like an uninterrupted run on the same backend.
 """
 
 from __future__ import annotations
@@ -338,10 +342,7 @@ class Trainer:
                                        f"{cfg.explode_factor:g} x the first loss "
                                        f"{self.first_loss:.4g}")
         except TrainingDivergedError as e:
-            where = (f"; the last good checkpoint is {cfg.checkpoint}" if cfg.checkpoint
-                     and Path(cfg.checkpoint).exists() else "; no checkpoint was written")
-            raise TrainingDivergedError(f"{e}{where}. Try a lower learning rate or gradient "
-                                   "clipping (--clip / --max-norm).") from None
+            raise self._diverged(str(e)) from None
         if self.first_loss is None:
             self.first_loss = r.loss
         if cfg.clip:
@@ -349,6 +350,12 @@ class Trainer:
         if cfg.max_norm:
             clip_global_norm(r.grads, cfg.max_norm)
         self.opt.step(self.params, r.grads)
+        # finite gradients times a huge learning rate can still overflow the parameters; say so
+        # at the step that did it rather than one step later as a NaN loss
+        bad = self._nonfinite_params()
+        if bad:
+            raise self._diverged(f"parameters became non-finite in the update at step "
+                                 f"{self.step} (in {bad})")
         self.state = r.state if cfg.carry_state else None
         self.step += 1
         self.history.append((self.step, float(r.loss)))
@@ -360,12 +367,38 @@ class Trainer:
             self.val_history.append((self.step, v))
             if math.isfinite(v):
                 say(f"step {self.step}: validation loss {v:.4f}")
+            # a model whose validation loss is NaN or has exploded is not a checkpoint anyone
+            # should resume from: stop before save() replaces the last good file with it
+            fl = self.first_loss
+            if not math.isfinite(v):
+                raise self._diverged(f"validation loss became {v} at step {self.step}")
+            if fl is not None and v > self.config.explode_factor * fl:
+                raise self._diverged(f"validation loss exploded at step {self.step}: {v:.4g} > "
+                                     f"{self.config.explode_factor:g} x the first loss {fl:.4g}")
         if self.config.checkpoint:
             self.save()
 
+    def _nonfinite_params(self) -> list[str]:
+        return sorted(k for k, v in self.params.items() if not np.all(np.isfinite(v)))
+
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        """The divergence error, naming the last good checkpoint when there is one. Only
+        ``save`` writes that file, and it refuses non-finite parameters, so whatever exists at
+        the configured path was written from a good state."""
+        ck = self.config.checkpoint
+        where = (f"; the last good checkpoint is {ck}" if ck and Path(ck).exists()
+                 else "; no good checkpoint was written")
+        return TrainingDivergedError(f"{what}{where}. Try a lower learning rate or gradient "
+                                     "clipping (--clip / --max-norm).")
+
     # ---- checkpoints ----
     def save(self, path: str | Path | None = None) -> Path:
+        """Write a checkpoint (atomically). Refuses, with ``TrainingDivergedError``, parameters
+        that are not all finite: such a file would only be a trap for ``--resume``."""
         path = Path(path or self.config.checkpoint or "checkpoint.npz")
+        bad = self._nonfinite_params()
+        if bad:
+            raise self._diverged(f"not saving {path}: parameters {bad} are not finite")
         arrays: dict[str, np.ndarray] = {}
         arrays.update(ckpt.prefixed("param", self.params))
         arrays.update(ckpt.prefixed("opt", self.opt.state_dict()))

@@ -447,3 +447,50 @@ def test_lstm_gate_orders_and_forget_bias_agree_with_equations(order):
     p = random_params(ours, seed=13)
     for a, b in zip(_sequence(ours, p), _sequence(eq, _gate_map(p, order)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+GATED = [("lstm", {}), ("lstm", {"gate_order": "char-rnn"}), ("lstm", {"gate_order": "zaremba"}),
+         ("lstm", {"gate_order": "ogif"}), ("peephole_lstm", {}), ("lstm_no_forget", {}),
+         ("cifg_lstm", {})]
+
+
+@pytest.mark.parametrize(("name", "kw"), GATED)
+def test_gate_metadata_names_the_blocks_the_cell_computes_with(name, kw):
+    """Each letter of ``meta["gates"]`` is checked by computation: with every parameter 0 but
+    that gate's block of the bias (set to v), x = h = 0 and c = 1, the gates are sigmoid(0),
+    tanh(0) = 0 or the one moved gate, which pins c' and h' for each letter."""
+    cell = ZOO[name](4, H, dtype="float64", **kw)
+    gates, biases = cell.meta["gates"], cell.meta["gate_biases"]
+    assert biases == ("b",)
+    if name == "lstm":
+        assert gates == cells.canonical_gate_order(kw.get("gate_order", "ifgo"))
+    cc = graphrnn.compile(cell, "ref")
+    v = 0.7
+    for k, letter in enumerate(gates):
+        p = {n: np.zeros(s) for n, s in cell.param_shapes().items()}
+        p["b"][0, k * H:(k + 1) * H] = v
+        _, (h2, c2) = cc.step(p, np.zeros((B, 4)), [np.zeros((B, H)), np.ones((B, H))])
+        z = {g: (v if g == letter else 0.0) for g in "ifgo"}
+        i, g, o = sig(z["i"]), np.tanh(z["g"]), sig(z["o"])
+        f = {"lstm_no_forget": 1.0, "cifg_lstm": 1.0 - i}.get(name, sig(z["f"]))
+        want_c = f * 1.0 + i * g
+        np.testing.assert_allclose(c2, want_c, rtol=1e-12, err_msg=letter)
+        np.testing.assert_allclose(h2, o * np.tanh(want_c), rtol=1e-12, err_msg=letter)
+
+
+def test_cell_meta_is_read_only_kept_by_with_dtype_and_compile_and_not_in_equality():
+    a = cells.lstm(4, H, "float32", gate_order="zaremba")
+    assert dict(a.meta) == {"gates": "igfo", "gate_biases": ("b",)}
+    with pytest.raises(TypeError):
+        a.meta["gates"] = "ifgo"  # type: ignore[index]
+    assert a.with_dtype("float64").meta == a.meta
+    assert graphrnn.compile(a, "ref", "float64").cell.meta == a.meta
+    b = a.with_meta(note="x")
+    assert b.meta["note"] == "x" and "note" not in a.meta and b.meta["gates"] == "igfo"
+    # the graph is the function: metadata changes neither equality nor the hash
+    assert b == a and hash(b) == hash(a)
+    src = {"gates": "ifgo"}
+    c = type(a).make(a.inputs, a.states, a.outputs, a.next_states, a.name, a.output_names, src)
+    src["gates"] = "oops"
+    assert c.meta["gates"] == "ifgo"
+    assert not cells.gru(4, H).meta

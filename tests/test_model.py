@@ -190,5 +190,96 @@ def test_forget_bias_overrides_hit_the_forget_block_of_each_lstm():
     p = model.init_params(seed=0, overrides=ov)
     np.testing.assert_array_equal(p["l1.b"][0, 4:8], 1.0)
     assert np.abs(p["l1.b"][0, :4]).max() <= 0.08
-    with pytest.raises(ValueError, match="no LSTM-style fused bias"):
+    with pytest.raises(ValueError, match="layer 0: cell gru: no LSTM forget gate found"):
         forget_bias_overrides(_model(1, cell="gru"), 1.0)
+
+
+def _lstm_form(form, I=3, H=4):
+    """(cell, documented gate order, bias parameters whose sum is the gates' bias)."""
+    from graphrnn import cells
+    if form.startswith("zoo-"):
+        order = form[4:]
+        return (cells.lstm(I, H, "float64", gate_order=order),
+                cells.canonical_gate_order(order), ("b",))
+    if form == "peephole":
+        return cells.peephole_lstm(I, H, "float64"), "ifgo", ("b",)
+    if form == "nngraph-main-job":  # the main job's default cell: biases i2h_b, h2h_b
+        from graphrnn.train_charlm import nngraph_lstm
+        return nngraph_lstm(I, H, "float64"), "ifog", ("i2h_b", "h2h_b")
+    from frontends import nngraph
+    if form == "nngraph-charrnn":  # frontends' char-rnn builder: i2h_1_b, h2h_1_b
+        return nngraph.charrnn_lstm(I, H, dtype="float64"), "ifog", ("i2h_1_b", "h2h_1_b")
+    assert form == "nngraph-zaremba+meta"  # Linear_1/2 names: only its metadata can tell
+    cell = nngraph.zaremba_lstm(I, H, "float64").with_meta(
+        gates="igfo", gate_biases=("Linear_1_b", "Linear_2_b"))
+    return cell, "igfo", ("Linear_1_b", "Linear_2_b")
+
+
+LSTM_FORMS = ["zoo-pytorch", "zoo-charrnn", "zoo-zaremba", "zoo-ifgo", "peephole",
+              "nngraph-main-job", "nngraph-charrnn", "nngraph-zaremba+meta"]
+
+
+@pytest.mark.parametrize("bidir", [False, True])
+@pytest.mark.parametrize("form", LSTM_FORMS)
+def test_forget_bias_override_sets_exactly_the_forget_gate_of_every_lstm_form(form, bidir):
+    from graphrnn.model import forget_bias_overrides
+    I, H, value = 3, 4, 1.5
+    cell, order, biases = _lstm_form(form, I, H)
+    model = RNNModel([(cell, cell)] if bidir else [cell], n_classes=V, vocab_size=V,
+                     embed_size=I, backend="ref", dtype="float64")
+    ov = forget_bias_overrides(model, value)
+    plain = model.init_params(seed=3)
+    got = model.init_params(seed=3, overrides=ov)
+    f = slice(order.index("f") * H, (order.index("f") + 1) * H)
+    prefixes = ("l0.", "l0r.") if bidir else ("l0.",)
+    # the documented layout: only the forget blocks of the gate biases moved ...
+    for k in got:
+        keep = np.ones(got[k].shape, bool)
+        if any(k == pre + b for pre in prefixes for b in biases):
+            keep[..., f] = False
+        np.testing.assert_array_equal(got[k][keep], plain[k][keep], err_msg=k)
+    for pre in prefixes:
+        # ... and their sum there is value
+        total = sum(got[pre + b] for b in biases)
+        np.testing.assert_allclose(total[0, f], value, rtol=0, atol=1e-15)
+        # the function: with every parameter 0 but the overrides, x = h = 0 and c = 1 give
+        # i = o = sigmoid(0), g = tanh(0) = 0, so c' = sigmoid(forget bias) * 1; the value in
+        # any other gate's block would give 0.5 (i, o) or 0.5 + 0.5 tanh(value) (g)
+        cc = model.layers[0].fwd
+        zero = {k: np.zeros_like(v) for k, v in cc.init_params().items()}
+        from graphrnn.model import apply_overrides
+        apply_overrides(zero, {k[len(pre):]: v for k, v in ov.items() if k.startswith(pre)})
+        states = {s.arg: np.zeros((2, H)) for s in cc.cell.states}
+        states["c"] = np.ones((2, H))
+        _, nxt = cc.step(zero, np.zeros((2, I)), [states[s.arg] for s in cc.cell.states])
+        c_next = nxt[[s.arg for s in cc.cell.states].index("c")]
+        np.testing.assert_allclose(c_next, 1 / (1 + np.exp(-value)), rtol=1e-12)
+
+
+def test_forget_gate_biases_of_multi_layer_charrnn_cell_and_cells_without_one():
+    from frontends import nngraph
+    from graphrnn import cells
+    from graphrnn.model import forget_bias_overrides, forget_gate_biases
+    two = nngraph.charrnn_lstm(3, 4, num_layers=2, dtype="float64")
+    assert sorted(forget_gate_biases(two)) == [(("i2h_1_b", "h2h_1_b"), 4, 8),
+                                               (("i2h_2_b", "h2h_2_b"), 4, 8)]
+    with pytest.raises(ValueError, match="contradicts the cell's own gate order 'igfo'"):
+        forget_gate_biases(cells.lstm(3, 4, gate_order="zaremba"), gate_order="pytorch")
+    assert forget_gate_biases(cells.lstm(3, 4, gate_order="zaremba"), "igfo") == [(("b",), 8, 12)]
+    with pytest.raises(ValueError, match=r"its gate_biases \['nope'\] are not parameters"):
+        forget_gate_biases(cells.lstm(3, 4).with_meta(gate_biases=("nope",)))
+    for name in ("lstm_no_forget", "cifg_lstm"):
+        m = RNNModel([cells.zoo_cell(name, 3, 4, "float64")], V, V, embed_size=3,
+                     backend="ref", dtype="float64")
+        with pytest.raises(ValueError, match=f"cell {name} has no forget gate"):
+            forget_bias_overrides(m, 1.0)
+    # the lecture LSTM (one Linear pair per gate) records no layout: a clear error, not a guess
+    with pytest.raises(ValueError, match="no LSTM forget gate found"):
+        forget_gate_biases(nngraph.lecture_lstm(3, 4))
+    # a fused b without metadata is used only when the caller names its gate order
+    bare = cells.lstm(3, 4, gate_order="zaremba")
+    bare = type(bare)(bare.inputs, bare.states, bare.outputs, bare.next_states, bare.params,
+                      bare.name, bare.output_names)
+    with pytest.raises(ValueError, match="no LSTM forget gate found"):
+        forget_gate_biases(bare)
+    assert forget_gate_biases(bare, "zaremba") == [(("b",), 8, 12)]

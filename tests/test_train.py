@@ -22,10 +22,10 @@ from graphrnn.train import (
 V = 6
 
 
-def _model(dtype="float64", dropout=0.0, layers=2):
+def _model(dtype="float64", dropout=0.0, layers=2, backend="ref"):
     cells = stack("lstm", layers, 3, 5, dtype=dtype)
     return RNNModel(cells, n_classes=V, vocab_size=V, embed_size=3, dropout=dropout,
-                    backend="ref", dtype=dtype)
+                    backend=backend, dtype=dtype)
 
 
 def _seq(T=8, Bn=2, seed=0):
@@ -76,11 +76,12 @@ def test_truncated_bptt_forward_equals_full_and_gradient_is_per_chunk():
     assert not np.allclose(tr.grads["l0.W_h"], full.grads["l0.W_h"], rtol=1e-6)
 
 
-def _stream_trainer(tmp_path, dropout=0.3, opt=None, steps=None):
+def _stream_trainer(tmp_path, dropout=0.3, opt=None, steps=None, backend="ref",
+                    dtype="float32"):
     text = "abcde edcba abc de " * 20
     vocab = Vocab.from_text(text)
     sb = StreamBatcher(vocab.encode(text), 3, 7)
-    model = _model("float32", dropout=dropout)
+    model = _model(dtype, dropout=dropout, backend=backend)
     params = model.init_params(seed=1)
     return Trainer(model, params, opt or Adam(1e-2, schedule=StepDecay(2, 2, 0.5)),
                    lambda s, rng: sb.batch(s), lambda: iter(sb),
@@ -89,12 +90,21 @@ def _stream_trainer(tmp_path, dropout=0.3, opt=None, steps=None):
                    meta={"vocab": vocab.to_json()})
 
 
+def _llvm_or_skip():
+    """Skip where the llvm backend cannot compile (no llvmlite); elsewhere it must work."""
+    pytest.importorskip("llvmlite")
+
+
+@pytest.mark.parametrize("backend", ["ref", "llvm"])
 @pytest.mark.parametrize("opt", ["adam", "sgd"])
-def test_resume_is_bit_identical(tmp_path, opt):
+def test_resume_is_bit_identical(tmp_path, opt, backend):
+    if backend == "llvm":
+        _llvm_or_skip()
+
     def make():
         o = Adam(1e-2, schedule=StepDecay(2, 2, 0.5)) if opt == "adam" else \
             SGD(0.5, momentum=0.9)
-        return _stream_trainer(tmp_path, opt=o)
+        return _stream_trainer(tmp_path, opt=o, backend=backend)
     a = make().run(steps=8)
     b = make().run(steps=4)
     path = b.save(tmp_path / "half.npz")
@@ -125,6 +135,69 @@ def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     tr2 = _stream_trainer(tmp_path).load(ck)
     for k in good:
         np.testing.assert_array_equal(tr2.params[k], good[k])
+
+
+def _huge_lr_trainer(tmp_path, dtype):
+    # no clipping: with lr 1e300 the first update overflows float32 parameters to inf and
+    # sends float64 ones to ~1e298, whose validation loss explodes (or is inf/nan)
+    tr = _stream_trainer(tmp_path, dropout=0.0, opt=SGD(1e300), dtype=dtype)
+    tr.config.clip = tr.config.max_norm = None
+    tr.config.eval_every = 1
+    return tr
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_divergence_without_a_good_checkpoint_writes_none(tmp_path, dtype):
+    tr = _huge_lr_trainer(tmp_path, dtype)
+    ck = tmp_path / "ck.npz"
+    with pytest.raises(TrainingDivergedError,
+                       match=r"(parameters became non-finite|validation loss (became|exploded))"
+                             r".*; no good checkpoint was written") as e:
+        tr.run(steps=3)
+    assert "ck.npz" not in str(e.value)
+    assert not ck.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_divergence_after_a_good_checkpoint_leaves_it_untouched(tmp_path, dtype):
+    tr = _stream_trainer(tmp_path, dropout=0.0, opt=SGD(0.1), dtype=dtype)
+    tr.config.clip = tr.config.max_norm = None
+    tr.config.eval_every = 2
+    tr.run(steps=2)
+    ck = tmp_path / "ck.npz"
+    before = ck.read_bytes()
+    good = {k: v.copy() for k, v in tr.params.items()}
+    tr.opt.lr = 1e300
+    tr.config.eval_every = 1
+    with pytest.raises(TrainingDivergedError,
+                       match=r"at step [23]\b.*; the last good checkpoint is .*ck\.npz"):
+        tr.run(steps=3)
+    assert ck.read_bytes() == before
+    back = _stream_trainer(tmp_path, dtype=dtype).load(ck)
+    assert back.step == 2
+    for k in good:
+        assert np.all(np.isfinite(back.params[k])), k
+        np.testing.assert_array_equal(back.params[k], good[k], err_msg=k)
+    assert all(np.isfinite(v) for _, v in back.val_history)
+
+
+def test_nonfinite_validation_loss_or_params_are_never_saved(tmp_path):
+    tr = _stream_trainer(tmp_path, dropout=0.0, opt=SGD(0.1))
+    tr.config.eval_every = 1
+    tr.evaluate = lambda: float("nan")  # finite parameters, but a NaN validation loss
+    ck = tmp_path / "ck.npz"
+    with pytest.raises(TrainingDivergedError, match="validation loss became nan at step 1; no "
+                                                    "good checkpoint"):
+        tr.run(steps=2)
+    assert not ck.exists()
+    tr.params["head.b"][0] = np.inf
+    with pytest.raises(TrainingDivergedError, match=r"not saving .*x\.npz: parameters "
+                                                    r"\['head\.b'\] are not finite"):
+        tr.save(tmp_path / "x.npz")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_loss_explosion_guard(tmp_path):
