@@ -7,8 +7,8 @@
 Each entry of ``COMMANDS`` is ``(name, help, add_arguments, run)``; adding a subcommand is adding
 a row. The inspection commands (viz, compile, bench) come from ``graphrnn.cli_tools`` when it is
 present. Errors (missing files, bad options, mismatched checkpoints, diverged training) print one
-line ``graphrnn: error: ...`` on stderr and exit with status 1; ``--debug`` (or
-``GRAPHRNN_TRACEBACK=1``) shows the traceback instead.
+line ``graphrnn: error: ...`` on stderr and exit with status 1; ``--debug`` (before or after the
+subcommand, or ``GRAPHRNN_TRACEBACK=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _sample(a: argparse.Namespace) -> int:
     if a.backend:
         opts["backend"] = a.backend
     vocab = Vocab.from_json(meta["vocab"])
-    model = build_model(opts)
+    model = build_model(opts, checkpoint=a.checkpoint)
     params = ckpt.group(arrays, "param")
     try:
         model.check_params(params)
@@ -79,13 +79,20 @@ def _sample(a: argparse.Namespace) -> int:
 
 # ---- explain ----
 
+EXPLAIN_HELP = ("The plan shown is the optimizer's Program, which every compiled backend "
+                "(program, llvm, cuda) runs as it is; ref runs the unrolled cell instead.")
+
+
 def _explain_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("cell", metavar="CELL",
-                   help="zoo cell name, equations file, or file.py:function")
-    p.add_argument("--input-size", type=int, default=16)
-    p.add_argument("--hidden-size", type=int, default=32)
+    from .cli_tools import CELL_HELP, SIZES_HELP, add_size_args
+    p.epilog = f"{EXPLAIN_HELP} {SIZES_HELP}"
+    p.add_argument("cell", metavar="CELL", help=CELL_HELP)
+    add_size_args(p)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--backend", default="llvm")
+    # validated so a typo is not silently accepted; every compiled backend runs the same plan
+    p.add_argument("--backend", default="llvm",
+                   help="ref, program, llvm or cuda (default llvm); the plan does not depend on "
+                   "it")
 
 
 def _find_explain() -> Callable[..., Any] | None:
@@ -99,12 +106,15 @@ def _find_explain() -> Callable[..., Any] | None:
 
 
 def _explain(a: argparse.Namespace) -> int:
+    from .api import BACKENDS
+    from .cli_tools import cell_sizes, check_sizes
     from .train_charlm import resolve_layer_cell
-    for name in ("input_size", "hidden_size"):
-        if getattr(a, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got "
-                             f"{getattr(a, name)}")
+    check_sizes(a)
+    if a.backend not in BACKENDS:
+        raise ValueError(f"unknown backend {a.backend!r}; choose from "
+                         f"{', '.join(sorted(BACKENDS))}")
     cell = resolve_layer_cell(a.cell, a.input_size, a.hidden_size, a.dtype)
+    print(f"cell {cell.name}: {cell_sizes(cell)}, {a.dtype}")
     fn = _find_explain()
     if fn is not None:
         import inspect
@@ -128,7 +138,8 @@ COMMANDS: list[Command] = [
     ("train", "train a language model (default: char-level LSTM on the stdlib source)",
      _train_args, _train),
     ("sample", "generate text from a checkpoint", _sample_args, _sample),
-    ("explain", "show how a cell is compiled (its plan, or its IR)", _explain_args, _explain),
+    ("explain", "show how a cell is compiled: the optimizer's plan, which every compiled "
+     "backend runs", _explain_args, _explain),
 ]
 
 
@@ -149,14 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_subcommands(sub)
+    for p in sub.choices.values():
+        # also after the subcommand (`graphrnn train ... --debug`); SUPPRESS keeps a subcommand
+        # without it from resetting the value given before the subcommand
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks on errors")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("GRAPHRNN_TRACEBACK") == "1"
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("GRAPHRNN_TRACEBACK") == "1"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

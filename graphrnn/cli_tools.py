@@ -8,10 +8,18 @@
     graphrnn bench lstm --hidden-size 128 --batch 32 --seq-len 50
 
 ``add_subcommands(subparsers)`` registers these on the main ``graphrnn`` parser (graphrnn/cli.py);
-``main(argv)`` runs them alone. CELL is a zoo name (``graphrnn.cells.ZOO``), an equations file,
-or ``file.py:function`` where the function returns a Cell or an nngraph gModule; the function may
-take ``input_size``, ``hidden_size`` and ``dtype`` keyword arguments. ``resolve_cell`` turns such
-a spec into a Cell and is shared with the training commands.
+``main(argv)`` runs them alone. CELL is a zoo name (``graphrnn.cells.ZOO``), ``nngraph-lstm``
+(char-rnn's LSTM), an equations file, or ``file.py:function`` where the function returns a Cell
+or an nngraph gModule; the function may take ``input_size``, ``hidden_size`` and ``dtype``
+keyword arguments. ``resolve_cell`` turns such a spec into a Cell and is shared with the training
+commands.
+
+Sizes and equations files: ``--input-size`` goes to the file's first ``input`` and
+``--hidden-size`` to every ``state`` it declares; a size given both ways must agree. A file
+without an ``input`` line is read as having the input ``x``, one without a ``state`` line as
+having the state ``h`` (``EQ_INPUT``, ``EQ_STATE``); other names need the header lines
+``input NAME: SIZE`` / ``state NAME: SIZE``. A file without ``# cell: NAME`` names its cell after
+the file (``gru8.eq`` -> ``gru8``).
 
 Bad input (unknown cell, unreadable file, bad equation, unwritable output path) ends the command
 with one line on stderr and exit status 1; ``GRAPHRNN_TRACEBACK=1`` shows the traceback instead.
@@ -20,12 +28,14 @@ with one line on stderr and exit status 1; ``GRAPHRNN_TRACEBACK=1`` shows the tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import inspect
 import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +47,12 @@ from .ir import Cell
 
 DEFAULT_INPUT = 16
 DEFAULT_HIDDEN = 32
+NNGRAPH_LSTM = "nngraph-lstm"   # char-rnn's LSTM, graphrnn.train_charlm.nngraph_lstm
+# the input and state names an equations file without input/state header lines is read with
+EQ_INPUT = "x"
+EQ_STATE = "h"
+# what --input-size / --hidden-size are called where a message names the source of a size
+SIZE_FLAGS = ("--input-size", "--hidden-size")
 
 
 class CellSpecError(GraphRNNError, ValueError):
@@ -101,79 +117,209 @@ def _load_python_cell(path_text: str, func: str, input_size: int, hidden_size: i
     return _call_user_function(fn, f"{path}:{func}", input_size, hidden_size, dtype)
 
 
-def _load_equations(path: Path, input_size: int, hidden_size: int, dtype: str) -> Cell:
+def read_equations(path: Path) -> str:
+    """The text of an equations file, or a one-line CellSpecError saying why it cannot be read."""
     if path.is_dir():
         raise CellSpecError(f"cannot read {path}: it is a directory, not an equations file")
     try:
-        with open(path, encoding="utf-8") as f:
-            f.read(1)
+        return path.read_text(encoding="utf-8")
     except OSError as e:
         raise CellSpecError(f"cannot read {path}: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
         raise CellSpecError(f"cannot read {path}: not UTF-8 text ({e.reason})") from e
+
+
+# The header lines that matter here, in the equations frontend's syntax (frontends/equations.py
+# _HEADER, _CELL_COMMENT): the frontend parses them for real, this scan only learns which names
+# the command-line sizes go to and whether the file names its cell.
+_SIZE_LINE = re.compile(r"^(inputs?|states?)\s+([^\W\d].*)$")
+_CELL_LINE = re.compile(r"^cell\s+[^\W\d].*$")
+_CELL_COMMENT = re.compile(r"^#\s*cell\s*:\s*(\S+)\s*$")
+
+
+def _headers(text: str) -> tuple[list[tuple[str, int | None, int]],
+                                 list[tuple[str, int | None, int]], bool]:
+    """(inputs, states, names_the_cell): the (name, size or None, line number) items of the
+    file's ``input`` and ``state`` lines in order, and whether it has a ``# cell:`` line."""
+    inputs: list[tuple[str, int | None, int]] = []
+    states: list[tuple[str, int | None, int]] = []
+    named = False
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if line.startswith("#"):
+            named = named or bool(_CELL_COMMENT.match(line))
+            continue
+        code = line.split("#", 1)[0].strip()
+        named = named or bool(_CELL_LINE.match(code))
+        m = _SIZE_LINE.match(code)
+        if not m:
+            continue
+        table = inputs if m.group(1).startswith("input") else states
+        for item in m.group(2).split(","):
+            nm, _, size = item.partition(":")
+            if nm.strip().isidentifier():
+                table.append((nm.strip(), int(size) if size.strip().isdigit() else None,
+                              lineno))
+    return inputs, states, named
+
+
+def _cell_name_from(filename: str) -> str:
+    """A cell name (an identifier: it ends up in exported symbol names) from a file's stem."""
+    stem = re.sub(r"\W", "_", Path(filename).stem)
+    return stem if stem and not stem[0].isdigit() else f"cell_{stem}"
+
+
+def equations_cell(text: str, filename: str, input_size: int | None = None,
+                   hidden_size: int | None = None, dtype: str = "float32",
+                   size_flags: tuple[str, str] = SIZE_FLAGS) -> Cell:
+    """A Cell from equations text with the command line's sizes (see the module docstring):
+    ``input_size`` goes to the first declared input, ``hidden_size`` to every declared state;
+    None leaves a declared size alone. ``size_flags`` name where the two sizes came from, for
+    the message when they disagree with the file."""
     try:
         from frontends import equations
     except ImportError as e:
-        raise CellSpecError(f"{path}: the equations frontend is not available ({e})") from e
-    parse_file = equations.parse_file
-    params = inspect.signature(parse_file).parameters
-    offered = {"input_size": input_size, "hidden_size": hidden_size, "dtype": dtype}
-    kwargs = {k: v for k, v in offered.items() if k in params}
+        raise CellSpecError(f"{filename}: the equations frontend is not available ({e})") from e
+    ins, sts, named = _headers(text)
+    # the command line against the header lines, checked here so the message can name the flag
+    # (the frontend would refuse the same thing, naming only the two sizes)
+    for items, size, flag, kind in ((ins[:1], input_size, size_flags[0], "input"),
+                                    (sts, hidden_size, size_flags[1], "state")):
+        for nm, declared, lineno in items:
+            if size is not None and declared is not None and declared != size:
+                raise CellSpecError(f"{filename}:{lineno}: {kind} {nm} is declared with size "
+                                    f"{declared}, but {flag} gives {size}; make them agree")
+    convention: list[str] = []
+    inputs: dict[str, int] = {}
+    states: dict[str, int] = {}
+    if not ins:
+        inputs[EQ_INPUT] = input_size or DEFAULT_INPUT
+        convention.append(f"input {EQ_INPUT}: {inputs[EQ_INPUT]}")
+    elif input_size is not None:
+        inputs[ins[0][0]] = input_size
+    if not sts:
+        states[EQ_STATE] = hidden_size or DEFAULT_HIDDEN
+        convention.append(f"state {EQ_STATE}: {states[EQ_STATE]}")
+    elif hidden_size is not None:
+        states = {nm: hidden_size for nm, _, _ in sts}
     try:
-        cell = parse_file(str(path), **kwargs)
+        return equations.cell_from_equations(  # type: ignore[no-any-return]
+            text, inputs=inputs, states=states, dtype=dtype, filename=filename,
+            name=None if named else _cell_name_from(filename))
     except GraphRNNError as e:
         # EquationError already says file:line and the token; keep it to one line
-        raise CellSpecError(_one_line(str(e))) from e
-    except OSError as e:
-        raise CellSpecError(f"cannot read {path}: {e.strerror or e}") from e
-    return _to_cell(cell, str(path))
+        msg = _one_line(str(e))
+        if convention:
+            msg += (f"; the file has no {' or '.join(c.split()[0] for c in convention)} header "
+                    f"line, so it was read as {', '.join(convention)}: if its names differ, it "
+                    "needs 'input NAME: SIZE' / 'state NAME: SIZE' header lines")
+        raise CellSpecError(msg) from e
+
+
+def _load_equations(path: Path, input_size: int | None, hidden_size: int | None, dtype: str,
+                    size_flags: tuple[str, str] = SIZE_FLAGS) -> Cell:
+    return equations_cell(read_equations(path), str(path), input_size, hidden_size, dtype,
+                          size_flags)
+
+
+def is_python_spec(spec: str) -> bool:
+    """Whether a CELL argument is ``file.py:function``."""
+    head, sep, _ = spec.rpartition(":")
+    return bool(sep) and head.endswith(".py")
+
+
+def equations_source(spec: str) -> dict[str, str] | None:
+    """For a CELL argument that is an equations file: its name, absolute path and text, which
+    a checkpoint stores so the cell can be rebuilt when the file has moved; else None."""
+    if not isinstance(spec, str) or is_python_spec(spec) or spec.endswith(".py") \
+            or spec == NNGRAPH_LSTM or spec in _zoo() or not Path(spec).exists():
+        return None
+    path = Path(spec)
+    return {"name": path.name, "path": str(path.resolve()), "text": read_equations(path)}
+
+
+def _is_gmodule(obj: Any) -> bool:
+    return not isinstance(obj, Cell) and callable(getattr(obj, "to_cell", None))
 
 
 def _to_cell(obj: Any, where: str) -> Cell:
     if isinstance(obj, Cell):
         return obj
-    to_cell = getattr(obj, "to_cell", None)
-    if to_cell is not None:
+    if _is_gmodule(obj):
         try:
-            return to_cell()  # type: ignore[no-any-return]
+            return obj.to_cell()  # type: ignore[no-any-return]
         except GraphRNNError as e:
             raise CellSpecError(f"{where}: the gModule cannot become a cell: "
-                                f"{_first_line(e)}") from e
+                                f"{_first_line(e)}; return g.to_cell(inputs=[...], "
+                                "states=[...], next_states=[...]) instead") from e
     raise CellSpecError(f"{where} returned {type(obj).__name__}, expected a Cell or an nngraph "
                         "gModule")
 
 
-def resolve_cell(spec: str, input_size: int = DEFAULT_INPUT, hidden_size: int = DEFAULT_HIDDEN,
-                 dtype: str = "float32") -> Cell:
-    """A Cell from a CELL argument: a zoo name, an equations file or ``file.py:function``."""
+def resolve_cell(spec: str, input_size: int | None = None, hidden_size: int | None = None,
+                 dtype: str = "float32", *, size_flags: tuple[str, str] = SIZE_FLAGS,
+                 one_input: bool = False) -> Cell:
+    """A Cell from a CELL argument: a zoo name, ``nngraph-lstm``, an equations file or
+    ``file.py:function``. A size left None is the equations file's own (from its header), else
+    DEFAULT_INPUT / DEFAULT_HIDDEN. ``one_input``: the cell is a model layer, so it must take
+    exactly one per-step input (a ``file.py:function`` that does not gets a hint how to say
+    which of a gModule's inputs are states)."""
     if not isinstance(spec, str) or not spec:
         raise CellSpecError("no cell given: name a zoo cell, an equations file or "
                             "file.py:function")
-    head, sep, func = spec.rpartition(":")
-    if sep and head.endswith(".py"):
+    head, _, func = spec.rpartition(":")
+    if is_python_spec(spec):
         if not func.isidentifier():
             raise CellSpecError(f"{spec}: {func!r} is not a function name")
-        cell = _to_cell(_load_python_cell(head, func, input_size, hidden_size, dtype), spec)
+        obj = _load_python_cell(head, func, input_size or DEFAULT_INPUT,
+                                hidden_size or DEFAULT_HIDDEN, dtype)
+        cell = _to_cell(obj, spec)
+        if one_input and len(cell.inputs) != 1:
+            got = "an nngraph gModule, whose every input is a per-step input: " \
+                if _is_gmodule(obj) else ""
+            raise CellSpecError(
+                f"{spec}: a layer's cell must take exactly one float input (x_t), cell "
+                f"{cell.name} takes {[n.arg for n in cell.inputs]}; {func} returned {got}"
+                "return g.to_cell(inputs=[...], states=[...], next_states=[...]) to say which "
+                "gModule inputs are the step input and which the recurrent states")
     elif spec.endswith(".py"):
         raise CellSpecError(f"{spec}: name the function that returns the cell, as "
                             f"{spec}:function")
+    elif spec == NNGRAPH_LSTM:
+        from .train_charlm import nngraph_lstm
+        try:
+            cell = nngraph_lstm(input_size or DEFAULT_INPUT, hidden_size or DEFAULT_HIDDEN,
+                                dtype)
+        except ImportError as e:
+            warnings.warn(f"nngraph frontend unavailable ({e}); using the zoo LSTM",
+                          RuntimeWarning, stacklevel=2)
+            return resolve_cell("lstm", input_size, hidden_size, dtype)
     elif spec in _zoo():
         from . import cells
         try:
-            cell = cells.zoo_cell(spec, input_size, hidden_size, dtype)
+            cell = cells.zoo_cell(spec, input_size or DEFAULT_INPUT,
+                                  hidden_size or DEFAULT_HIDDEN, dtype)
         except GraphRNNError as e:
             raise CellSpecError(f"zoo cell {spec}: {_first_line(e)}") from e
     elif Path(spec).exists():
-        cell = _load_equations(Path(spec), input_size, hidden_size, dtype)
+        cell = _load_equations(Path(spec), input_size, hidden_size, dtype, size_flags)
     else:
         looks_like_file = os.sep in spec or "." in spec
         what = (f"no such file: {spec}" if looks_like_file
                 else f"unknown cell {spec!r}")
-        raise CellSpecError(f"{what}; CELL is a zoo cell ({', '.join(sorted(_zoo()))}), an "
-                            "equations file, or file.py:function")
+        raise CellSpecError(f"{what}; CELL is {NNGRAPH_LSTM} (char-rnn's LSTM), a zoo cell "
+                            f"({', '.join(sorted(_zoo()))}), an equations file, or "
+                            "file.py:function")
     if cell.dtype != dtype:
         cell = cell.with_dtype(dtype)
     return cell
+
+
+def cell_sizes(cell: Cell) -> str:
+    """The sizes a cell really has, for printed output: ``input 3, hidden 8``."""
+    ins = ", ".join(str(n.shape[1]) for n in cell.inputs) or "none"
+    hid = ", ".join(dict.fromkeys(str(n.shape[1]) for n in cell.states)) or "none"
+    return f"input {ins}, hidden {hid}"
 
 
 # ---- helpers ----
@@ -210,21 +356,37 @@ def _check_output_dir(path: Path) -> None:
         raise CellSpecError(f"cannot write into {path}: directory is not writable")
 
 
+CELL_HELP = f"zoo cell name, {NNGRAPH_LSTM}, equations file, or file.py:function"
+SIZES_HELP = ("An equations file gets --input-size as the size of its first input and "
+              "--hidden-size as that of every state; sizes it declares itself must agree. A "
+              "file without 'input NAME: SIZE' / 'state NAME: SIZE' header lines is read as "
+              f"input {EQ_INPUT!r} and state {EQ_STATE!r}.")
+
+
+def add_size_args(p: argparse.ArgumentParser) -> None:
+    """--input-size and --hidden-size, None when not given (an equations file's own sizes)."""
+    p.add_argument("--input-size", type=int, default=None, metavar="I",
+                   help=f"input features (default: the equations file's, else {DEFAULT_INPUT})")
+    p.add_argument("--hidden-size", type=int, default=None, metavar="H",
+                   help=f"hidden features (default: the equations file's, else "
+                   f"{DEFAULT_HIDDEN})")
+
+
+def check_sizes(args: argparse.Namespace) -> None:
+    for name in ("input_size", "hidden_size"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise CellSpecError(f"--{name.replace('_', '-')} must be positive, got {v}")
+
+
 def _add_cell_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("cell", metavar="CELL",
-                   help="zoo cell name, equations file, or file.py:function")
-    p.add_argument("--input-size", type=int, default=DEFAULT_INPUT, metavar="I",
-                   help=f"input features (default {DEFAULT_INPUT})")
-    p.add_argument("--hidden-size", type=int, default=DEFAULT_HIDDEN, metavar="H",
-                   help=f"hidden features (default {DEFAULT_HIDDEN})")
+    p.add_argument("cell", metavar="CELL", help=CELL_HELP)
+    add_size_args(p)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
 
 
 def _cell_from_args(args: argparse.Namespace) -> Cell:
-    for name in ("input_size", "hidden_size"):
-        if getattr(args, name) <= 0:
-            raise CellSpecError(f"--{name.replace('_', '-')} must be positive, got "
-                                f"{getattr(args, name)}")
+    check_sizes(args)
     return resolve_cell(args.cell, args.input_size, args.hidden_size, args.dtype)
 
 
@@ -244,7 +406,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
         written = viz.render(g, out)
     except viz.DotNotFoundError as e:
         raise CellSpecError(str(e)) from e
-    print(f"wrote {written} ({args.stage} graph of cell {cell.name})")
+    print(f"wrote {written} ({args.stage} graph of cell {cell.name}: {cell_sizes(cell)})")
     return 0
 
 
@@ -262,6 +424,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _check_output_dir(out)
     cell = _cell_from_args(args)
+    print(f"cell {cell.name}: {cell_sizes(cell)}, {args.dtype}")
     written = export_cell(cell, args.backend, emits, out, args.dtype, args.arch)
     for kind, path in written:
         print(f"wrote {path} ({kind})")
@@ -420,8 +583,11 @@ def bench_with_bench_cpu(bc: Any, zoo_name: str, T: int, B: int, H: int, repeat:
                          with_ref: bool) -> list[dict[str, Any]]:
     """benchmarks/bench_cpu.bench_config for one configuration (llvm, ref, torch.nn, PyTorch
     eager and TorchScript, JAX), as rows of this module's table."""
-    raw, compile_s = bc.bench_config(zoo_name, T, B, H, repeat, 120.0, with_ref,
-                                     ["infer", "train"])
+    # the script reports its correctness checks as "<!-- check ... -->" lines for its markdown
+    # report; here they are progress, not results: stderr, so stdout is the table alone
+    with contextlib.redirect_stdout(sys.stderr):
+        raw, compile_s = bc.bench_config(zoo_name, T, B, H, repeat, 120.0, with_ref,
+                                         ["infer", "train"])
     rows: dict[str, dict[str, Any]] = {}
     for r in raw:
         row = rows.setdefault(r["impl"], {"name": r["impl"], "compile_s": None})
@@ -502,22 +668,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise CellSpecError(f"cannot write {plot}: the bar chart is a PNG; name it .png")
         _check_output_file(plot)
     cell = _cell_from_args(args)
+    I = int(cell.inputs[0].shape[1]) if cell.inputs else 0
+    H = int(cell.states[0].shape[1]) if cell.states else 0
     zoo_name = args.cell if args.cell in _zoo() else None
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731 - a one-line logger
     bc = _bench_cpu_module() if zoo_name is not None else None
     spread = "the interquartile range"
     if (bc is not None and zoo_name in getattr(bc, "CELLS", ()) and "llvm" in backends
-            and args.input_size == args.hidden_size and args.dtype == "float32"
+            and I == H and len(cell.inputs) == 1 and args.dtype == "float32"
             and set(backends) <= {"llvm", "ref", "torch"}):
         # the project's CPU benchmark knows this configuration: PyTorch eager, TorchScript
         # and JAX versions of the same cell join the comparison
-        rows = bench_with_bench_cpu(bc, zoo_name, args.seq_len, args.batch, args.hidden_size,
-                                    args.repeat, "ref" in backends)
+        rows = bench_with_bench_cpu(bc, zoo_name, args.seq_len, args.batch, H, args.repeat,
+                                    "ref" in backends)
         spread = "max - min"
     else:
         rows = bench_cell(cell, backends, args.seq_len, args.batch, args.repeat, zoo_name, log)
-    title = (f"cell {cell.name}: T={args.seq_len} B={args.batch} I={args.input_size} "
-             f"H={args.hidden_size} {args.dtype}, {args.repeat} repetitions")
+    title = (f"cell {cell.name}: T={args.seq_len} B={args.batch} I={I} H={H} {args.dtype}, "
+             f"{args.repeat} repetitions")
     print(format_table(rows, title, spread))
     if plot is not None:
         if plot_rows(rows, title, plot):
@@ -546,7 +714,7 @@ def add_subcommands(subparsers: Any) -> None:
     """Register viz, compile and bench on the ``graphrnn`` parser's subparsers."""
     p = subparsers.add_parser("viz", help="draw a cell, its backward graph or its plan",
                               description="Draw a cell's forward step, backward step or "
-                              "optimized plan as SVG, PNG, PDF or DOT.")
+                              "optimized plan as SVG, PNG, PDF or DOT.", epilog=SIZES_HELP)
     _add_cell_args(p)
     p.add_argument("--stage", choices=("forward", "backward", "plan"), default="forward")
     p.add_argument("--sweep", choices=("forward", "backward", "both"), default="both",
@@ -557,7 +725,8 @@ def add_subcommands(subparsers: Any) -> None:
 
     p = subparsers.add_parser("compile", help="export native code of a cell (LLVM or CUDA)",
                               description="Write the compiled cell: LLVM IR, object file, "
-                              "shared library and C header, or CUDA C and PTX.")
+                              "shared library and C header, or CUDA C and PTX.",
+                              epilog=SIZES_HELP)
     _add_cell_args(p)
     p.add_argument("--backend", choices=tuple(EMITS), default="llvm")
     p.add_argument("--emit", nargs="+", metavar="KIND",
@@ -569,7 +738,7 @@ def add_subcommands(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="time one cell on the available backends",
                               description="Time a training step (forward + BPTT) and inference "
                               "of one cell at one size on each backend, print a table and "
-                              "draw a bar chart.")
+                              "draw a bar chart.", epilog=SIZES_HELP)
     _add_cell_args(p)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=50)

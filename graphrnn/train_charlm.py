@@ -12,7 +12,15 @@ every Python installation has. Any text file works with ``--data``. Training sho
 matplotlib), then prints samples and where the files are.
 
 ``build_model(options)`` rebuilds the model from the options stored in a checkpoint, which is how
-``graphrnn sample`` works.
+``graphrnn sample`` works. A cell from an equations file is stored as the file's text (under
+``options["equations"]``; the path is kept only as information), so a checkpoint does not depend
+on the file staying where it was; a ``file.py:function`` cell is code, which is not stored: its
+checkpoint needs the file at the recorded path.
+
+Layer sizes reach an equations file the way ``--input-size``/``--hidden-size`` do for the other
+commands (``graphrnn.cli_tools.equations_cell``): layer 0's input is the vocabulary (one-hot) or
+``--embed``, upper layers' the layer below, every state gets ``--hidden``; a file without
+``input``/``state`` lines is read as input ``x`` and state ``h``.
 """
 
 from __future__ import annotations
@@ -21,7 +29,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,29 +65,60 @@ def nngraph_lstm(input_size: int, hidden_size: int, dtype: str = "float32") -> C
                      name="charrnn_lstm", dtype=dtype)
 
 
-def resolve_layer_cell(spec: str, input_size: int, hidden_size: int, dtype: str) -> Cell:
+def resolve_layer_cell(spec: str, input_size: int | None, hidden_size: int | None, dtype: str,
+                       *, size_flags: tuple[str, str] = ("--input-size", "--hidden-size"),
+                       one_input: bool = False) -> Cell:
     """A layer's cell: ``nngraph-lstm`` (above), a zoo name, an equations file or
-    ``file.py:function`` (``graphrnn.cli_tools.resolve_cell``)."""
-    if spec == DEFAULT_CELL:
-        try:
-            return nngraph_lstm(input_size, hidden_size, dtype)
-        except ImportError as e:
-            warnings.warn(f"nngraph frontend unavailable ({e}); using the zoo LSTM",
-                          RuntimeWarning, stacklevel=2)
-            spec = "lstm"
+    ``file.py:function`` (``graphrnn.cli_tools.resolve_cell``, which knows all four)."""
     from .cli_tools import resolve_cell
-    return resolve_cell(spec, input_size, hidden_size, dtype)
+    return resolve_cell(spec, input_size, hidden_size, dtype, size_flags=size_flags,
+                        one_input=one_input)
 
 
-def build_model(opts: dict[str, Any]) -> RNNModel:
-    """The model described by ``opts`` (as stored in checkpoints under ``options``)."""
+def _missing_cell_file(opts: dict[str, Any], checkpoint: str) -> str | None:
+    """The file a checkpoint's cell needs and that is gone, if any."""
+    from .cli_tools import is_python_spec
+    spec = str(opts.get("cell", ""))
+    if "equations" in opts:
+        return None  # rebuilt from the stored text
+    path = spec.rpartition(":")[0] if is_python_spec(spec) else spec
+    if (is_python_spec(spec) or os.path.isabs(spec)) and not os.path.exists(path):
+        return path
+    return None
+
+
+def build_model(opts: dict[str, Any], checkpoint: str | None = None) -> RNNModel:
+    """The model described by ``opts`` (as stored in checkpoints under ``options``); pass the
+    ``checkpoint``'s path when the options come from one, for the message when its cell's file
+    is gone."""
+    from .cli_tools import CellSpecError, equations_cell, equations_source
+    if checkpoint is not None:
+        gone = _missing_cell_file(opts, checkpoint)
+        if gone is not None:
+            raise CellSpecError(f"{checkpoint}: its cell {opts['cell']} needs the file {gone}, "
+                                "which is missing; put the file back there (a checkpoint "
+                                "stores a Python cell's path, not its code)")
     dtype = opts.get("dtype", "float32")
     embed = int(opts.get("embed") or 0)
     V = int(opts["vocab_size"])
     size = embed if embed else V
+    hidden = int(opts["hidden"])
+    eq = opts.get("equations")
+    # a checkpoint from before the equations text was stored was trained with the file's own
+    # state sizes, whatever --hidden said (its input size had to be the layer's anyway): rebuild
+    # it the same way
+    legacy = checkpoint is not None and eq is None and equations_source(opts["cell"]) is not None
     cells: list[Any] = []
-    for _ in range(int(opts["layers"])):
-        c = resolve_layer_cell(opts["cell"], size, int(opts["hidden"]), dtype)
+    for i in range(int(opts["layers"])):
+        # where a layer's sizes come from, for the message when an equations file disagrees
+        first = "--embed" if embed else "the vocabulary size (one-hot input)"
+        flags = (first if i == 0 else "the layer below", "--hidden")
+        if eq is not None:
+            c = equations_cell(eq["text"], eq.get("name", "cell.eq"), size, hidden, dtype,
+                               flags)
+        else:
+            c = resolve_layer_cell(opts["cell"], size, None if legacy else hidden, dtype,
+                                   size_flags=flags, one_input=True)
         cells.append(c)
         size = int(c.outputs[0].shape[1])
     return RNNModel(cells, n_classes=V, vocab_size=V,
@@ -103,7 +141,10 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--cell", default=DEFAULT_CELL,
                    help="nngraph-lstm (default), a zoo cell (lstm, gru, mut1, ...), an equations "
-                   "file, or file.py:function returning a Cell or an nngraph gModule")
+                   "file, or file.py:function returning a Cell or an nngraph gModule. An "
+                   "equations file gets the layer's input size (vocabulary, --embed or the layer "
+                   "below) and --hidden for every state; sizes it declares must agree; without "
+                   "'input NAME: SIZE' / 'state NAME: SIZE' lines it is read as input x, state h")
     g.add_argument("--backend", default="auto",
                    help="auto (llvm, else ref), llvm, ref, program, cuda")
     g.add_argument("--layers", type=int, default=2)
@@ -157,10 +198,25 @@ def _check_args(a: argparse.Namespace) -> None:
         raise ValueError(f"--embed must be >= 0, got {a.embed}")
 
 
+def _output_dir(path: Path) -> Path:
+    """Create the output folder now, before minutes of training, with a one-line reason when
+    it cannot be written (a file in the way, no permission)."""
+    if path.exists() and not path.is_dir():
+        raise OSError(f"cannot write to {path}: it is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot write to {path}: {e.strerror or e}") from e
+    if not os.access(path, os.W_OK):
+        raise OSError(f"cannot write to {path}: permission denied")
+    return path
+
+
 def run(a: argparse.Namespace, out: Any = None) -> int:
     """Train as the arguments say; print samples and where the files went."""
     out = out or sys.stdout
     _check_args(a)
+    outdir = _output_dir(Path(a.out))
     if a.data:
         text, source = read_text(a.data), a.data
     else:
@@ -172,15 +228,20 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
         vocab = Vocab.from_json(resume_meta["vocab"])
         opts = resume_meta["options"]
     else:
+        from .cli_tools import equations_source, is_python_spec
         vocab = Vocab.from_text(text)
         cell = a.cell
-        if ":" in cell or os.path.exists(cell):  # a file: keep it findable from elsewhere
-            head, sep, fn = cell.rpartition(":") if cell.rpartition(":")[0].endswith(".py") \
-                else (cell, "", "")
+        eq = equations_source(cell)
+        if is_python_spec(cell):  # code is not stored: keep the file findable from elsewhere
+            head, sep, fn = cell.rpartition(":")
             cell = str(Path(head).resolve()) + sep + fn
+        elif eq is not None:  # the path is information only; the cell is rebuilt from the text
+            cell = eq["path"]
         opts = {"cell": cell, "layers": a.layers, "hidden": a.hidden, "embed": a.embed,
                 "dropout": a.dropout, "dtype": a.dtype, "backend": a.backend,
                 "vocab_size": len(vocab), "seq_len": a.seq_len, "batch": a.batch}
+        if eq is not None:
+            opts["equations"] = {"name": eq["name"], "text": eq["text"]}
     ids = np.array([vocab.index.get(c, -1) for c in text], np.int64)
     if (ids < 0).any():
         raise ValueError(f"{source} has characters the checkpoint's vocabulary lacks, e.g. "
@@ -189,10 +250,12 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
     train = StreamBatcher(train_ids, int(opts["batch"]), int(opts["seq_len"]))
     val = StreamBatcher(val_ids, int(opts["batch"]), int(opts["seq_len"])) \
         if len(val_ids) > int(opts["batch"]) * (int(opts["seq_len"]) + 1) else None
-    model = build_model(opts)
+    model = build_model(opts, a.resume)
     backend = model.layers[0].fwd.backend_name
+    from .cli_tools import cell_sizes
+    cell0 = model.layers[0].fwd.cell
     print(f"data: {source}: {len(text):,} characters, vocabulary {len(vocab)}", file=out)
-    print(f"model: {opts['layers']} x {model.layers[0].fwd.cell.name} (hidden {opts['hidden']}),"
+    print(f"model: {opts['layers']} x {cell0.name} ({cell_sizes(cell0)}),"
           f" {sum(v.size for v in model.init_params(0).values()):,} parameters, backend "
           f"{backend}", file=out)
     overrides = forget_bias_overrides(model, a.forget_bias) if a.forget_bias is not None \
@@ -201,8 +264,6 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
     schedule = StepDecay(a.decay_after, a.decay_every, a.decay) if a.decay != 1.0 else None
     hyper = {"momentum": a.momentum} if a.optimizer == "sgd" else {}
     opt = make_optimizer(a.optimizer, a.lr, schedule, **hyper)
-    outdir = Path(a.out)
-    outdir.mkdir(parents=True, exist_ok=True)
     ck = outdir / "checkpoint.npz"
     minutes = a.minutes if a.minutes is not None or a.steps is not None else 3.0
     cfg = TrainConfig(steps=a.steps, minutes=minutes, clip=a.clip or None,

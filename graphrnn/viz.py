@@ -834,8 +834,14 @@ def plan_dot(program: Any, title: str | None = None, sweeps: Sequence[str] = ("f
     it fused, GEMMs as bold boxes with their shapes (T·B rows before/after the loop, B in it)."""
     gv = _need_graphviz()
     g = gv.Digraph(name=f"plan_{program.cell_name}")
-    title = title or (f"plan of cell {program.cell_name} ({program.dtype}): "
-                      f"{len(program.kernels())} kernels")
+    drawn = [name for name in ("forward", "backward") if name in sweeps]
+    if title is None:
+        # count the kernels of the sweeps drawn, not of the whole program: a one-sweep picture
+        # titled with both sweeps' count shows fewer kernels than it claims
+        n = len(_sweep_kernels(program, drawn))
+        where = "" if len(drawn) == 2 else f" in the {drawn[0]} sweep" if drawn else ""
+        title = (f"plan of cell {program.cell_name} ({program.dtype}): {n} "
+                 f"kernel{'' if n == 1 else 's'}{where}")
     g.attr(rankdir="TB", fontname="Helvetica", labelloc="t", label=title, compound="true",
            newrank="true")
     g.attr("node", fontname="Helvetica", fontsize="11")
@@ -855,6 +861,18 @@ def plan_dot(program: Any, title: str | None = None, sweeps: Sequence[str] = ("f
         res += [(f"d {pc.name}", pc.ref) for pc in program.grad_pieces]
         dr.bindings("backward", w, res)
     return g
+
+
+def _sweep_kernels(program: Any, sweeps: Sequence[str]) -> list[str]:
+    """The distinct kernel names the given sweeps launch, in first-use order."""
+    from .program import Kernel
+    seen: dict[str, None] = {}
+    for name in sweeps:
+        for _ph, steps in getattr(program, name).phases():
+            for s in steps:
+                if isinstance(s, Kernel):
+                    seen.setdefault(s.kernel.name)
+    return list(seen)
 
 
 def _step_writes(s: Any) -> list[Any]:

@@ -29,6 +29,9 @@ hc = tanh(W_c @ [r * h, x] + b_c)
 h_next = (1 - z) * h + z * hc
 output h_next
 """
+# the same cell without header lines: its input and state are x and h by the CLI's convention,
+# their sizes come from --input-size / --hidden-size, its name from the file
+GRU_NOHEAD = "\n".join(GRU_EQ.splitlines()[3:7]) + "\n"
 PY_CELLS = '''
 from frontends.trace import CellBuilder, tanh
 
@@ -57,6 +60,14 @@ def broken(input_size):
 
 def not_a_cell():
     return 42
+
+
+def two_inputs(input_size, hidden_size):
+    from graphrnn import nn
+    x, h = nn.Identity()(), nn.Identity()()
+    y = nn.Tanh()(nn.CAddTable()([nn.Linear(input_size, hidden_size)(x),
+                                   nn.Linear(hidden_size, hidden_size)(h)]))
+    return nn.gModule([x, h], [y])
 '''
 
 
@@ -67,6 +78,9 @@ def files(tmp_path):
     (tmp_path / "cells.py").write_text(PY_CELLS)
     (tmp_path / "syntax.py").write_text("def f(:\n    pass\n")
     (tmp_path / "binary.eq").write_bytes(b"\xff\xfe\x00bad")
+    (tmp_path / "gru_nohead.eq").write_text(GRU_NOHEAD)
+    # the names are not x/h and there is no header to say so
+    (tmp_path / "renamed.eq").write_text(GRU_NOHEAD.replace("x", "inp"))
     return tmp_path
 
 
@@ -102,7 +116,8 @@ def test_resolve_cell_from_zoo_equations_and_python(files):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("lstmm", "unknown cell 'lstmm'; CELL is a zoo cell (cifg_lstm"),
+    ("lstmm", "unknown cell 'lstmm'; CELL is nngraph-lstm (char-rnn's LSTM), a zoo cell "
+     "(cifg_lstm"),
     ("missing/file.eq", "no such file: missing/file.eq"),
     ("{d}", "is a directory, not an equations file"),
     ("{d}/bad.eq", "bad.eq:6: unknown function 'tanhh'"),
@@ -121,6 +136,40 @@ def test_resolve_cell_errors(files, spec, message):
     assert "\n" not in str(ei.value)
 
 
+def test_equations_file_gets_the_command_line_sizes(files):
+    # no header lines: x and h by convention, sized by the arguments, named after the file
+    c = resolve_cell(str(files / "gru_nohead.eq"), 3, 7)
+    assert [n.arg for n in c.inputs] == ["x"] and [n.arg for n in c.states] == ["h"]
+    assert c.inputs[0].shape == ("B", 3) and c.states[0].shape == ("B", 7)
+    assert c.name == "gru_nohead"
+    assert resolve_cell(str(files / "gru_nohead.eq")).states[0].shape == ("B", 32)
+    # with header lines: sizes that agree are accepted, None keeps the file's
+    e = resolve_cell(str(files / "gru.eq"), 3, 4)
+    assert e.name == "mygru" and e.states[0].shape == ("B", 4)
+    assert resolve_cell(str(files / "gru.eq"), None, 4).inputs[0].shape == ("B", 3)
+
+
+@pytest.mark.parametrize("spec, sizes, message", [
+    ("gru.eq", (3, 16), "gru.eq:3: state h is declared with size 4, but --hidden-size gives 16"),
+    ("gru.eq", (5, None), "gru.eq:2: input x is declared with size 3, but --input-size gives 5"),
+    ("renamed.eq", (3, 4), "needs 'input NAME: SIZE' / 'state NAME: SIZE' header lines"),
+])
+def test_equations_file_sizes_that_cannot_apply(files, spec, sizes, message):
+    with pytest.raises(CellSpecError) as ei:
+        resolve_cell(str(files / spec), *sizes)
+    assert message in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_layer_cell_from_a_raw_gmodule_hints_to_cell(files):
+    spec = f"{files / 'cells.py'}:two_inputs"
+    assert len(resolve_cell(spec, 3, 4).inputs) == 2  # fine to draw or compile
+    with pytest.raises(CellSpecError) as ei:
+        resolve_cell(spec, 3, 4, one_input=True)
+    msg = str(ei.value)
+    assert "exactly one float input" in msg and "returned an nngraph gModule" in msg
+    assert "g.to_cell(inputs=[...], states=[...], next_states=[...])" in msg
+
+
 def test_resolve_cell_wrong_size_for_a_square_zoo_cell():
     with pytest.raises(CellSpecError, match="zoo cell mut1: "):
         resolve_cell("mut1", 3, 4)
@@ -134,7 +183,7 @@ def test_viz_forward_backward_plan_as_dot(capsys, tmp_path):
         rc, text, err = run(capsys, "viz", "lstm", "--stage", stage, "-o", out,
                             "--input-size", 3, "--hidden-size", 4)
         assert rc == 0, err
-        assert text.strip() == f"wrote {out} ({stage} graph of cell lstm)"
+        assert text.strip() == f"wrote {out} ({stage} graph of cell lstm: input 3, hidden 4)"
         src = out.read_text()
         assert src.startswith("digraph")
         if stage == "plan":
@@ -150,6 +199,24 @@ def test_viz_plan_one_sweep(capsys, tmp_path):
     assert rc == 0, err
     src = (tmp_path / "p.dot").read_text()
     assert "cluster_forward" in src and "cluster_backward" not in src
+    drawn = len(re.findall(r"subgraph cluster_kernel_", src))
+    assert re.search(rf"\): {drawn} kernels? in the forward sweep", src)
+
+
+def test_viz_sizes_reach_an_equations_file(capsys, files):
+    rc, out, err = run(capsys, "viz", files / "gru_nohead.eq", "--input-size", 3,
+                       "--hidden-size", 5, "-o", files / "n.dot")
+    assert rc == 0, err
+    assert out.strip() == f"wrote {files / 'n.dot'} (forward graph of cell gru_nohead: input 3, " \
+        "hidden 5)"
+    src = (files / "n.dot").read_text()
+    assert "x\\ninput\\nf32[B,3]" in src and "h\\nstate\\nf32[B,5]" in src
+    # a header's sizes are used when no flag is given, and a flag that disagrees is an error
+    rc, out, err = run(capsys, "viz", files / "gru.eq", "-o", files / "g.dot")
+    assert rc == 0 and "cell mygru: input 3, hidden 4" in out, err
+    rc, _, err = run(capsys, "viz", files / "gru.eq", "--hidden-size", 16, "-o", files / "g.dot")
+    one_line_error(rc, err, "gru.eq:3: state h is declared with size 4, but --hidden-size "
+                   "gives 16")
 
 
 @pytest.mark.skipif(not HAS_DOT, reason="Graphviz `dot` program not installed")
@@ -178,6 +245,7 @@ def test_viz_without_dot_program_writes_dot_and_says_what_to_install(capsys, tmp
     (["viz", "lstm", "-o", "{d}/x.jpg"], "unknown picture format '.jpg'"),
     (["viz", "lstm", "-o", "{d}"], "is a directory"),
     (["viz", "lstm", "--hidden-size", "0", "-o", "{d}/x.dot"], "--hidden-size must be"),
+    (["viz", "{d}/renamed.eq", "-o", "{d}/x.dot"], "needs 'input NAME: SIZE' / 'state NAME"),
 ])
 def test_viz_bad_input_one_line(capsys, files, args, message):
     rc, _, err = run(capsys, *[a.format(d=files) for a in args])
@@ -209,6 +277,7 @@ def test_compile_llvm_ir_and_header(capsys, tmp_path):
     rc, out, err = run(capsys, "compile", "rnn_tanh", "--emit", "ir", "header", "-o",
                        tmp_path / "build", "--input-size", 3, "--hidden-size", 4)
     assert rc == 0, err
+    assert out.splitlines()[0] == "cell rnn_tanh: input 3, hidden 4, float32"
     written = re.findall(r"^wrote (\S+) \((\w+)\)$", out, re.M)
     assert [k for _, k in written] == ["ir", "header"]
     ll, h = (Path(p) for p, _ in written)
@@ -271,6 +340,7 @@ def test_bench_generic_path_prints_table_and_chart(capsys, tmp_path):
                        "--plot", plot)
     assert rc == 0, err
     assert "cell rnn_tanh: T=3 B=2 I=3 H=4 float32, 2 repetitions" in out
+    assert "<!--" not in out
     rows = [ln for ln in out.splitlines() if ln.startswith("graphrnn ")]
     assert [r.split()[1] for r in rows] == ["ref", "program"]
     for r in rows:  # compile s, inference ms ± spread, train ms ± spread, ratio
@@ -284,7 +354,20 @@ def test_bench_generic_path_prints_table_and_chart(capsys, tmp_path):
         assert f"wrote {plot}" in out and plot.read_bytes().startswith(b"\x89PNG")
 
 
-def test_bench_rows_from_the_cpu_benchmark_script():
+def test_bench_reports_the_sizes_of_an_equations_file(capsys, files):
+    # no size flags: the title shows the sizes the header gave the cell, not the defaults
+    rc, out, err = run(capsys, "bench", files / "gru.eq", "--backends", "ref", "--batch", 2,
+                       "--seq-len", 2, "--repeat", 1, "--no-plot")
+    assert rc == 0, err
+    assert "cell mygru: T=2 B=2 I=3 H=4 float32" in out
+    rc, out, err = run(capsys, "bench", files / "gru_nohead.eq", "--backends", "ref",
+                       "--input-size", 2, "--hidden-size", 3, "--batch", 2, "--seq-len", 2,
+                       "--repeat", 1, "--no-plot")
+    assert rc == 0, err
+    assert "cell gru_nohead: T=2 B=2 I=2 H=3 float32" in out
+
+
+def test_bench_rows_from_the_cpu_benchmark_script(capsys):
     class FakeBenchCpu:
         CELLS = ("lstm",)
 
@@ -297,8 +380,12 @@ def test_bench_rows_from_the_cpu_benchmark_script():
                 for impl, ms in (("graphrnn llvm", 2.0), ("torch.nn.LSTM", 4.0)):
                     rows.append({"mode": mode, "impl": impl, "ms": ms * scale,
                                  "min": ms * scale - 0.5, "max": ms * scale + 0.5})
+            print("<!-- check torch.nn.LSTM vs graphrnn llvm: ok -->")
             return rows, {"cold": 0.25, "warm": 0.01}
     rows = bench_with_bench_cpu(FakeBenchCpu, "lstm", 5, 2, 8, 3, False)
+    # the script's check lines are progress: stderr, so stdout is the table alone
+    out, err = capsys.readouterr()
+    assert "<!-- check" not in out and "<!-- check torch.nn.LSTM" in err
     assert [r["name"] for r in rows] == ["graphrnn llvm", "torch.nn.LSTM"]
     assert rows[0]["train_ms"] == 6.0 and rows[0]["infer_spread_ms"] == 1.0
     assert rows[0]["compile_s"] == 0.25 and rows[1]["compile_s"] is None
@@ -334,8 +421,11 @@ def test_console_script_runs_viz(tmp_path):
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_debug_flag_shows_the_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "graphrnn.cli", "--debug", "viz", "nosuchcell"],
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_flag_shows_the_traceback(where):
+    args = ["viz", "nosuchcell"]
+    args = ["--debug", *args] if where == "before" else [*args, "--debug"]
+    r = subprocess.run([sys.executable, "-m", "graphrnn.cli", *args],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "Traceback" in r.stderr and "CellSpecError" in r.stderr
 

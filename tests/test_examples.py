@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +149,18 @@ def test_new_cell(corpus, capsys):
         assert f"{cell} (equations)" in out and "lstm (zoo)" in out
     c = mod.equation_cell("mut1", 5)
     assert sorted(c.param_shapes()) == ["W_hh", "W_hr", "W_xr", "W_xz", "b_h", "b_r", "b_z"]
+
+
+def test_lecture_lstm_gradient_check_passes(capsys):
+    mod = _load("lecture_lstm")
+    assert mod.main() == 0  # no arguments: it exits non-zero when a gradient check fails
+    out = capsys.readouterr().out
+    assert "# forward IR" in out and "# backward IR" in out
+    # every parameter of the lecture's 8 Linear modules, the inputs and both initial states
+    # are checked, each well inside the tolerance
+    errs = {m[0]: float(m[1]) for m in re.findall(r"^  (\S+(?: \(all steps\))?)\s+rel err "
+                                                   r"(\S+)$", out, re.M)}
+    assert {f"Linear_{i}_{p}" for i in range(1, 9) for p in "Wb"} <= set(errs)
+    assert {"x (all steps)", "h0", "c0"} <= set(errs)
+    assert max(errs.values()) < mod.TOLERANCE
+    assert re.search(r"^max relative error \S+ \(tolerance 1e-06\): PASS$", out, re.M)

@@ -319,6 +319,21 @@ def test_plan_dot_of_a_hand_written_program():
         assert f'label="{name}"' in src
 
 
+def test_plan_title_counts_the_kernels_of_the_sweeps_drawn():
+    # rnn_program has one kernel per sweep; a one-sweep picture must not claim both
+    p = rnn_program()
+    both = viz.plan_dot(p).source
+    fwd = viz.plan_dot(p, sweeps=("forward",)).source
+    bwd = viz.plan_dot(p, sweeps=("backward",)).source
+    assert "plan of cell rnn (float64): 2 kernels\"" in both
+    assert "plan of cell rnn (float64): 1 kernel in the forward sweep" in fwd
+    assert "plan of cell rnn (float64): 1 kernel in the backward sweep" in bwd
+    # the number in the title is the number of kernel clusters drawn
+    for src in (both, fwd, bwd):
+        drawn = len([c for c in _clusters(src) if c.startswith("cluster_kernel_")])
+        assert re.search(rf": {drawn} kernels?\b", src), src[:200]
+
+
 @needs_dot
 def test_plan_renders(tmp_path):
     out = viz.render(viz.plan_dot(rnn_program()), tmp_path / "plan.svg")
