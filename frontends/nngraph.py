@@ -64,6 +64,7 @@ import numpy as np
 
 from graphrnn import ir
 from graphrnn.errors import (
+    BackendError,
     GraphError,
     GraphRNNError,
     ModuleUsageError,
@@ -767,6 +768,17 @@ def _identifier(s: str) -> str:
     return "_" + s if not s or s[0].isdigit() else s
 
 
+_debug: dict[str, str | None] = {"svg": None}
+
+
+def setDebug(on: bool = True, svg_path: str = "graphrnn_debug.svg") -> None:  # noqa: N802
+    """nngraph's ``nngraph.setDebug(true)``: while on, a ``gModule.forward`` that raises or
+    produces a NaN/Inf writes ``svg_path`` (the graph with the failing node in red; ``.dot``
+    beside it without the ``dot`` program) and raises an error naming the node and the line
+    that created it."""
+    _debug["svg"] = str(svg_path) if on else None
+
+
 def _check_node_list(what: str, xs: Any) -> list[Node]:
     if isinstance(xs, Node):
         raise ModuleUsageError(f"gModule: {what} must be a list of nodes (a Lua table), got one "
@@ -1049,7 +1061,10 @@ class gModule:  # noqa: N801 - Torch's name
         for node in ir.toposort(roots):
             if node.op is Ops.PARAM:
                 env[node] = params[node.arg].astype(dtype)
-        res = iter(evaluate(roots, env, batch=arrays[0].shape[0]))
+        if _debug["svg"] is None:
+            res = iter(evaluate(roots, env, batch=arrays[0].shape[0]))
+        else:
+            res = iter(self._debug_evaluate(roots, env, arrays, params, dtype))
         outs: list[Any] = []
         for v in shapes:
             if isinstance(v, list):
@@ -1059,6 +1074,28 @@ class gModule:  # noqa: N801 - Torch's name
             else:
                 outs.append(next(res))
         return outs[0] if len(outs) == 1 else outs
+
+    def _debug_evaluate(self, roots: list[IRNode], env: dict[IRNode, np.ndarray],
+                        arrays: list[np.ndarray], params: dict[str, np.ndarray],
+                        dtype: str) -> list[np.ndarray]:
+        """setDebug's forward: when it raises or yields a NaN/Inf, replay it in graphrnn.viz's
+        debug mode, which draws the failing node in red and raises an error naming it."""
+        from graphrnn import viz
+        try:
+            with np.errstate(all="ignore"):
+                res = evaluate(roots, env, batch=arrays[0].shape[0])
+            if all(np.all(np.isfinite(r)) for r in res if r.dtype.kind == "f"):
+                return res
+        except Exception:  # noqa: BLE001 - replayed below, where the error is named
+            pass
+        sizes: dict[Ref, int] = {i: int(a.shape[1]) for i, a in enumerate(arrays)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cell = self.to_cell(sizes=sizes, dtype=dtype)
+        xs = [a[None].astype(c.dtype, copy=False) for a, c in zip(arrays, cell.inputs)]
+        with np.errstate(all="ignore"):
+            viz.debug_forward(cell, params, xs, svg_path=_debug["svg"], gmodule=self)
+        raise BackendError("gModule.forward failed, but not when replayed in debug mode")
 
     def to_cell(self, inputs: Sequence[Ref] | None = None, states: Sequence[Ref] = (),
                 outputs: Sequence[Ref] | None = None, next_states: Sequence[Ref] | None = None,

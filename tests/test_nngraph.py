@@ -654,3 +654,25 @@ def test_more_mistakes_get_a_hint():
                                                     rf"\): id {bad} is out of range: ids are "
                                                     r"0-based in \[0, 5\) \(Torch's"):
             lut.forward(np.array([[0], [bad]]))
+
+
+def test_set_debug_draws_the_failing_node(tmp_path):
+    x, h = nn.Identity()(), nn.Identity()()
+    ratio = nn.CDivTable()([x, h])
+    line = _line() - 1
+    g = nn.gModule([x, h], [nn.Sigmoid()(nn.Tanh()(ratio))])
+    ok = [np.ones((2, 3)), np.ones((2, 3))]
+    svg = tmp_path / "dbg.svg"
+    nn.setDebug(True, str(svg))
+    try:
+        np.testing.assert_allclose(g.forward(ok), 1 / (1 + np.exp(-np.tanh(1.0))))
+        assert not svg.exists() and not svg.with_suffix(".dot").exists()
+        with pytest.raises(graphrnn.BackendError, match=rf"failed at step t=0 in node div "
+                                                        rf"f64\[B,3\] created at .*"
+                                                        rf"test_nngraph.py:{line}: non-finite"):
+            g.forward([np.zeros((2, 3)), np.zeros((2, 3))])          # 0 / 0
+        assert svg.exists() or svg.with_suffix(".dot").exists()
+    finally:
+        nn.setDebug(False)
+    with np.errstate(invalid="ignore"):                              # off: numpy's NaN, no file
+        assert np.isnan(g.forward([np.zeros((2, 3)), np.zeros((2, 3))])).all()
