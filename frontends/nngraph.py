@@ -989,8 +989,12 @@ class gModule:  # noqa: N801 - Torch's name
             if ir.site_of(v) == lower_site:
                 ir.set_site(v, n.site)
             stack.extend(v.src)
-        if isinstance(out, IRNode) and n.annotations:
-            ir.annotations(out).update(n.annotations)
+        if isinstance(out, IRNode):
+            if n.annotations:
+                ir.annotations(out).update(n.annotations)
+            # pictures label the node by the module that made it (an Identity returns its
+            # input node itself: the producer's name stays)
+            ir.annotations(out).setdefault("module", n.module.typename)
         return out
 
     def _ref(self, what: str, ref: Ref, outputs: bool = False) -> int:

@@ -250,7 +250,7 @@ def test_annotations_reach_the_ir_node():
     cell = nn.gModule([x], [y]).to_cell()
     out = cell.outputs[0]
     assert ir.annotations(out) == {"name": "i2h", "description": "input to hidden",
-                                   "graphAttributes": {"color": "red"}}
+                                   "graphAttributes": {"color": "red"}, "module": "nn.Linear"}
     assert cell.output_names == ("i2h",)
     assert cell.inputs[0].arg == "x"
     assert {"i2h_W", "i2h_b"} == {p.arg for p in cell.params}

@@ -402,3 +402,12 @@ def test_debug_forward_marks_the_failing_gmodule_node(tmp_path):
     text = written.read_text()
     assert "module = nn.Linear(3" in text  # the module-level picture
     assert text.count("failed here") == 1
+
+
+def test_nngraph_cell_nodes_are_labelled_by_their_module():
+    from graphrnn import nn
+    src = viz.dot_source(viz.cell_dot(nn.lecture_lstm(3, 4)))
+    labels = re.findall(r'label="([^"\\]*)\\n', src)
+    for module, count in (("nn.Linear", 8), ("nn.CAddTable", 5), ("nn.Sigmoid", 3),
+                          ("nn.CMulTable", 3), ("nn.Tanh", 2)):
+        assert labels.count(module) == count, (module, labels)
