@@ -345,15 +345,16 @@ def _check_output_file(path: Path) -> None:
         raise CellSpecError(f"cannot write {path}: directory {parent} is not writable")
 
 
-def _check_output_dir(path: Path) -> None:
+def check_output_dir(path: Path) -> None:
+    """Create ``path`` as a directory, or say in one line why it cannot be written."""
     if path.exists() and not path.is_dir():
-        raise CellSpecError(f"cannot write into {path}: it is a file, not a directory")
+        raise CellSpecError(f"cannot write to {path}: it is a file, not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CellSpecError(f"cannot create directory {path}: {e.strerror or e}") from e
+        raise CellSpecError(f"cannot write to {path}: {e.strerror or e}") from e
     if not os.access(path, os.W_OK):
-        raise CellSpecError(f"cannot write into {path}: directory is not writable")
+        raise CellSpecError(f"cannot write to {path}: permission denied")
 
 
 CELL_HELP = f"zoo cell name, {NNGRAPH_LSTM}, equations file, or file.py:function"
@@ -422,7 +423,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         raise CellSpecError(f"--backend {args.backend} cannot emit {', '.join(bad)}; it emits "
                             f"{', '.join(EMITS[args.backend])}")
     out = Path(args.output)
-    _check_output_dir(out)
+    check_output_dir(out)
     cell = _cell_from_args(args)
     print(f"cell {cell.name}: {cell_sizes(cell)}, {args.dtype}")
     written = export_cell(cell, args.backend, emits, out, args.dtype, args.arch)

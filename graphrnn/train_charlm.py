@@ -201,14 +201,8 @@ def _check_args(a: argparse.Namespace) -> None:
 def _output_dir(path: Path) -> Path:
     """Create the output folder now, before minutes of training, with a one-line reason when
     it cannot be written (a file in the way, no permission)."""
-    if path.exists() and not path.is_dir():
-        raise OSError(f"cannot write to {path}: it is a file, not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OSError(f"cannot write to {path}: {e.strerror or e}") from e
-    if not os.access(path, os.W_OK):
-        raise OSError(f"cannot write to {path}: permission denied")
+    from .cli_tools import check_output_dir
+    check_output_dir(path)
     return path
 
 

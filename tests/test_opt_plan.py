@@ -475,23 +475,8 @@ def test_program_repr_svg(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # ---- the LSTM written as equations, W on the left (x @ Wᵀ in the IR) ----
 
-LSTM_EQUATIONS = """
-i = sigmoid(W_xi @ x + W_hi @ h + b_i)
-f = sigmoid(W_xf @ x + W_hf @ h + b_f)
-g = tanh(W_xg @ x + W_hg @ h + b_g)
-o = sigmoid(W_xo @ x + W_ho @ h + b_o)
-c_next = f * c + i * g
-h_next = o * tanh(c_next)
-"""
-
-LSTM_EQUATIONS_CONCAT = """
-i = sigmoid(W_i @ [h, x] + b_i)
-f = sigmoid(W_f @ [h, x] + b_f)
-g = tanh(W_g @ [h, x] + b_g)
-o = sigmoid(W_o @ [h, x] + b_o)
-c_next = f * c + i * g
-h_next = o * tanh(c_next)
-"""
+# the same two texts the frontends test checks against the zoo LSTM
+from test_zoo_frontends import LSTM_EQUATIONS, LSTM_EQUATIONS_CONCAT  # noqa: E402
 
 
 @pytest.mark.parametrize("text", [LSTM_EQUATIONS, LSTM_EQUATIONS_CONCAT])
