@@ -262,6 +262,9 @@ def test_rejections_name_line_and_token(text, message):
     if text.strip():
         assert e.lineno is not None or "no next value" in message or "no equation uses" \
             in message
+    if e.lineno is not None:   # the caret points into the offending line
+        line = text.splitlines()[e.lineno - 1]
+        assert e.offset is not None and 1 <= e.offset <= len(line) + 1, (e.offset, line)
 
 
 def test_error_points_at_line_and_column():
