@@ -353,7 +353,13 @@ class _Parser:
             tree = ast.parse(src, filename=self.filename, mode="exec")
         except SyntaxError as e:
             col = line.indent + (e.offset - 1 if e.offset else 0)
-            raise self.err(line, f"syntax error: {e.msg}; expected NAME = EXPRESSION",
+            # the lectures' notation for products and the subscripts they write on names
+            hints = {"·": "write @ for a matrix product", "×": "write @ for a matrix "
+                     "product or * elementwise", "⊙": "write * for the elementwise product",
+                     "ₜ": "drop the time subscript: a state is "
+                     "h_{t-1}, its next value h_next"}
+            hint = next((f" ({h})" for ch, h in hints.items() if ch in src), "")
+            raise self.err(line, f"syntax error: {e.msg}{hint}; expected NAME = EXPRESSION",
                            col=col) from None
         except (RecursionError, MemoryError, ValueError) as e:
             raise self.err(line, f"cannot parse this line ({type(e).__name__}); it is too "
@@ -637,7 +643,8 @@ class _Checker:
                               f"function by name: {', '.join(FUNCTIONS)}", node.func)
         fn = node.func.id
         if fn not in FUNCTIONS:
-            close = difflib.get_close_matches(fn, list(FUNCTIONS), n=1)
+            close = (["sigmoid"] if fn == "σ" else
+                     difflib.get_close_matches(fn, list(FUNCTIONS), n=1))
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise p.err(line, f"unknown function {fn!r}; {hint}known functions: "
                               f"{', '.join(FUNCTIONS)}", node.func)

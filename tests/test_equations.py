@@ -2,6 +2,7 @@
 trace frontend, and gradients against finite differences."""
 
 import builtins
+import re
 
 import numpy as np
 import pytest
@@ -294,6 +295,14 @@ def test_silent_parameters_are_refused(text, message, token):
     e = ei.value
     line = text.splitlines()[e.lineno - 1]
     assert e.offset == line.index(token) + 1
+
+
+@pytest.mark.parametrize("text,hint", [("h_next = tanh(W · [h, x])", "write @ for a matrix"),
+                                       ("h_next = f ⊙ h", "write * for the elementwise"),
+                                       ("h_next = σ(h)", "did you mean 'sigmoid'")])
+def test_lecture_notation_gets_a_hint(text, hint):
+    with pytest.raises(EquationError, match=re.escape(hint)):
+        eq(text)
 
 
 def test_shape_mismatch_with_declared_matmul():
