@@ -32,6 +32,7 @@ from llvmlite import ir  # noqa: E402
 
 from codegen import llvm_jit  # noqa: E402
 from codegen.llvm_blas import blas_info  # noqa: E402
+from codegen.llvm_kernels import for_range  # noqa: E402
 
 NR, MR, LANES = 32, 8, 16
 F32 = ir.FloatType()
@@ -50,34 +51,18 @@ def emit() -> str:
     m, n, k, a, lda, wp, c, ldc = fn.args
     fma = ir.Function(mod, ir.FunctionType(VEC, [VEC] * 3), f"llvm.fma.v{LANES}f32")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    # the 8 x 32 block's accumulators, in the entry block so that they become registers
+    accs = [b.alloca(VEC) for _ in range(2 * MR)]
+    zero = ir.Constant(VEC, [0.0] * LANES)
+    splat = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+    c0 = ir.Constant(I64, 0)
 
-    def loop(lo: ir.Value, hi: ir.Value, step: int, name: str, body) -> None:
-        pre = b.block
-        head = fn.append_basic_block(f"{name}.head")
-        blk = fn.append_basic_block(f"{name}.body")
-        end = fn.append_basic_block(f"{name}.end")
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(I64, name)
-        i.add_incoming(lo, pre)
-        b.cbranch(b.icmp_signed("<", i, hi), blk, end)
-        b.position_at_end(blk)
-        body(i)
-        nxt = b.add(i, ir.Constant(I64, step))
-        i.add_incoming(nxt, b.block)
-        b.branch(head)
-        b.position_at_end(end)
-
-    def panel(j0: ir.Value) -> None:
+    with for_range(b, c0, n, "j", step=NR) as j0:
         pbase = b.gep(wp, [b.mul(j0, k)], source_etype=F32)   # panel j0/32 starts at j0 * k
-
-        def rows(i0: ir.Value) -> None:
-            zero = ir.Constant(VEC, [0.0] * LANES)
-            accs = [b.alloca(VEC) for _ in range(2 * MR)]
+        with for_range(b, c0, m, "i", step=MR) as i0:
             for p in accs:
                 b.store(zero, p)
-
-            def kstep(kk: ir.Value) -> None:
+            with for_range(b, c0, k, "k") as kk:
                 wrow = b.gep(pbase, [b.mul(kk, ir.Constant(I64, NR))], source_etype=F32)
                 w0 = b.load(wrow, typ=VEC, align=4)
                 w1 = b.load(b.gep(wrow, [ir.Constant(I64, LANES)], source_etype=F32), typ=VEC,
@@ -87,24 +72,16 @@ def emit() -> str:
                                       source_etype=F32), typ=F32)
                     av = b.shuffle_vector(b.insert_element(ir.Constant(VEC, ir.Undefined), ar,
                                                            ir.Constant(ir.IntType(32), 0)),
-                                          ir.Constant(VEC, ir.Undefined),
-                                          ir.Constant(ir.VectorType(ir.IntType(32), LANES),
-                                                      [0] * LANES))
+                                          ir.Constant(VEC, ir.Undefined), splat)
                     for h, w in enumerate((w0, w1)):
-                        p = accs[2 * r + h]
-                        b.store(b.call(fma, [av, w, b.load(p, typ=VEC)]), p)
-
-            loop(ir.Constant(I64, 0), k, 1, "k", kstep)
+                        acc = accs[2 * r + h]
+                        b.store(b.call(fma, [av, w, b.load(acc, typ=VEC)]), acc)
             for r in range(MR):
                 crow = b.gep(c, [b.add(b.mul(b.add(i0, ir.Constant(I64, r)), ldc), j0)],
                              source_etype=F32)
                 for h in range(2):
                     b.store(b.load(accs[2 * r + h], typ=VEC),
                             b.gep(crow, [ir.Constant(I64, h * LANES)], source_etype=F32), align=4)
-
-        loop(ir.Constant(I64, 0), m, MR, "i", rows)
-
-    loop(ir.Constant(I64, 0), n, NR, "j", panel)
     b.ret_void()
     return str(mod)
 

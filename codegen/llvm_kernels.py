@@ -74,9 +74,9 @@ def ftype(dtype: str) -> ir.Type:
 
 @contextmanager
 def for_range(b: ir.IRBuilder, start: ir.Value, stop: ir.Value,
-              name: str = "i") -> Iterator[ir.Value]:
-    """``for (i = start; i < stop; i++) { body }``: yields i; the builder is left after the
-    loop when the with-block ends. Every loop of the backend is built here."""
+              name: str = "i", step: int = 1) -> Iterator[ir.Value]:
+    """``for (i = start; i < stop; i += step) { body }``: yields i; the builder is left after
+    the loop when the with-block ends. Every loop of the backend is built here."""
     pre = b.block
     head = b.append_basic_block(f"{name}.head")
     body = b.append_basic_block(f"{name}.body")
@@ -88,7 +88,7 @@ def for_range(b: ir.IRBuilder, start: ir.Value, stop: ir.Value,
     b.cbranch(b.icmp_signed("<", i, stop), body, end)
     b.position_at_end(body)
     yield i
-    nxt = b.add(i, ir.Constant(I64, 1), name=f"{name}.next", flags=("nsw",))
+    nxt = b.add(i, ir.Constant(I64, step), name=f"{name}.next", flags=("nsw",))
     i.add_incoming(nxt, b.block)
     b.branch(head)
     b.position_at_end(end)
