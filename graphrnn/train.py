@@ -337,12 +337,9 @@ class Trainer:
                                       batch.weights, self.rng)
         try:
             _check_finite(r, self.step)
-            if self.first_loss is not None and r.loss > cfg.explode_factor * self.first_loss:
-                raise TrainingDivergedError(f"loss exploded at step {self.step}: {r.loss:.4g} > "
-                                       f"{cfg.explode_factor:g} x the first loss "
-                                       f"{self.first_loss:.4g}")
         except TrainingDivergedError as e:
             raise self._diverged(str(e)) from None
+        self._check_loss("loss", r.loss)
         if self.first_loss is None:
             self.first_loss = r.loss
         if cfg.clip:
@@ -369,14 +366,18 @@ class Trainer:
                 say(f"step {self.step}: validation loss {v:.4f}")
             # a model whose validation loss is NaN or has exploded is not a checkpoint anyone
             # should resume from: stop before save() replaces the last good file with it
-            fl = self.first_loss
-            if not math.isfinite(v):
-                raise self._diverged(f"validation loss became {v} at step {self.step}")
-            if fl is not None and v > self.config.explode_factor * fl:
-                raise self._diverged(f"validation loss exploded at step {self.step}: {v:.4g} > "
-                                     f"{self.config.explode_factor:g} x the first loss {fl:.4g}")
+            self._check_loss("validation loss", v)
         if self.config.checkpoint:
             self.save()
+
+    def _check_loss(self, what: str, v: float) -> None:
+        """Stop on a loss that is not finite or above ``explode_factor`` x the first loss."""
+        fl, k = self.first_loss, self.config.explode_factor
+        if not math.isfinite(v):
+            raise self._diverged(f"{what} became {v} at step {self.step}")
+        if fl is not None and v > k * fl:
+            raise self._diverged(f"{what} exploded at step {self.step}: {v:.4g} > {k:g} x the "
+                                 f"first loss {fl:.4g}")
 
     def _nonfinite_params(self) -> list[str]:
         return sorted(k for k, v in self.params.items() if not np.all(np.isfinite(v)))
