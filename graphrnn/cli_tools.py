@@ -44,6 +44,7 @@ import numpy as np
 
 from .errors import GraphRNNError
 from .ir import Cell
+from .viz import is_gmodule
 
 DEFAULT_INPUT = 16
 DEFAULT_HIDDEN = 32
@@ -238,14 +239,10 @@ def equations_source(spec: str) -> dict[str, str] | None:
     return {"name": path.name, "path": str(path.resolve()), "text": read_equations(path)}
 
 
-def _is_gmodule(obj: Any) -> bool:
-    return not isinstance(obj, Cell) and callable(getattr(obj, "to_cell", None))
-
-
 def _to_cell(obj: Any, where: str) -> Cell:
     if isinstance(obj, Cell):
         return obj
-    if _is_gmodule(obj):
+    if is_gmodule(obj):
         try:
             return obj.to_cell()  # type: ignore[no-any-return]
         except GraphRNNError as e:
@@ -276,7 +273,7 @@ def resolve_cell(spec: str, input_size: int | None = None, hidden_size: int | No
         cell = _to_cell(obj, spec)
         if one_input and len(cell.inputs) != 1:
             got = "an nngraph gModule, whose every input is a per-step input: " \
-                if _is_gmodule(obj) else ""
+                if is_gmodule(obj) else ""
             raise CellSpecError(
                 f"{spec}: a layer's cell must take exactly one float input (x_t), cell "
                 f"{cell.name} takes {[n.arg for n in cell.inputs]}; {func} returned {got}"

@@ -75,7 +75,7 @@ def resolve_layer_cell(spec: str, input_size: int | None, hidden_size: int | Non
                         one_input=one_input)
 
 
-def _missing_cell_file(opts: dict[str, Any], checkpoint: str) -> str | None:
+def _missing_cell_file(opts: dict[str, Any]) -> str | None:
     """The file a checkpoint's cell needs and that is gone, if any."""
     from .cli_tools import is_python_spec
     spec = str(opts.get("cell", ""))
@@ -93,7 +93,7 @@ def build_model(opts: dict[str, Any], checkpoint: str | None = None) -> RNNModel
     is gone."""
     from .cli_tools import CellSpecError, equations_cell, equations_source
     if checkpoint is not None:
-        gone = _missing_cell_file(opts, checkpoint)
+        gone = _missing_cell_file(opts)
         if gone is not None:
             raise CellSpecError(f"{checkpoint}: its cell {opts['cell']} needs the file {gone}, "
                                 "which is missing; put the file back there (a checkpoint "
@@ -198,19 +198,14 @@ def _check_args(a: argparse.Namespace) -> None:
         raise ValueError(f"--embed must be >= 0, got {a.embed}")
 
 
-def _output_dir(path: Path) -> Path:
-    """Create the output folder now, before minutes of training, with a one-line reason when
-    it cannot be written (a file in the way, no permission)."""
-    from .cli_tools import check_output_dir
-    check_output_dir(path)
-    return path
-
-
 def run(a: argparse.Namespace, out: Any = None) -> int:
     """Train as the arguments say; print samples and where the files went."""
     out = out or sys.stdout
     _check_args(a)
-    outdir = _output_dir(Path(a.out))
+    # the output folder now, before minutes of training, with a one-line reason when it fails
+    from .cli_tools import check_output_dir
+    outdir = Path(a.out)
+    check_output_dir(outdir)
     if a.data:
         text, source = read_text(a.data), a.data
     else:

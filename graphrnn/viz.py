@@ -344,7 +344,8 @@ def plan_svg(program: Any) -> str | None:
 
 # ---- nngraph conveniences ----
 
-def _is_gmodule(obj: Any) -> bool:
+def is_gmodule(obj: Any) -> bool:
+    """Whether obj is an nngraph gModule (told by its shape: viz does not import frontends)."""
     return hasattr(obj, "nodes") and hasattr(obj, "inputs") and hasattr(obj, "to_cell")
 
 
@@ -428,7 +429,7 @@ def dot(obj: Any, title: str = "", filename: str | os.PathLike[str] | None = Non
         raise ValueError(f"stage must be 'forward' or 'backward', got {stage!r}")
     if isinstance(obj, BackwardCell):
         g = backward_dot(obj, title or None)
-    elif _is_gmodule(obj):
+    elif is_gmodule(obj):
         g = gmodule_dot(obj, title, stage)
     else:
         cell = _as_cell(obj)
@@ -482,7 +483,7 @@ def debug_forward(cell: Any, params: dict[str, np.ndarray], xs: Any, h0: Any = N
     or a gModule without states; pass ``gmodule=`` with a Cell made by ``gmodule.to_cell(...)``
     to get the module-level picture. Returns (outputs, final states) like forward."""
     from .interp import evaluate
-    if _is_gmodule(cell):
+    if is_gmodule(cell):
         gmodule = cell
     cell = _as_cell(cell)
     cc_inputs = _coerce_inputs(cell, xs)
