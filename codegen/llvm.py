@@ -288,10 +288,9 @@ class LLVMBackend(CompiledCell):
         return np.fromiter(map(_address, map(arrays.__getitem__, self._buf_names)), np.uintp,
                            len(self._buf_names))
 
-    def _check_ids(self, arrays: dict[str, np.ndarray], which: str) -> None:
+    def _check_ids(self, arrays: dict[str, np.ndarray]) -> None:
         """Token ids out of range would read or write outside a table: refuse them here."""
-        sweep = self.program.forward if which == "forward" else self.program.backward
-        for _ph, steps in sweep.phases():
+        for _ph, steps in self.program.backward.phases():
             for s in steps:
                 if isinstance(s, Gather):
                     ids_ref, table = s.ids, s.table
@@ -333,7 +332,7 @@ class LLVMBackend(CompiledCell):
                 params[pc.name][pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]]
         for (_name, bname), h in zip(p.states, h0):
             arrays[bname][0] = h
-        self._check_ids(arrays, "forward")
+        # the forward's ids were checked with the other arguments (CompiledCell._inputs)
         ptrs = self._pointers(arrays)
         (self._fwd if save else self._inf)(T, B, ptrs.ctypes.data)
         ys = [_seq_view(arrays[r.buf], r, T) for _n, r in p.outputs]
@@ -380,7 +379,8 @@ class LLVMBackend(CompiledCell):
                     raise RuntimeInputError(f"backward: cotangent of final state {sname!r} must"
                                             f" be {buf.shape}, got {d.shape}")
                 buf[...] = d
-        self._check_ids(arrays, "backward")
+        # residuals come back from the caller: their ids are checked again before native code
+        self._check_ids(arrays)
         ptrs = self._pointers(arrays)
         self._bwd(T, B, ptrs.ctypes.data)
         grads: dict[str, np.ndarray] = {}

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import BackendError, RuntimeInputError
-from .ir import FLOATS, Cell
+from .ir import FLOATS, Cell, Node, toposort
+from .ops import Ops
 
 BACKENDS: dict[str, str] = {
     "ref": "codegen.ref:RefBackend",
@@ -86,6 +87,13 @@ class CompiledCell:
             raise BackendError(f"dtype must be one of {FLOATS}, got {dtype!r}")
         self.cell = cell.with_dtype(dtype)
         self.dtype = dtype
+        # input -> rows of the smallest table it indexes: ids outside would read or write
+        # outside a table in native code, and numpy would wrap negative ids without a word
+        self._id_rows: dict[Node, int] = {}
+        for n in toposort(self.cell.roots):
+            if n.op is Ops.GATHER and n.src[1].op is Ops.INPUT:
+                rows = int(n.src[0].shape[0])
+                self._id_rows[n.src[1]] = min(rows, self._id_rows.get(n.src[1], rows))
 
     # ---- argument checking, one place for every backend ----
     def _inputs(self, xs: Any) -> list[np.ndarray]:
@@ -103,6 +111,10 @@ class CompiledCell:
             if x.ndim != 3 or x.shape[2] != n.shape[1]:
                 raise RuntimeInputError(f"input {n.arg!r}: expected (T, B, {n.shape[1]}), got "
                                         f"{x.shape}")
+            rows = self._id_rows.get(n)
+            if rows is not None and x.size and (x.min() < 0 or x.max() >= rows):
+                raise RuntimeInputError(f"input {n.arg!r}: token ids must be in [0, {rows}), "
+                                        f"got values in [{x.min()}, {x.max()}]")
             out.append(x)
         if len({x.shape[:2] for x in out}) > 1:
             raise RuntimeInputError("inputs disagree on (T, B): "

@@ -676,3 +676,19 @@ def test_set_debug_draws_the_failing_node(tmp_path):
         nn.setDebug(False)
     with np.errstate(invalid="ignore"):                              # off: numpy's NaN, no file
         assert np.isnan(g.forward([np.zeros((2, 3)), np.zeros((2, 3))])).all()
+
+
+@pytest.mark.parametrize("backend", ["ref", "program", "llvm"])
+def test_every_backend_refuses_out_of_range_ids(backend):
+    ids, h = nn.Identity()(), nn.Identity()()
+    h2 = nn.Tanh()(nn.CAddTable()([nn.LookupTable(5, 3)(ids), nn.Linear(3, 3)(h)]))
+    cell = nn.gModule([ids, h], [h2]).to_cell(inputs=[0], states=[1], next_states=[0])
+    cc = graphrnn.compile(cell, backend=backend, dtype="float64")
+    params = cc.init_params(seed=0)
+    ok = np.array([[[0], [4]]])                       # (T=1, B=2, 1)
+    cc.forward(params, ok)
+    for bad in (-1, 5):                               # numpy would wrap -1 to the last row
+        with pytest.raises(RuntimeInputError, match=rf"input 'x': token ids must be in "
+                                                    rf"\[0, 5\), got values in \[{min(0, bad)}, "
+                                                    rf"{max(4, bad)}\]"):
+            cc.forward(params, np.array([[[0], [4]], [[bad], [1]]]))
