@@ -53,7 +53,7 @@ def _register_process_symbols() -> None:
     """libm/libc functions generated code may call (float64 tanh/log1p/exp/log, and memset/
     memcpy that LLVM may introduce), made known to the JIT linker explicitly."""
     names = {"m": ["tanh", "log1p", "exp", "log", "tanhf", "expf", "logf", "log1pf"],
-             "c": ["memset", "memcpy", "memmove"]}
+             "c": ["memset", "memcpy", "memmove", "sched_yield"]}
     for lib_name, syms in names.items():
         path = ctypes.util.find_library(lib_name)
         lib = ctypes.CDLL(path) if path else ctypes.CDLL(None)

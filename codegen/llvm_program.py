@@ -1,8 +1,16 @@
 """A whole ``graphrnn.program.Program`` as one LLVM module: one native call per sequence.
 
-Every entry point has the C signature ``void f(int64_t T, int64_t B, void **bufs)``: ``bufs[i]``
-points at ``program.buffers[i]`` (row-major, C-contiguous, shapes as ``Buffer.shape(T, B)``).
-``T`` and ``B`` are runtime values, so the code (and compile time) does not depend on them.
+Every entry point has the C signature ``void f(int64_t T, int64_t B, void **bufs, int64_t *ctx)``:
+``bufs[i]`` points at ``program.buffers[i]`` (row-major, C-contiguous, shapes as
+``Buffer.shape(T, B)``). ``T`` and ``B`` are runtime values, so the code (and compile time) does
+not depend on them. ``ctx`` may be NULL (one thread, no workspace); otherwise it is
+``{tid, nthreads, sync, work}``: ``nthreads`` threads call the same entry at once with
+``tid = 0 .. nthreads-1`` and the same ``sync`` (two int64 counters 64 bytes apart, zeroed) and
+``work`` (``workspace_bytes`` bytes, 64-byte aligned, or NULL). Each step of the program is split
+between the threads (GEMMs by output columns, kernels by rows; reductions, gathers and scatters
+run on thread 0) and followed by a spin barrier. With ``work``, the time loop's GEMMs whose right
+operand is a parameter use ``llvm_gemm``'s packed GEMM: each thread packs its own panels of the
+weights once per sweep; without it they call the BLAS.
 
 Entry points, for a module prefix ``p``:
 
@@ -24,6 +32,7 @@ emitted inline.
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -33,6 +42,7 @@ from graphrnn.errors import BackendError
 from graphrnn.program import Buffer, Gather, Gemm, Kernel, Program, Reduce, Ref, Scatter, Sweep
 
 from .llvm_blas import NO_TRANS, ROW_MAJOR, TRANS, emit_naive_gemm, gemm_type
+from .llvm_gemm import Tile, emit_pack, emit_packed_gemm, tile_for
 from .llvm_kernels import (
     FAST,
     I32,
@@ -45,7 +55,8 @@ from .llvm_kernels import (
     load_function_pointer,
 )
 
-ENTRY_TYPE = ir.FunctionType(VOID, [I64, I64, PTR])
+ENTRY_TYPE = ir.FunctionType(VOID, [I64, I64, PTR, PTR])
+SYNC_STRIDE = 8   # int64s between the barrier's two counters: separate cache lines
 # a diagonal loop's row block: about this many elements of each (rows, n) tile per step
 DIAG_BLOCK = 4096
 BCAST_KIND = {"full": "vec", "row": "vec", "col": "col", "scalar": "col"}
@@ -152,6 +163,45 @@ def diagonal_loop(sw: Sweep, bufs: dict[str, Buffer]) -> bool:
     return True
 
 
+PackKey = tuple[str, tuple[int, int] | None, tuple[int, int] | None, bool]
+
+
+def packed_gemms(sw: Sweep, bufs: dict[str, Buffer]) -> dict[PackKey, tuple[int, int]]:
+    """The time loop's GEMMs ``A @ op(W)`` with W a parameter: (buffer, rows, cols, trans) ->
+    (k, n) of op(W). Equal keys share one packed copy."""
+    out: dict[PackKey, tuple[int, int]] = {}
+    for s in sw.step:
+        if isinstance(s, Gemm) and not s.trans_a and bufs[s.b.buf].kind == "param":
+            buf = bufs[s.b.buf]
+            r0, r1 = s.b.rows if s.b.rows is not None else (0, buf.rows)
+            c0, c1 = s.b.cols if s.b.cols is not None else (0, buf.cols)
+            kn = (c1 - c0, r1 - r0) if s.trans_b else (r1 - r0, c1 - c0)
+            out[(s.b.buf, s.b.rows, s.b.cols, s.trans_b)] = kn
+    return out
+
+
+def _pack_offsets(packs: dict[PackKey, tuple[int, int]], tile: Tile) -> dict[PackKey, int]:
+    """Element offsets of each packed weight in the workspace (64-byte aligned)."""
+    offs, at = {}, 0
+    for key, (k, n) in packs.items():
+        offs[key] = at
+        at += -(-tile.packed_elems(k, n) // 16) * 16
+    return offs
+
+
+def workspace_bytes(program: Program, tile: Tile | None = None) -> int:
+    """Bytes of the ``work`` buffer the packed GEMMs need (the larger of the two sweeps)."""
+    tile = tile or tile_for(program.dtype)
+    size = 8 if program.dtype == "float64" else 4
+    need = 0
+    for sw in (program.forward, program.backward):
+        packs = packed_gemms(sw, program.buffer_map)
+        offs = _pack_offsets(packs, tile)
+        for key, (k, n) in packs.items():
+            need = max(need, (offs[key] + tile.packed_elems(k, n)) * size)
+    return need
+
+
 class ProgramEmitter:
     def __init__(self, program: Program, prefix: str, fallback_gemm: bool = True,
                  diagonal: bool = True) -> None:
@@ -168,6 +218,15 @@ class ProgramEmitter:
         self.gemm_ptr: dict[str, ir.GlobalVariable] = {}
         self.fallback_gemm = fallback_gemm
         self.diagonal = diagonal
+        self.tile = tile_for(self.dtype)
+        self._barrier_fn: ir.Function | None = None
+        self._pack_fns: tuple[ir.Function, ir.Function] | None = None
+        # the sweep being emitted: thread id and count, barrier counters, workspace, packings
+        self.tid: ir.Value = c64(0)
+        self.nthr: ir.Value = c64(1)
+        self.sync: ir.Value = ir.Constant(PTR, None)
+        self.work: ir.Value = ir.Constant(PTR, None)
+        self.pack_offs: dict[PackKey, int] = {}
 
     # ---- module-level pieces ----
     def _gemm_global(self, dtype: str) -> ir.GlobalVariable:
@@ -188,6 +247,73 @@ class ProgramEmitter:
             b.store(setter.args[0], g)
             b.ret_void()
         return self.gemm_ptr[dtype]
+
+    def _barrier(self) -> ir.Function:
+        """``barrier(sync, nthr)``: a sense-counting spin barrier (one counter the threads
+        increment, one generation the last arrival bumps). Threads spin with ``pause`` and
+        yield the core now and then, so an oversubscribed machine still makes progress."""
+        if self._barrier_fn is not None:
+            return self._barrier_fn
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, I64]), f"{self.prefix}_barrier")
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")   # called after every step: keep one copy
+        sync, nthr = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        arrive, done = fn.append_basic_block("arrive"), fn.append_basic_block("done")
+        b.cbranch(b.icmp_signed("<=", nthr, c64(1)), done, arrive)
+        b.position_at_end(arrive)
+        gen_p = b.gep(sync, [c64(SYNC_STRIDE)], source_etype=I64)
+        gen = b.load_atomic(gen_p, "acquire", 8, typ=I64)
+        old = b.atomic_rmw("add", sync, c64(1), "acq_rel")
+        last, wait = fn.append_basic_block("last"), fn.append_basic_block("wait")
+        b.cbranch(b.icmp_signed("==", old, b.sub(nthr, c64(1))), last, wait)
+        b.position_at_end(last)
+        # atomic stores as exchanges (llvmlite's store_atomic wants typed pointers)
+        b.atomic_rmw("xchg", sync, c64(0), "monotonic")
+        b.atomic_rmw("xchg", gen_p, b.add(gen, c64(1)), "release")
+        b.branch(done)
+        b.position_at_end(wait)
+        spins = b.phi(I64)
+        spins.add_incoming(c64(0), arrive)
+        spin = fn.append_basic_block("spin")
+        b.cbranch(b.icmp_signed("!=", b.load_atomic(gen_p, "acquire", 8, typ=I64), gen), done,
+                  spin)
+        b.position_at_end(spin)
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            pause = ir.Function(self.module, ir.FunctionType(VOID, []), "llvm.x86.sse2.pause")
+            b.call(pause, [])
+        nxt = b.add(spins, c64(1))
+        with b.if_then(b.icmp_signed("==", b.and_(nxt, c64(4095)), c64(0))):
+            sched_yield = ir.Function(self.module, ir.FunctionType(I32, []), "sched_yield")
+            b.call(sched_yield, [])
+        spins.add_incoming(nxt, b.block)
+        b.branch(wait)
+        b.position_at_end(done)
+        b.ret_void()
+        self._barrier_fn = fn
+        return fn
+
+    def _sync(self, b: ir.IRBuilder) -> None:
+        b.call(self._barrier(), [self.sync, self.nthr])
+
+    def _chunk(self, b: ir.IRBuilder, total: ir.Value, align: int) -> tuple[ir.Value, ir.Value]:
+        """This thread's share [lo, hi) of 0 .. total-1, cut at multiples of align."""
+        units = b.sdiv(b.add(total, c64(align - 1)), c64(align))
+
+        def edge(tid: ir.Value) -> ir.Value:
+            e = b.mul(b.sdiv(b.mul(units, tid), self.nthr), c64(align))
+            return b.select(b.icmp_signed("<", e, total), e, total)
+
+        return edge(self.tid), edge(b.add(self.tid, c64(1)))
+
+    def _packers(self) -> tuple[ir.Function, ir.Function]:
+        if self._pack_fns is None:
+            sfx = self.dtype[-2:]
+            self._pack_fns = (emit_pack(self.module, f"{self.prefix}_pack_f{sfx}", self.dtype,
+                                        self.tile),
+                              emit_packed_gemm(self.module, f"{self.prefix}_pgemm_f{sfx}",
+                                               self.dtype, self.tile))
+        return self._pack_fns
 
     def _kernel_fn(self, step: Kernel) -> ir.Function:
         k = step.kernel
@@ -234,21 +360,52 @@ class ProgramEmitter:
         return View(ptr, B, c1 - c0, ld)
 
     # ---- steps ----
-    def _gemm(self, b: ir.IRBuilder, s: Gemm, out: View, a: View, bv: View) -> None:
+    def _gemm(self, b: ir.IRBuilder, s: Gemm, out: View, a: View, bv: View,
+              in_loop: bool) -> None:
+        key = (s.b.buf, s.b.rows, s.b.cols, s.trans_b)
+        if in_loop and key in self.pack_offs:
+            with b.if_else(b.icmp_unsigned("!=", self.work, ir.Constant(PTR, None))) as (pk, bl):
+                with pk:
+                    self._packed_gemm(b, s, out, a, bv, self.pack_offs[key])
+                with bl:
+                    self._blas_gemm(b, s, out, a, bv)
+        else:
+            self._blas_gemm(b, s, out, a, bv)
+
+    def _blas_gemm(self, b: ir.IRBuilder, s: Gemm, out: View, a: View, bv: View) -> None:
+        """This thread's columns of C through the BLAS (called single-threaded by each)."""
         m = c64(a.cols) if s.trans_a else a.rows
         k = a.rows if s.trans_a else c64(a.cols)
         n = bv.rows if s.trans_b else c64(bv.cols)
+        lo, hi = self._chunk(b, n, self.tile.lanes)
+        n = b.sub(hi, lo)
+        bptr = b.gep(bv.ptr, [b.mul(lo, bv.ld) if s.trans_b else lo], source_etype=self.t)
+        cptr = b.gep(out.ptr, [lo], source_etype=self.t)
         g = self._gemm_global(self.dtype)
         fp = load_function_pointer(b, g, gemm_type(self.dtype))
         one = ir.Constant(self.t, 1.0)
         beta = ir.Constant(self.t, 1.0 if s.accumulate else 0.0)
-        # skip empty products (T = 0 or B = 0): some BLAS reject a zero leading size
+        # skip empty products (T = 0 or B = 0, or no columns for this thread): some BLAS
+        # reject a zero leading size
         nonempty = b.icmp_signed(">", b.mul(m, n), c64(0))
         with b.if_then(nonempty):
             b.call(fp, [ir.Constant(I32, ROW_MAJOR),
                         ir.Constant(I32, TRANS if s.trans_a else NO_TRANS),
                         ir.Constant(I32, TRANS if s.trans_b else NO_TRANS),
-                        m, n, k, one, a.ptr, a.ld, bv.ptr, bv.ld, beta, out.ptr, out.ld])
+                        m, n, k, one, a.ptr, a.ld, bptr, bv.ld, beta, cptr, out.ld])
+
+    def _pack_range(self, b: ir.IRBuilder, n: int) -> tuple[ir.Value, ir.Value]:
+        panels = c64(self.tile.panels(n))
+        return (b.sdiv(b.mul(panels, self.tid), self.nthr),
+                b.sdiv(b.mul(panels, b.add(self.tid, c64(1))), self.nthr))
+
+    def _packed_gemm(self, b: ir.IRBuilder, s: Gemm, out: View, a: View, bv: View,
+                     off: int) -> None:
+        k, n = (bv.cols, int(bv.rows.constant)) if s.trans_b else (int(bv.rows.constant), bv.cols)
+        p0, p1 = self._pack_range(b, n)
+        wp = b.gep(self.work, [c64(off)], source_etype=self.t)
+        b.call(self._packers()[1], [a.rows, c64(k), a.ptr, a.ld, wp, p0, p1, c64(n), out.ptr,
+                                    out.ld, c64(int(s.accumulate))])
 
     def _kernel(self, b: ir.IRBuilder, s: Kernel, ins: Sequence[View],
                 outs: Sequence[View]) -> None:
@@ -321,6 +478,13 @@ class ProgramEmitter:
                 v = b.load(b.gep(srow, [j], source_etype=t), typ=t)
                 b.store(b.fadd(b.load(p, typ=t), v, flags=FAST), p)
 
+    def _split_rows(self, b: ir.IRBuilder, v: View, lo: ir.Value, rows: ir.Value,
+                    broadcast: bool = False) -> View:
+        if broadcast:   # a row or scalar operand: the same for every row
+            return v
+        # kernel operands are floating point (ids only feed gathers and scatters)
+        return View(b.gep(v.ptr, [b.mul(lo, v.ld)], source_etype=self.t), rows, v.cols, v.ld)
+
     def _steps(self, b: ir.IRBuilder, env: dict[str, ir.Value], steps: Sequence[object],
                t: ir.Value | None, T: ir.Value, B: ir.Value, collapsed: frozenset[str]) -> None:
         def v(r: Ref) -> View:
@@ -328,17 +492,26 @@ class ProgramEmitter:
 
         for s in steps:
             if isinstance(s, Gemm):
-                self._gemm(b, s, v(s.out), v(s.a), v(s.b))
+                self._gemm(b, s, v(s.out), v(s.a), v(s.b), in_loop=t is not None)
             elif isinstance(s, Kernel):
-                self._kernel(b, s, [v(r) for r in s.ins], [v(r) for r in s.outs])
-            elif isinstance(s, Reduce):
-                self._reduce(b, s, v(s.out), v(s.src))
-            elif isinstance(s, Gather):
-                self._gather(b, v(s.out), v(s.table), v(s.ids))
-            elif isinstance(s, Scatter):
-                self._scatter(b, s, v(s.out), v(s.ids), v(s.src))
+                outs = [v(r) for r in s.outs]
+                lo, hi = self._chunk(b, outs[0].rows, 1)
+                rows = b.sub(hi, lo)
+                ins = [self._split_rows(b, v(r), lo, rows, bc in ("row", "scalar"))
+                       for r, bc in zip(s.ins, s.kernel.bcast)]
+                self._kernel(b, s, ins, [self._split_rows(b, o, lo, rows) for o in outs])
             else:
-                raise BackendError(f"llvm: unknown program step {s!r}")
+                # reductions, gathers and scatters are small: thread 0 runs them
+                with b.if_then(b.icmp_signed("==", self.tid, c64(0))):
+                    if isinstance(s, Reduce):
+                        self._reduce(b, s, v(s.out), v(s.src))
+                    elif isinstance(s, Gather):
+                        self._gather(b, v(s.out), v(s.table), v(s.ids))
+                    elif isinstance(s, Scatter):
+                        self._scatter(b, s, v(s.out), v(s.ids), v(s.src))
+                    else:
+                        raise BackendError(f"llvm: unknown program step {s!r}")
+            self._sync(b)
 
     def _diagonal_steps(self, b: ir.IRBuilder, env: dict[str, ir.Value], steps: Sequence[object],
                         t: ir.Value, row: ir.Value, nrows: ir.Value, T: ir.Value, B: ir.Value,
@@ -359,29 +532,59 @@ class ProgramEmitter:
     def emit_sweep(self, name: str, sw: Sweep,
                    collapsed: frozenset[str] = frozenset()) -> ir.Function:
         fn = ir.Function(self.module, ENTRY_TYPE, f"{self.prefix}_{name}")
-        T, B, bufs = fn.args
-        T.name, B.name, bufs.name = "T", "B", "bufs"
+        T, B, bufs, ctx = fn.args
+        T.name, B.name, bufs.name, ctx.name = "T", "B", "bufs", "ctx"
         b = ir.IRBuilder(fn.append_basic_block("entry"))
+        # ctx NULL: one thread, no workspace
+        read, merge = fn.append_basic_block("ctx"), fn.append_basic_block("ctx.done")
+        b.cbranch(b.icmp_unsigned("==", ctx, ir.Constant(PTR, None)), merge, read)
+        b.position_at_end(read)
+        loaded = [b.load(b.gep(ctx, [c64(i)], source_etype=I64), typ=I64) for i in range(4)]
+        b.branch(merge)
+        b.position_at_end(merge)
+        field = []
+        for val, alone in zip(loaded, (0, 1, 0, 0)):
+            phi = b.phi(I64)
+            phi.add_incoming(c64(alone), fn.entry_basic_block)
+            phi.add_incoming(val, read)
+            field.append(phi)
+        self.tid, self.nthr = field[0], field[1]
+        self.sync, self.work = b.inttoptr(field[2], PTR), b.inttoptr(field[3], PTR)
         env = {buf.name: b.load(b.gep(bufs, [c64(i)], source_etype=PTR), typ=PTR,
                                 name=f"buf_{i}")
                for i, buf in enumerate(self.p.buffers)}
+        packs = packed_gemms(sw, self.bufs) if sw.step else {}
+        self.pack_offs = _pack_offsets(packs, self.tile)
+        if packs:   # each thread packs the panels it will multiply by: no barrier needed
+            with b.if_then(b.icmp_unsigned("!=", self.work, ir.Constant(PTR, None))):
+                for key, (k, n) in packs.items():
+                    w = self._view(b, env, Ref(key[0], rows=key[1], cols=key[2]), None, T, B,
+                                   collapsed)
+                    p0, p1 = self._pack_range(b, n)
+                    b.call(self._packers()[0], [
+                        c64(k), c64(n), w.ptr, w.ld, c64(int(key[3])),
+                        b.gep(self.work, [c64(self.pack_offs[key])], source_etype=self.t),
+                        p0, p1])
         self._steps(b, env, sw.pre, None, T, B, collapsed)
         if self.diagonal and diagonal_loop(sw, self.bufs):
             # a diagonal recurrence: each block of batch rows walks the whole time loop, so its
             # state tile (~DIAG_BLOCK elements) stays in L1 across steps. Single rows (a stride
             # of B·n between steps, which defeats the prefetchers) measured 5-50% slower than
             # step by step; blocks measured equal within noise (the loop streams memory).
+            # Threads take contiguous runs of blocks and meet once, after the loop.
             width = max(r.cols[1] - r.cols[0] if r.cols else self.bufs[r.buf].cols
                         for st in sw.step for r in st.outs)   # type: ignore[union-attr]
             rb = c64(max(1, DIAG_BLOCK // width))
             nblk = b.sdiv(b.add(B, b.sub(rb, c64(1))), rb)
-            with for_range(b, c64(0), nblk, "diag_blk") as blk:
+            lo, hi = self._chunk(b, nblk, 1)
+            with for_range(b, lo, hi, "diag_blk") as blk:
                 row = b.mul(blk, rb)
                 rest = b.sub(B, row)
                 nrows = b.select(b.icmp_signed("<", rest, rb), rest, rb)
                 with for_range(b, c64(0), T, "diag_s") as s:
                     t = b.sub(b.sub(T, c64(1)), s) if sw.reverse else s
                     self._diagonal_steps(b, env, sw.step, t, row, nrows, T, B, collapsed)
+            self._sync(b)
         elif sw.step:
             with for_range(b, c64(0), T, "s") as s:
                 t = b.sub(b.sub(T, c64(1)), s) if sw.reverse else s
@@ -397,7 +600,7 @@ class ProgramEmitter:
         self.emit_sweep("backward", self.p.backward)
         step = ir.Function(self.module, ir.FunctionType(VOID, [I64, PTR]), f"{self.prefix}_step")
         b = ir.IRBuilder(step.append_basic_block("entry"))
-        b.call(infer, [c64(1), step.args[0], step.args[1]])
+        b.call(infer, [c64(1), step.args[0], step.args[1], ir.Constant(PTR, None)])
         b.ret_void()
         return self.module
 

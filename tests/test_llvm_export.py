@@ -15,7 +15,16 @@ from codegen.ref import RefBackend
 C_MAIN = r"""
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include "PREFIX.h"
+
+struct job { int64_t T, B; void **bufs; int64_t ctx[4]; };
+
+static void *backward(void *arg) {
+    struct job *j = arg;
+    PREFIX_backward(j->T, j->B, j->bufs, j->ctx);
+    return NULL;
+}
 
 int main(int argc, char **argv) {
     if (argc != 5) return 2;
@@ -28,8 +37,19 @@ int main(int argc, char **argv) {
         bufs[i] = calloc(n ? n : 1, size);
         if (fread(bufs[i], size, n, in) != (size_t)n) return 4;
     }
-    PREFIX_forward(T, B, bufs);
-    PREFIX_backward(T, B, bufs);
+    /* the forward on this thread; the backward on two, with the packed-weight workspace */
+    PREFIX_forward(T, B, bufs, NULL);
+    static int64_t sync[16];
+    void *work = aligned_alloc(64, UPPER_WORKSPACE_BYTES + 64);
+    struct job jobs[2];
+    pthread_t other;
+    for (int t = 0; t < 2; t++) {
+        jobs[t] = (struct job){T, B, bufs, {t, 2, (int64_t)sync, (int64_t)work}};
+    }
+    if (pthread_create(&other, NULL, backward, &jobs[1])) return 5;
+    backward(&jobs[0]);
+    pthread_join(other, NULL);
+    free(work);
     for (int i = 0; i < UPPER_NBUFS; i++) {
         int64_t n = PREFIX_buffer_elems(i, T, B), size = PREFIX_buffer_info[i][4];
         fwrite(bufs[i], size, n, out);
@@ -52,14 +72,15 @@ def test_exported_library_runs_from_c(tmp_path) -> None:
     ll = files["ir"].read_text()
     assert "define void @grnn_rnn_f64_forward(i64" in ll and "target triple" in ll
     header = files["header"].read_text()
-    for word in ("grnn_rnn_f64_backward", "residual buffers", "param Wx[0:5, 0:7]", "seq"):
+    for word in ("grnn_rnn_f64_backward", "residual buffers", "param Wx[0:5, 0:7]", "seq",
+                 "WORKSPACE_BYTES"):
         assert word in header
     prefix = cc.prefix
     src = tmp_path / "main.c"
     src.write_text(C_MAIN.replace("UPPER", prefix.upper()).replace("PREFIX", prefix))
     exe = tmp_path / "main"
     subprocess.run(["cc", "-O1", "-o", str(exe), str(src), f"-I{tmp_path}", f"-L{tmp_path}",
-                    f"-l{prefix}", f"-Wl,-rpath,{tmp_path}"],
+                    f"-l{prefix}", f"-Wl,-rpath,{tmp_path}", "-pthread"],
                    check=True)
     # the buffers, laid out as the header says, filled as the binding says
     ref = RefBackend(cell, dtype)

@@ -1,0 +1,71 @@
+"""The packed in-loop GEMM (codegen/llvm_gemm.py) against numpy: both register tiles (AVX-512
+and AVX2 shapes), transposed weights, accumulation, row and column remainders, panel ranges."""
+
+from __future__ import annotations
+
+import ctypes
+from functools import cache
+
+import numpy as np
+import pytest
+from llvmlite import ir
+
+from codegen import llvm
+from codegen.llvm_gemm import Tile, emit_pack, emit_packed_gemm, tile_for
+
+I64, P = ctypes.c_int64, ctypes.c_void_p
+PACK = ctypes.CFUNCTYPE(None, I64, I64, P, I64, I64, P, I64, I64)
+GEMM = ctypes.CFUNCTYPE(None, I64, I64, P, I64, P, I64, I64, I64, P, I64, I64)
+
+
+@cache
+def build(dtype: str, bits: int) -> tuple[Tile, object, object, object]:
+    jm = llvm.jit_module()
+    tile = tile_for(dtype, bits)
+    mod = ir.Module("gemm_test")
+    mod.triple = jm.target_machine().triple
+    inner = {"pack": emit_pack(mod, "pk", dtype, tile),
+             "gemm": emit_packed_gemm(mod, "pg", dtype, tile)}
+    for name, f in inner.items():   # external wrappers around the internal functions
+        w = ir.Function(mod, f.function_type, name)
+        b = ir.IRBuilder(w.append_basic_block())
+        b.call(f, w.args)
+        b.ret_void()
+    jitted = jm.jit(str(mod), use_cache=False)
+    return tile, jitted, PACK(jitted.address("pack")), GEMM(jitted.address("gemm"))
+
+
+def test_tiles_fit_the_register_file() -> None:
+    for bits, regs in ((512, 32), (256, 16), (128, 16)):
+        t = tile_for("float32", bits)
+        assert t.nr == 2 * t.lanes and t.mr * 2 + 3 <= regs
+        assert tile_for("float64", bits).lanes == t.lanes // 2
+
+
+@pytest.mark.parametrize("bits", [512, 256])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m, k, n, trans, acc", [
+    (1, 1, 1, False, False), (7, 5, 33, True, True), (32, 128, 512, False, False),
+    (13, 70, 100, True, False), (9, 3, 64, False, True), (8, 16, 31, True, True),
+    (17, 40, 48, False, False)])
+def test_packed_gemm_matches_numpy(bits: int, dtype: str, m: int, k: int, n: int, trans: bool,
+                                   acc: bool) -> None:
+    if bits == 512 and "+avx512f" not in llvm.jit_module().host_cpu()[1].split(","):
+        pytest.skip("no AVX-512 on this CPU")
+    tile, _j, pack, gemm = build(dtype, bits)
+    rng = np.random.default_rng(m * 1000 + n)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    w = rng.standard_normal((n, k) if trans else (k, n)).astype(dtype)
+    c = rng.standard_normal((m, n + 3)).astype(dtype)     # ldc > n: a strided C
+    c0 = c.copy()
+    wp = np.full(tile.packed_elems(k, n), np.nan, dtype)  # every slot must be written
+    panels = tile.panels(n)
+    # two panel ranges, as two threads would pack and multiply them
+    for p0, p1 in ((0, panels // 2), (panels // 2, panels)):
+        pack(k, n, w.ctypes.data, w.shape[1], int(trans), wp.ctypes.data, p0, p1)
+        gemm(m, k, a.ctypes.data, k, wp.ctypes.data, p0, p1, n, c.ctypes.data, n + 3, int(acc))
+    assert not np.isnan(wp).any()
+    want = a.astype(np.float64) @ (w.T if trans else w) + (c0[:, :n] if acc else 0)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(c[:, :n], want, rtol=tol, atol=tol * np.abs(want).max())
+    np.testing.assert_array_equal(c[:, n:], c0[:, n:])    # columns past n untouched
