@@ -3,10 +3,16 @@
 
 The calling thread is thread 0; threads 1 .. n-1 are persistent daemon threads, one per extra
 core, that wait on a queue. ctypes releases the GIL around native calls, so all of them run the
-entry at once and meet at the generated code's spin barriers. While they run, numpy's OpenBLAS
-(which each thread calls for its share of the big GEMMs) is set to one thread: its own pool on
-the same cores would fight ours. How many threads: as many as OpenBLAS is set to
-(``OPENBLAS_NUM_THREADS`` or ``codegen.llvm_blas.set_blas_threads``), so one knob controls both.
+entry at once and meet at the generated code's spin barriers.
+
+One pool of threads per process: the first threaded call takes the cores over from numpy's
+OpenBLAS. It remembers OpenBLAS's thread count n (``OPENBLAS_NUM_THREADS`` or
+``codegen.llvm_blas.set_blas_threads`` before that call), uses n threads from then on and leaves
+OpenBLAS at one thread: each of our threads calls it for its share of the big GEMMs. Restoring
+OpenBLAS's count after every call was measured to cost 4x at H = 128 (LSTM training step, 2
+cores): after a parallel call OpenBLAS's idle threads spin (sched_yield) for about 0.1 s, on the
+cores our threads need. ``matmul`` splits a numpy product over the same threads (numpy releases
+the GIL), for the model's own GEMMs; ``release()`` gives the cores back to OpenBLAS.
 """
 
 from __future__ import annotations
@@ -69,24 +75,64 @@ class Team:
             ctx[:, 1] = nthreads
             ctx[:, 2] = self._sync.ctypes.data
             ctx[:, 3] = work
-            blas = blas_threads()
-            set_blas_threads(1)
-            try:
-                workers = self._workers[:nthreads - 1]
-                for i, w in enumerate(workers, start=1):
-                    w.jobs.put(lambda a=int(ctx[i].ctypes.data): fn(T, B, bufs, a))
-                fn(T, B, bufs, ctx[0].ctypes.data)
-                errors = [w.done.get() for w in workers]
-            finally:
-                set_blas_threads(blas)
-            for e in errors:
-                if e is not None:
-                    raise e
+            take_over()
+            jobs = [lambda a=int(ctx[i].ctypes.data): fn(T, B, bufs, a)
+                    for i in range(nthreads)]
+            self._run_jobs(jobs)
+
+    def _run_jobs(self, jobs: list[Callable[[], None]]) -> None:
+        """jobs[0] on this thread, the others on workers; re-raises a worker's error."""
+        while len(self._workers) < len(jobs) - 1:
+            self._workers.append(_Worker(len(self._workers) + 1))
+        workers = self._workers[:len(jobs) - 1]
+        for w, job in zip(workers, jobs[1:]):
+            w.jobs.put(job)
+        try:
+            jobs[0]()
+        finally:
+            errors = [w.done.get() for w in workers]
+        for e in errors:
+            if e is not None:
+                raise e
+
+    def map(self, jobs: list[Callable[[], None]]) -> None:
+        with self._lock:
+            self._run_jobs(jobs)
 
 
 TEAM = Team()
+_taken: int | None = None    # OpenBLAS's thread count when we took the cores over
+
+
+def take_over() -> None:
+    global _taken
+    if _taken is None:
+        _taken = max(1, blas_threads())
+    set_blas_threads(1)
+
+
+def release() -> None:
+    """Give the cores back to numpy's OpenBLAS (its thread count from before the take-over)."""
+    global _taken
+    if _taken is not None:
+        set_blas_threads(_taken)
+        _taken = None
 
 
 def default_threads() -> int:
-    """Threads per call: numpy's OpenBLAS setting (1 where it cannot be read)."""
-    return max(1, blas_threads())
+    """Threads per call: OpenBLAS's thread count before the take-over (1 where unknown)."""
+    return _taken if _taken is not None else max(1, blas_threads())
+
+
+def matmul(a: np.ndarray, b: np.ndarray, min_flops: float = 4e6) -> np.ndarray:
+    """``a @ b`` for 2-D arrays, its columns split over the threads once they are ours (plain
+    ``a @ b`` before the take-over, or when small)."""
+    n = b.shape[1]
+    nthr = default_threads() if _taken is not None else 1
+    if nthr <= 1 or 2.0 * a.shape[0] * a.shape[1] * n < min_flops or n < 2 * nthr:
+        return a @ b
+    out = np.empty((a.shape[0], n), np.result_type(a, b))
+    cuts = [n * i // nthr for i in range(nthr + 1)]
+    TEAM.map([lambda lo=lo, hi=hi: np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+              for lo, hi in zip(cuts, cuts[1:])])
+    return out

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -462,7 +463,8 @@ class RNNModel:
         cache["drops"].append(drop)
         top = x * drop if drop is not None else x
         cache["top"] = top
-        logits = top @ params["head.W"] + params["head.b"]
+        logits = _mm(top.reshape(-1, top.shape[2]), params["head.W"]).reshape(
+            top.shape[:2] + (-1,)) + params["head.b"]
         return logits, new_state, cache
 
     def backward(self, params: Arrays, cache: dict[str, Any], d_logits: np.ndarray,
@@ -473,9 +475,9 @@ class RNNModel:
         T, Bn, top = cache["T"], cache["B"], cache["top"]
         H = top.shape[2]
         d2 = d_logits.reshape(T * Bn, -1)
-        grads["head.W"] = top.reshape(T * Bn, H).T @ d2
+        grads["head.W"] = _mm(top.reshape(T * Bn, H).T, d2)
         grads["head.b"] = d2.sum(0)
-        d_x = d_logits @ params["head.W"].T
+        d_x = _mm(d2, params["head.W"].T).reshape(T, Bn, H)
         m3, idx = cache["m3"], cache["idx"]
         d_state0: State = [[] for _ in self.layers]
         for i in reversed(range(len(self.layers))):
@@ -587,6 +589,13 @@ class RNNModel:
             new_state.append(h)
             x = ys[0]
         return x @ params["head.W"] + params["head.b"], new_state
+
+
+def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for the head's GEMMs, on the llvm backend's threads once it has taken the cores
+    over from numpy's OpenBLAS (codegen.llvm_threads: one pool of threads per process)."""
+    threads = sys.modules.get("codegen.llvm_threads")
+    return threads.matmul(a, b) if threads is not None else a @ b  # type: ignore[no-any-return]
 
 
 # ---- building stacks ----

@@ -1,0 +1,55 @@
+"""codegen.llvm_threads: the one pool of threads per process (take-over from OpenBLAS, release,
+the threaded numpy matmul the model's head uses, errors from worker threads)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from codegen import llvm_threads
+from codegen.llvm_blas import blas_info, blas_threads, set_blas_threads
+
+
+@pytest.fixture
+def two_threads():
+    if not blas_info().set_threads:
+        pytest.skip("numpy's BLAS thread count cannot be set")
+    llvm_threads.release()
+    before = blas_threads()
+    set_blas_threads(2)
+    yield
+    llvm_threads.release()
+    set_blas_threads(before)
+
+
+def test_take_over_keeps_the_count_and_release_gives_it_back(two_threads) -> None:
+    llvm_threads.take_over()
+    assert blas_threads() == 1 and llvm_threads.default_threads() == 2
+    llvm_threads.take_over()            # a second take-over does not forget the count
+    assert llvm_threads.default_threads() == 2
+    llvm_threads.release()
+    assert blas_threads() == 2
+
+
+def test_matmul_splits_columns_and_matches_numpy(two_threads) -> None:
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((300, 70))
+    for b in (rng.standard_normal((70, 501)), rng.standard_normal((501, 70)).T):
+        want = a @ b
+        llvm_threads.take_over()
+        got = llvm_threads.matmul(a, b, min_flops=0)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        assert got.shape == want.shape
+
+
+def test_a_worker_error_reaches_the_caller(two_threads) -> None:
+    ran = []
+
+    def fail() -> None:
+        raise ValueError("from the worker")
+
+    with pytest.raises(ValueError, match="from the worker"):
+        llvm_threads.TEAM.map([lambda: ran.append(0), fail])
+    assert ran == [0]
+    llvm_threads.TEAM.map([lambda: ran.append(1), lambda: ran.append(2)])   # still usable
+    assert sorted(ran) == [0, 1, 2]
