@@ -7,10 +7,10 @@ not depend on them. ``ctx`` may be NULL (one thread, no workspace); otherwise it
 ``{tid, nthreads, sync, work}``: ``nthreads`` threads call the same entry at once with
 ``tid = 0 .. nthreads-1`` and the same ``sync`` (two int64 counters 64 bytes apart, zeroed) and
 ``work`` (``workspace_bytes`` bytes, 64-byte aligned, or NULL). Each step of the program is split
-between the threads (GEMMs by output columns, kernels by rows; reductions, gathers and scatters
-run on thread 0) and followed by a spin barrier. With ``work``, the time loop's GEMMs whose right
-operand is a parameter use ``llvm_gemm``'s packed GEMM: each thread packs its own panels of the
-weights once per sweep; without it they call the BLAS.
+between the threads (GEMMs and sums over rows by output columns, kernels, gathers and sums over
+columns by rows; scatters run on thread 0) and followed by a spin barrier. With ``work``, the
+time loop's GEMMs whose right operand is a parameter use ``llvm_gemm``'s packed GEMM: each
+thread packs its own panels of the weights once per sweep; without it they call the BLAS.
 
 Entry points, for a module prefix ``p``:
 
@@ -418,6 +418,20 @@ class ProgramEmitter:
         b.call(fn, args)
 
     def _reduce(self, b: ir.IRBuilder, s: Reduce, out: View, src: View) -> None:
+        """This thread's share: columns for a sum over rows, rows for a sum over columns."""
+        if s.axis == 0:
+            lo, hi = self._chunk(b, c64(src.cols), self.tile.lanes)
+            out = View(b.gep(out.ptr, [lo], source_etype=self.t), out.rows, out.cols, out.ld)
+            src = View(b.gep(src.ptr, [lo], source_etype=self.t), src.rows, src.cols, src.ld)
+            self._reduce_part(b, s, out, src, b.sub(hi, lo))
+        else:
+            lo, hi = self._chunk(b, src.rows, 1)
+            rows = b.sub(hi, lo)
+            self._reduce_part(b, s, self._split_rows(b, out, lo, rows),
+                              self._split_rows(b, src, lo, rows), c64(src.cols))
+
+    def _reduce_part(self, b: ir.IRBuilder, s: Reduce, out: View, src: View,
+                     n: ir.Value) -> None:
         t = self.t
         is_max = s.op == "max"
         init = ir.Constant(t, float("-inf") if is_max else 0.0)
@@ -432,7 +446,6 @@ class ProgramEmitter:
             return b.gep(v.ptr, [b.add(b.mul(r, v.ld), j)], source_etype=t)
 
         if s.axis == 0:   # out (1, n): rows outer, columns inner (vectorizes)
-            n = c64(src.cols)
             if not s.accumulate:
                 with for_range(b, c64(0), n, "rz") as j:
                     b.store(init, at(out, c64(0), j))
@@ -444,7 +457,7 @@ class ProgramEmitter:
             with for_range(b, c64(0), src.rows, "rr") as r:
                 acc = b.alloca(t)
                 b.store(init, acc)
-                with for_range(b, c64(0), c64(src.cols), "rj") as j:
+                with for_range(b, c64(0), n, "rj") as j:
                     b.store(combine(b.load(acc, typ=t), b.load(at(src, r, j), typ=t)), acc)
                 p = at(out, r, c64(0))
                 v = b.load(acc, typ=t)
@@ -500,14 +513,19 @@ class ProgramEmitter:
                 ins = [self._split_rows(b, v(r), lo, rows, bc in ("row", "scalar"))
                        for r, bc in zip(s.ins, s.kernel.bcast)]
                 self._kernel(b, s, ins, [self._split_rows(b, o, lo, rows) for o in outs])
+            elif isinstance(s, Reduce):
+                self._reduce(b, s, v(s.out), v(s.src))
+            elif isinstance(s, Gather):
+                out, ids = v(s.out), v(s.ids)
+                lo, hi = self._chunk(b, out.rows, 1)
+                rows = b.sub(hi, lo)
+                ids = View(b.gep(ids.ptr, [b.mul(lo, ids.ld)], source_etype=I64), rows, ids.cols,
+                           ids.ld)
+                self._gather(b, self._split_rows(b, out, lo, rows), v(s.table), ids)
             else:
-                # reductions, gathers and scatters are small: thread 0 runs them
+                # scatters (embedding gradients) add rows in id order: thread 0 runs them
                 with b.if_then(b.icmp_signed("==", self.tid, c64(0))):
-                    if isinstance(s, Reduce):
-                        self._reduce(b, s, v(s.out), v(s.src))
-                    elif isinstance(s, Gather):
-                        self._gather(b, v(s.out), v(s.table), v(s.ids))
-                    elif isinstance(s, Scatter):
+                    if isinstance(s, Scatter):
                         self._scatter(b, s, v(s.out), v(s.ids), v(s.src))
                     else:
                         raise BackendError(f"llvm: unknown program step {s!r}")

@@ -310,3 +310,19 @@ def test_packed_path_replaces_the_loop_gemm_calls(always_parallel) -> None:
 def test_threads_option_is_checked() -> None:
     with pytest.raises(graphrnn.BackendError, match="threads must be a positive int"):
         graphrnn.compile(zoo_cell("gru", 3, 4, "float64"), backend="llvm", threads=0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_embedding_and_log_softmax_on_threads(dtype: str, always_parallel) -> None:
+    """Gathers (split by rows), the backward's scatter (thread 0) and row sums and maxima of a
+    log-softmax (split by rows or columns) on 2 and 3 threads."""
+    from graphrnn import nn
+    ids, h = nn.Identity()(), nn.Identity()().annotate(name="h")
+    e = nn.LookupTable(6, 20)(ids)
+    h2 = nn.Tanh()(nn.CAddTable()([nn.Linear(20, 37)(e), nn.Linear(37, 37)(h)]))
+    out = nn.LogSoftMax()(nn.Linear(37, 7)(h2)).annotate(name="logprobs")
+    cell = nn.gModule([ids, h], [out, h2]).to_cell(
+        inputs=[0], states=["h"], next_states=[1], outputs=["logprobs"], sizes={"h": 37})
+    cell = cell.with_dtype(dtype)
+    for threads in (2, 3):
+        compare(cell, dtype, T=5, B=13, seed=threads, threads=threads)
