@@ -18,6 +18,7 @@ the GIL), for the model's own GEMMs; ``release()`` gives the cores back to OpenB
 from __future__ import annotations
 
 import ctypes
+import os
 import queue
 import threading
 from typing import Any, Callable
@@ -101,6 +102,17 @@ class Team:
 
 
 TEAM = Team()
+
+
+def _after_fork_in_child() -> None:
+    # a forked child has only the forking thread: forget the parent's workers (a job queued
+    # for one would never run, and thread 0 would spin at the first barrier forever)
+    TEAM._workers = []
+    TEAM._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 _taken: int | None = None    # OpenBLAS's thread count when we took the cores over
 
 

@@ -53,3 +53,29 @@ def test_a_worker_error_reaches_the_caller(two_threads) -> None:
     assert ran == [0]
     llvm_threads.TEAM.map([lambda: ran.append(1), lambda: ran.append(2)])   # still usable
     assert sorted(ran) == [0, 1, 2]
+
+
+def _threaded_forward_in_child() -> None:
+    import graphrnn
+    from graphrnn.cells import zoo_cell
+    cc = graphrnn.compile(zoo_cell("gru", 4, 40, "float64"), backend="llvm", threads=2)
+    params = cc.init_params(seed=0)
+    ys, _ = cc.forward(params, [np.ones((3, 5, 4))])
+    assert np.isfinite(ys[0]).all()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="no fork here")
+def test_a_forked_child_gets_its_own_workers(two_threads, monkeypatch) -> None:
+    import multiprocessing
+
+    from codegen.llvm import LLVMBackend
+    monkeypatch.setattr(LLVMBackend, "THREAD_MIN_FLOPS", 0)   # the child inherits it
+    _threaded_forward_in_child()          # the parent's workers exist now
+    assert llvm_threads.TEAM._workers
+    child = multiprocessing.get_context("fork").Process(target=_threaded_forward_in_child)
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung in a threaded call")
+    assert child.exitcode == 0
