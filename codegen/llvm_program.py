@@ -251,7 +251,9 @@ class ProgramEmitter:
     def _barrier(self) -> ir.Function:
         """``barrier(sync, nthr)``: a sense-counting spin barrier (one counter the threads
         increment, one generation the last arrival bumps). Threads spin with ``pause`` and
-        yield the core now and then, so an oversubscribed machine still makes progress."""
+        yield the core every 64 spins, so more threads than cores still make progress (LSTM
+        H=128 training step, 2 cores: 4 threads 32.6 ms when yielding every 4096 spins, 9-13 ms
+        every 64; 2 threads 8.3 ms either way)."""
         if self._barrier_fn is not None:
             return self._barrier_fn
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, I64]), f"{self.prefix}_barrier")
@@ -283,7 +285,7 @@ class ProgramEmitter:
             pause = ir.Function(self.module, ir.FunctionType(VOID, []), "llvm.x86.sse2.pause")
             b.call(pause, [])
         nxt = b.add(spins, c64(1))
-        with b.if_then(b.icmp_signed("==", b.and_(nxt, c64(4095)), c64(0))):
+        with b.if_then(b.icmp_signed("==", b.and_(nxt, c64(63)), c64(0))):
             sched_yield = ir.Function(self.module, ir.FunctionType(I32, []), "sched_yield")
             b.call(sched_yield, [])
         spins.add_incoming(nxt, b.block)
