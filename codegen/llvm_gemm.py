@@ -73,22 +73,47 @@ def emit_pack(module: ir.Module, name: str, dtype: str, tile: Tile) -> ir.Functi
     fn.attributes.add("optsize")   # runs once per sweep: compile time matters more (0.13 s)
     fn.attributes.add("noinline")
     k, n, w, ldw, trans, dst, p0, p1 = fn.args
+    w.attributes.add("noalias")
+    dst.attributes.add("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     nr = c64(tile.nr)
     is_t = b.icmp_signed("!=", trans, c64(0))
     zero = ir.Constant(t, 0.0)
+
+    def at(ptr: ir.Value, idx: ir.Value) -> ir.Value:
+        return b.gep(ptr, [idx], source_etype=t)
+
     with for_range(b, p0, p1, "pk_p") as p:
-        panel = b.gep(dst, [b.mul(b.mul(p, k), nr)], source_etype=t)
-        with for_range(b, c64(0), k, "pk_k") as kk:
-            row = b.gep(panel, [b.mul(kk, nr)], source_etype=t)
-            with for_range(b, c64(0), nr, "pk_c") as col:
-                j = b.add(b.mul(p, nr), col)
-                inside = b.icmp_signed("<", j, n)
-                # clamp the index so that the (discarded) load past n stays inside W
-                jj = b.select(inside, j, c64(0))
-                idx = b.select(is_t, b.add(b.mul(jj, ldw), kk), b.add(b.mul(kk, ldw), jj))
-                v = b.load(b.gep(w, [idx], source_etype=t), typ=t)
-                b.store(b.select(inside, v, zero), b.gep(row, [col], source_etype=t))
+        panel = at(dst, b.mul(b.mul(p, k), nr))
+        j0 = b.mul(p, nr)
+        full = b.icmp_signed("<=", b.add(j0, nr), n)
+        with b.if_else(full) as (whole, last):
+            with whole:
+                with b.if_else(is_t) as (tr, plain):
+                    with tr:      # panel column c is row j0 + c of W: read rows contiguously
+                        with for_range(b, c64(0), nr, "pk_tc") as col:
+                            src = at(w, b.mul(b.add(j0, col), ldw))
+                            with for_range(b, c64(0), k, "pk_tk") as kk:
+                                b.store(b.load(at(src, kk), typ=t),
+                                        at(panel, b.add(b.mul(kk, nr), col)))
+                    with plain:   # NR contiguous values per row of W: vector copies
+                        with for_range(b, c64(0), k, "pk_k") as kk:
+                            src = at(w, b.add(b.mul(kk, ldw), j0))
+                            row = at(panel, b.mul(kk, nr))
+                            with for_range(b, c64(0), nr, "pk_c") as col:
+                                b.store(b.load(at(src, col), typ=t), at(row, col))
+            with last:    # the last panel: columns past n are zeros
+                with for_range(b, c64(0), k, "pk_lk") as kk:
+                    row = at(panel, b.mul(kk, nr))
+                    with for_range(b, c64(0), nr, "pk_lc") as col:
+                        j = b.add(j0, col)
+                        inside = b.icmp_signed("<", j, n)
+                        # clamp the index so that the (discarded) load past n stays inside W
+                        jj = b.select(inside, j, c64(0))
+                        idx = b.select(is_t, b.add(b.mul(jj, ldw), kk),
+                                       b.add(b.mul(kk, ldw), jj))
+                        v = b.load(at(w, idx), typ=t)
+                        b.store(b.select(inside, v, zero), at(row, col))
     b.ret_void()
     return fn
 
@@ -97,10 +122,9 @@ def emit_packed_gemm(module: ir.Module, name: str, dtype: str, tile: Tile) -> ir
     t = ftype(dtype)
     vec = ir.VectorType(t, tile.lanes)
     nv = tile.nr // tile.lanes
-    fma = module.globals.get(f"llvm.fma.v{tile.lanes}{'f32' if dtype == 'float32' else 'f64'}")
-    if fma is None:
-        fma = ir.Function(module, ir.FunctionType(vec, [vec] * 3),
-                          f"llvm.fma.v{tile.lanes}{'f32' if dtype == 'float32' else 'f64'}")
+    fma_name = f"llvm.fma.v{tile.lanes}{'f32' if dtype == 'float32' else 'f64'}"
+    fma = module.globals.get(fma_name) or ir.Function(module, ir.FunctionType(vec, [vec] * 3),
+                                                      fma_name)
     fn = ir.Function(module, ir.FunctionType(
         VOID, [I64, I64, PTR, I64, PTR, I64, I64, I64, PTR, I64, I64]), name)
     fn.linkage = "internal"
@@ -112,7 +136,7 @@ def emit_packed_gemm(module: ir.Module, name: str, dtype: str, tile: Tile) -> ir
     for arg in (a, wp, c):
         arg.attributes.add("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    # accumulators and the tail row buffer live in the entry block: mem2reg makes registers
+    # the accumulators live in the entry block: mem2reg makes them registers
     accs = [[b.alloca(vec) for _h in range(nv)] for _r in range(tile.mr)]
     zero = ir.Constant(vec, [0.0] * tile.lanes)
     splat = ir.Constant(ir.VectorType(ir.IntType(32), tile.lanes), [0] * tile.lanes)

@@ -326,3 +326,28 @@ def test_embedding_and_log_softmax_on_threads(dtype: str, always_parallel) -> No
     cell = cell.with_dtype(dtype)
     for threads in (2, 3):
         compare(cell, dtype, T=5, B=13, seed=threads, threads=threads)
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_recycled_buffers_full_of_nan_do_not_leak_into_gradients(name: str) -> None:
+    """Buffers the backward does not zero (written whole before any read) must really be written
+    whole: after one step, every recycled array is filled with NaN, and the next step's
+    gradients must still equal the reference."""
+    I, H = sizes(name, 4, 9)  # noqa: E741
+    cell = zoo_cell(name, I, H, "float64")
+    cc = graphrnn.compile(cell, backend="llvm", dtype="float64")
+    ref = graphrnn.compile(cell, backend="ref", dtype="float64")
+    params = ref.init_params(seed=3, scale=0.4)
+    xs, h0, rng = sequences(ref, 4, 3, 3)
+    for step in range(2):
+        ys, _hT, res = cc.forward_train(params, xs, h0)
+        d_ys = [rng.standard_normal(y.shape) for y in ys]
+        g = cc.backward(params, res, d_ys, None)
+        rys, _rhT, rres = ref.forward_train(params, xs, h0)
+        rg = ref.backward(params, rres, d_ys, None)
+        for k in rg.params:
+            close(g.params[k], rg.params[k], 1e-9, f"{name} step {step} d{k}")
+        for arrays in cc._pool.free.values():
+            for a in arrays:
+                if a.dtype.kind == "f":
+                    a.fill(np.nan)
