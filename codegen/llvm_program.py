@@ -9,8 +9,8 @@ not depend on them. ``ctx`` may be NULL (one thread, no workspace); otherwise it
 ``work`` (``workspace_bytes`` bytes, 64-byte aligned, or NULL). Each step of the program is split
 between the threads (GEMMs and sums over rows by output columns, kernels, gathers and sums over
 columns by rows; scatters run on thread 0) and followed by a spin barrier. With ``work``, the
-time loop's GEMMs whose right operand is a parameter use ``llvm_gemm``'s packed GEMM: each
-thread packs its own panels of the weights once per sweep; without it they call the BLAS.
+GEMMs whose right operand is a parameter (``packed_gemms``) use ``llvm_gemm``'s packed GEMM:
+each thread packs its own panels of the weights once per sweep; without it they call the BLAS.
 
 Entry points, for a module prefix ``p``:
 
@@ -166,17 +166,27 @@ def diagonal_loop(sw: Sweep, bufs: dict[str, Buffer]) -> bool:
 PackKey = tuple[str, tuple[int, int] | None, tuple[int, int] | None, bool]
 
 
+# below this many output columns a GEMM outside the time loop keeps the BLAS: the packed GEMM
+# splits the threads by panels of columns, and a few panels leave a thread idle
+PACK_MIN_COLS_OUTSIDE_LOOP = 128
+
+
 def packed_gemms(sw: Sweep, bufs: dict[str, Buffer]) -> dict[PackKey, tuple[int, int]]:
-    """The time loop's GEMMs ``A @ op(W)`` with W a parameter: (buffer, rows, cols, trans) ->
-    (k, n) of op(W). Equal keys share one packed copy."""
+    """The sweep's GEMMs ``A @ op(W)`` with W a parameter (in the time loop, and outside it
+    where op(W) has at least PACK_MIN_COLS_OUTSIDE_LOOP columns): (buffer, rows, cols, trans) ->
+    (k, n) of op(W). Equal keys share one packed copy. One-thread speed, LSTM H=256 shapes:
+    1.3-2.1x OpenBLAS at M = B, 1.02-1.19x at M = T·B (benchmarks/bench_packed_gemm.py)."""
     out: dict[PackKey, tuple[int, int]] = {}
-    for s in sw.step:
-        if isinstance(s, Gemm) and not s.trans_a and bufs[s.b.buf].kind == "param":
+    for ph, steps in sw.phases():
+        for s in steps:
+            if not (isinstance(s, Gemm) and not s.trans_a and bufs[s.b.buf].kind == "param"):
+                continue
             buf = bufs[s.b.buf]
             r0, r1 = s.b.rows if s.b.rows is not None else (0, buf.rows)
             c0, c1 = s.b.cols if s.b.cols is not None else (0, buf.cols)
             kn = (c1 - c0, r1 - r0) if s.trans_b else (r1 - r0, c1 - c0)
-            out[(s.b.buf, s.b.rows, s.b.cols, s.trans_b)] = kn
+            if ph == "step" or kn[1] >= PACK_MIN_COLS_OUTSIDE_LOOP:
+                out[(s.b.buf, s.b.rows, s.b.cols, s.trans_b)] = kn
     return out
 
 
@@ -362,10 +372,9 @@ class ProgramEmitter:
         return View(ptr, B, c1 - c0, ld)
 
     # ---- steps ----
-    def _gemm(self, b: ir.IRBuilder, s: Gemm, out: View, a: View, bv: View,
-              in_loop: bool) -> None:
+    def _gemm(self, b: ir.IRBuilder, s: Gemm, out: View, a: View, bv: View) -> None:
         key = (s.b.buf, s.b.rows, s.b.cols, s.trans_b)
-        if in_loop and key in self.pack_offs:
+        if key in self.pack_offs:
             with b.if_else(b.icmp_unsigned("!=", self.work, ir.Constant(PTR, None))) as (pk, bl):
                 with pk:
                     self._packed_gemm(b, s, out, a, bv, self.pack_offs[key])
@@ -507,7 +516,7 @@ class ProgramEmitter:
 
         for s in steps:
             if isinstance(s, Gemm):
-                self._gemm(b, s, v(s.out), v(s.a), v(s.b), in_loop=t is not None)
+                self._gemm(b, s, v(s.out), v(s.a), v(s.b))
             elif isinstance(s, Kernel):
                 outs = [v(r) for r in s.outs]
                 lo, hi = self._chunk(b, outs[0].rows, 1)
@@ -573,7 +582,7 @@ class ProgramEmitter:
         env = {buf.name: b.load(b.gep(bufs, [c64(i)], source_etype=PTR), typ=PTR,
                                 name=f"buf_{i}")
                for i, buf in enumerate(self.p.buffers)}
-        packs = packed_gemms(sw, self.bufs) if sw.step else {}
+        packs = packed_gemms(sw, self.bufs)
         self.pack_offs = _pack_offsets(packs, self.tile)
         if packs:   # each thread packs the panels it will multiply by: no barrier needed
             with b.if_then(b.icmp_unsigned("!=", self.work, ir.Constant(PTR, None))):
