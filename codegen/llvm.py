@@ -45,42 +45,74 @@ from graphrnn.ir import Cell
 from graphrnn.program import Gather, Program, Ref, Scatter, _reads_writes
 
 from .llvm_blas import blas_info
+from .llvm_gemm import helper_module, tile_for
 from .llvm_program import collapsed_buffers, diagonal_loop, emit_program, workspace_bytes
 from .llvm_threads import ENTRY, TEAM, default_threads
 
 _preload: threading.Thread | None = None
 _preload_lock = threading.Lock()
+_llvm_loaded = threading.Event()   # set when the background thread has loaded LLVM
 
 
-def _load_llvm() -> None:
+def _load_llvm(dtype: str | None, cache: bool) -> None:
     try:
         from . import llvm_jit
         llvm_jit.host_cpu()
     except Exception:   # noqa: BLE001 - jit_module() imports again and raises in the caller
-        pass
-
-
-def start_llvm_load() -> None:
-    """Load LLVM in a background thread. Most of importing llvmlite.binding (~70 ms) is the
-    dlopen of its shared library, which releases the GIL, so it overlaps with the optimizer's
-    Python work on another core (measured: a cold LSTM compile 0.05 s faster)."""
-    global _preload
-    if "codegen.llvm_jit" in sys.modules:
         return
+    finally:
+        _llvm_loaded.set()
+    if dtype is not None:
+        try:
+            packed_helpers(dtype, cache)
+        except Exception:   # noqa: BLE001 - the cell's own call raises it again
+            pass
+
+
+def start_llvm_load(dtype: str | None = None, cache: bool = True) -> None:
+    """Load LLVM, and compile the packed-GEMM helpers for dtype, in a background thread. Most
+    of importing llvmlite.binding (~70 ms) is the dlopen of its shared library and compiling
+    is a ctypes call, both releasing the GIL, so they overlap with the optimizer's Python work
+    on another core (measured: a cold LSTM compile 0.05 s faster for the load alone)."""
+    global _preload
     with _preload_lock:
-        if _preload is None:
-            _preload = threading.Thread(target=_load_llvm, name="graphrnn-llvm-load",
-                                        daemon=True)
+        if dtype in _helpers or (dtype is None and "codegen.llvm_jit" in sys.modules):
+            return
+        if _preload is None or not _preload.is_alive():
+            _preload = threading.Thread(target=_load_llvm, args=(dtype, cache),
+                                        name="graphrnn-llvm-load", daemon=True)
             _preload.start()
 
 
+_helpers: dict[str, tuple[Any, int, int]] = {}
+_helpers_lock = threading.Lock()
+
+
+def packed_helpers(dtype: str, cache: bool = True) -> tuple[int, int]:
+    """Addresses of ``llvm_gemm``'s pack and packed GEMM for dtype, compiled once per process
+    (they do not depend on the cell) and installed in every cell module."""
+    with _helpers_lock:
+        if dtype not in _helpers:
+            from . import llvm_jit
+            tm = llvm_jit.target_machine()
+            j = llvm_jit.jit(helper_module(dtype, tile_for(dtype), tm.triple), use_cache=cache)
+            sfx = dtype[-2:]
+            _helpers[dtype] = (j, j.address(f"graphrnn_pack_f{sfx}"),
+                               j.address(f"graphrnn_pgemm_f{sfx}"))
+        return _helpers[dtype][1], _helpers[dtype][2]
+
+
 def jit_module() -> Any:
-    """codegen.llvm_jit, with LLVM initialised (waits for start_llvm_load's thread)."""
+    """codegen.llvm_jit, with LLVM initialised (waits for start_llvm_load's thread to load it,
+    not for the helpers it may compile after that)."""
     if _preload is not None:
-        _preload.join()
+        _llvm_loaded.wait()
     from . import llvm_jit
     return llvm_jit
+
+
 SETTER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+PACKED_SETTER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 
 
 def compile_program(cell: Cell) -> Program:
@@ -209,7 +241,7 @@ class LLVMBackend(CompiledCell):
         self.threads = threads
         self.packed = packed
         t0 = time.perf_counter()
-        start_llvm_load()
+        start_llvm_load(dtype, cache)
         # program: a ready Program for this cell (tests hand-write one); normally the optimizer's
         self.program = program if program is not None else compile_program(self.cell)
         if self.program.dtype != dtype:
@@ -220,7 +252,8 @@ class LLVMBackend(CompiledCell):
         self.uses_blas = bool(blas and blas_info().found)
         # with BLAS the naive fallback is never called: leave it out of the module
         self.ir_text = str(emit_program(self.program, self.prefix,
-                                        fallback_gemm=not self.uses_blas, diagonal=diagonal))
+                                        fallback_gemm=not self.uses_blas, diagonal=diagonal,
+                                        own_packed=False))
         # which sweeps run their time loop as one loop over batch rows (diagonal recurrences)
         bufs = self.program.buffer_map
         self.diagonal_loops = {
@@ -236,6 +269,9 @@ class LLVMBackend(CompiledCell):
             info = blas_info()
             addr = info.sgemm if dtype == "float32" else info.dgemm
             SETTER(self.jitted.address(f"{self.prefix}_set_gemm_f{dtype[-2:]}"))(addr)
+        setter = self.jitted.address(f"{self.prefix}_set_packed_f{dtype[-2:]}")
+        if setter:   # the program has packed GEMMs
+            PACKED_SETTER(setter)(*packed_helpers(dtype, cache))
         self._fwd = ENTRY(self.jitted.address(f"{self.prefix}_forward"))
         self._inf = ENTRY(self.jitted.address(f"{self.prefix}_infer"))
         self._bwd = ENTRY(self.jitted.address(f"{self.prefix}_backward"))

@@ -199,3 +199,15 @@ def emit_packed_gemm(module: ir.Module, name: str, dtype: str, tile: Tile) -> ir
             block(i, 1, panel, j0, ncols)
     b.ret_void()
     return fn
+
+
+def helper_module(dtype: str, tile: Tile, triple: str) -> str:
+    """``graphrnn_pack_f??`` and ``graphrnn_pgemm_f??`` as a module of their own: the JIT
+    compiles it once per process and dtype and hands the addresses to every cell's module."""
+    sfx = dtype[-2:]
+    mod = ir.Module(f"graphrnn_packed_f{sfx}")
+    mod.triple = triple
+    for f in (emit_pack(mod, f"graphrnn_pack_f{sfx}", dtype, tile),
+              emit_packed_gemm(mod, f"graphrnn_pgemm_f{sfx}", dtype, tile)):
+        f.linkage = "external"
+    return str(mod)

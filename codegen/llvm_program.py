@@ -25,7 +25,7 @@ Entry points, for a module prefix ``p``:
 
 A diagonal recurrence (only kernels in the loop, ``diagonal_loop``) runs its time loop inside a
 loop over blocks of batch rows, the CPU form of CUDA's one-kernel loop (blocks ``diag_blk`` in
-the IR). Kernels are internal functions (``emit_kernel``) that LLVM may inline; GEMMs go
+the IR). Kernels are internal functions (``emit_kernel``), not inlined; GEMMs go
 through the module's gemm function pointer; reductions, gathers and scatters are short loops
 emitted inline.
 """
@@ -214,7 +214,7 @@ def workspace_bytes(program: Program, tile: Tile | None = None) -> int:
 
 class ProgramEmitter:
     def __init__(self, program: Program, prefix: str, fallback_gemm: bool = True,
-                 diagonal: bool = True) -> None:
+                 diagonal: bool = True, own_packed: bool = True) -> None:
         if not prefix.isidentifier():
             raise BackendError(f"llvm: module prefix must be an identifier, got {prefix!r}")
         self.p = program
@@ -229,8 +229,9 @@ class ProgramEmitter:
         self.fallback_gemm = fallback_gemm
         self.diagonal = diagonal
         self.tile = tile_for(self.dtype)
+        self.own_packed = own_packed
         self._barrier_fn: ir.Function | None = None
-        self._pack_fns: tuple[ir.Function, ir.Function] | None = None
+        self._pack_fns: tuple[ir.GlobalVariable, ir.GlobalVariable] | None = None
         # the sweep being emitted: thread id and count, barrier counters, workspace, packings
         self.tid: ir.Value = c64(0)
         self.nthr: ir.Value = c64(1)
@@ -318,14 +319,36 @@ class ProgramEmitter:
 
         return edge(self.tid), edge(b.add(self.tid, c64(1)))
 
-    def _packers(self) -> tuple[ir.Function, ir.Function]:
+    def _packers(self, b: ir.IRBuilder) -> tuple[ir.Value, ir.Value]:
+        """pack and packed GEMM, called through two function pointers: in the module itself
+        (``own_packed``, for export) or installed by ``p_set_packed_f??`` (the JIT compiles them
+        once per process and dtype, ``llvm.packed_helpers``: compiled into every cell, they
+        were 0.1 s of its LLVM time)."""
+        sfx = self.dtype[-2:]
+        pack_t = ir.FunctionType(VOID, [I64, I64, PTR, I64, I64, PTR, I64, I64])
+        gemm_t = ir.FunctionType(VOID, [I64, I64, PTR, I64, PTR, I64, I64, I64, PTR, I64, I64])
         if self._pack_fns is None:
-            sfx = self.dtype[-2:]
-            self._pack_fns = (emit_pack(self.module, f"{self.prefix}_pack_f{sfx}", self.dtype,
-                                        self.tile),
-                              emit_packed_gemm(self.module, f"{self.prefix}_pgemm_f{sfx}",
-                                               self.dtype, self.tile))
-        return self._pack_fns
+            slots = []
+            for what in ("pack", "pgemm"):
+                g = ir.GlobalVariable(self.module, PTR, f"{self.prefix}_{what}_f{sfx}_fp")
+                g.linkage = "internal"
+                g.initializer = ir.Constant(PTR, None)
+                slots.append(g)
+            if self.own_packed:
+                slots[0].initializer = emit_pack(self.module, f"{self.prefix}_pack_f{sfx}",
+                                                 self.dtype, self.tile)
+                slots[1].initializer = emit_packed_gemm(
+                    self.module, f"{self.prefix}_pgemm_f{sfx}", self.dtype, self.tile)
+            else:
+                setter = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR]),
+                                     f"{self.prefix}_set_packed_f{sfx}")
+                sb = ir.IRBuilder(setter.append_basic_block("entry"))
+                sb.store(setter.args[0], slots[0])
+                sb.store(setter.args[1], slots[1])
+                sb.ret_void()
+            self._pack_fns = (slots[0], slots[1])
+        return (load_function_pointer(b, self._pack_fns[0], pack_t),
+                load_function_pointer(b, self._pack_fns[1], gemm_t))
 
     def _kernel_fn(self, step: Kernel) -> ir.Function:
         k = step.kernel
@@ -339,6 +362,9 @@ class ProgramEmitter:
             base = "".join(ch if ch.isalnum() else "_" for ch in k.name)
             name = f"{self.prefix}_k{len(self.kernels)}_{base}"
             fn = emit_kernel(self.module, name, k.program, k.dtype, kinds, linkage="internal")
+            # optimized once, not again inside every sweep that calls it (forward and infer
+            # share kernels): 10-20% of a cell's LLVM time; a call per step costs nothing
+            fn.attributes.add("noinline")
             if not noalias:
                 for a in fn.args:
                     a.attributes.discard("noalias")
@@ -415,7 +441,7 @@ class ProgramEmitter:
         k, n = (bv.cols, int(bv.rows.constant)) if s.trans_b else (int(bv.rows.constant), bv.cols)
         p0, p1 = self._pack_range(b, n)
         wp = b.gep(self.work, [c64(off)], source_etype=self.t)
-        b.call(self._packers()[1], [a.rows, c64(k), a.ptr, a.ld, wp, p0, p1, c64(n), out.ptr,
+        b.call(self._packers(b)[1], [a.rows, c64(k), a.ptr, a.ld, wp, p0, p1, c64(n), out.ptr,
                                     out.ld, c64(int(s.accumulate))])
 
     def _kernel(self, b: ir.IRBuilder, s: Kernel, ins: Sequence[View],
@@ -590,7 +616,7 @@ class ProgramEmitter:
                     w = self._view(b, env, Ref(key[0], rows=key[1], cols=key[2]), None, T, B,
                                    collapsed)
                     p0, p1 = self._pack_range(b, n)
-                    b.call(self._packers()[0], [
+                    b.call(self._packers(b)[0], [
                         c64(k), c64(n), w.ptr, w.ld, c64(int(key[3])),
                         b.gep(self.work, [c64(self.pack_offs[key])], source_etype=self.t),
                         p0, p1])
@@ -635,11 +661,13 @@ class ProgramEmitter:
 
 
 def emit_program(program: Program, prefix: str, fallback_gemm: bool = True,
-                 diagonal: bool = True) -> ir.Module:
+                 diagonal: bool = True, own_packed: bool = True) -> ir.Module:
     """The module for program. ``fallback_gemm=False`` leaves out the naive GEMM: the gemm
     pointer starts null and the caller must install a BLAS gemm with ``p_set_gemm_f??`` before
     calling anything. The JIT does so when it found numpy's BLAS: the fallback, vectorized and
     unrolled by the optimizer, was about 40% of the LLVM compile time of an LSTM module.
     ``diagonal=False`` keeps the step-by-step loop even where ``diagonal_loop`` allows one loop
-    over rows (for tests and benchmarks)."""
-    return ProgramEmitter(program, prefix, fallback_gemm, diagonal).emit()
+    over rows (for tests and benchmarks). ``own_packed=False`` leaves out the packed GEMM and
+    its packing function: the caller installs them with ``p_set_packed_f??`` (see
+    ``llvm.packed_helpers``) before any call with a workspace."""
+    return ProgramEmitter(program, prefix, fallback_gemm, diagonal, own_packed).emit()

@@ -69,3 +69,18 @@ def test_packed_gemm_matches_numpy(bits: int, dtype: str, m: int, k: int, n: int
     tol = 1e-5 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(c[:, :n], want, rtol=tol, atol=tol * np.abs(want).max())
     np.testing.assert_array_equal(c[:, n:], c0[:, n:])    # columns past n untouched
+
+
+def test_jitted_cells_share_one_compiled_copy_and_exports_carry_their_own() -> None:
+    import graphrnn
+    from codegen.llvm import packed_helpers
+    from codegen.llvm_program import emit_program
+    from graphrnn.cells import zoo_cell
+    a = graphrnn.compile(zoo_cell("lstm", 3, 7, "float32"), backend="llvm")
+    b = graphrnn.compile(zoo_cell("gru", 3, 7, "float32"), backend="llvm")
+    for cc in (a, b):   # the JIT's modules call the process-wide helpers through pointers
+        assert "set_packed_f32" in cc.ir_text and "define internal void @" + cc.prefix + \
+            "_pgemm" not in cc.ir_text
+    assert packed_helpers("float32") == packed_helpers("float32")
+    exported = str(emit_program(a.program, a.prefix))      # what export() writes
+    assert f"@{a.prefix}_pgemm_f32(" in exported and "set_packed" not in exported
