@@ -4,9 +4,11 @@
     perf report -i perf.data --no-children --sort symbol
 
 The module is compiled with internal linkage dropped (so every function has an address the
-engine can report) and ``/tmp/perf-PID.map`` lists them, which is where perf looks for names of
-JIT code. The "where the time goes" table of ARCHITECTURE.md comes from this script. It prints
-the median step time at the end.
+engine can report) and ``/tmp/perf-PID.map`` lists them with the process-wide packed-GEMM
+helpers, which is where perf looks for names of JIT code (a function's size is taken as the
+distance to the next one, so the last one's name may cover some unrelated code). The "where
+the time goes" table of ARCHITECTURE.md comes from this script. It prints the median step time
+at the end.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def main() -> int:
     cell = zoo_cell(args.cell, H, H, "float32")
     cc = graphrnn.compile(cell, backend="llvm", dtype="float32")
     addrs = sorted((cc.jitted.address(n), n) for n in set(names) if cc.jitted.address(n))
+    # the packed GEMM and its packing live in a module of their own, shared by all cells
+    helpers = [(a, f"graphrnn_{what}_f32") for what, a in
+               zip(("pack", "pgemm"), llvm.packed_helpers("float32"))]
+    addrs = sorted(addrs + helpers)
     with open(f"/tmp/perf-{os.getpid()}.map", "w") as f:
         for (a, n), (nxt, _) in zip(addrs, addrs[1:] + [(addrs[-1][0] + 65536, "")]):
             f.write(f"{a:x} {nxt - a:x} {n}\n")
