@@ -175,7 +175,7 @@ def packed_gemms(sw: Sweep, bufs: dict[str, Buffer]) -> dict[PackKey, tuple[int,
     """The sweep's GEMMs ``A @ op(W)`` with W a parameter (in the time loop, and outside it
     where op(W) has at least PACK_MIN_COLS_OUTSIDE_LOOP columns): (buffer, rows, cols, trans) ->
     (k, n) of op(W). Equal keys share one packed copy. One-thread speed, LSTM H=256 shapes:
-    1.3-2.1x OpenBLAS at M = B, 1.02-1.19x at M = T·B (benchmarks/bench_packed_gemm.py)."""
+    1.3-2.2x OpenBLAS at M = B, 1.07-1.16x at M = T·B (benchmarks/bench_packed_gemm.py)."""
     out: dict[PackKey, tuple[int, int]] = {}
     for ph, steps in sw.phases():
         for s in steps:
