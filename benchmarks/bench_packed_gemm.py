@@ -25,31 +25,23 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llvmlite import ir  # noqa: E402
 
 from codegen import llvm  # noqa: E402
 from codegen.llvm_blas import blas_info  # noqa: E402
-from codegen.llvm_gemm import emit_pack, emit_packed_gemm, tile_for  # noqa: E402
+from codegen.llvm_gemm import helper_module, tile_for  # noqa: E402
 
 I64, VP = ctypes.c_int64, ctypes.c_void_p
 
 
 def build() -> tuple[object, object, object, object]:
-    """The two internal functions behind external wrappers, jitted."""
+    """The helper module the JIT shares between cells (float32, this CPU's tile), jitted."""
     jm = llvm.jit_module()
     tile = tile_for("float32")
-    mod = ir.Module("bench_packed_gemm")
-    mod.triple = jm.target_machine().triple
-    for name, f in (("pack", emit_pack(mod, "pk", "float32", tile)),
-                    ("gemm", emit_packed_gemm(mod, "pg", "float32", tile))):
-        w = ir.Function(mod, f.function_type, name)
-        b = ir.IRBuilder(w.append_basic_block())
-        b.call(f, w.args)
-        b.ret_void()
-    jitted = jm.jit(str(mod), use_cache=False)
-    pack = ctypes.CFUNCTYPE(None, I64, I64, VP, I64, I64, VP, I64, I64)(jitted.address("pack"))
+    jitted = jm.jit(helper_module("float32", tile, jm.target_machine().triple), use_cache=False)
+    pack = ctypes.CFUNCTYPE(None, I64, I64, VP, I64, I64, VP, I64, I64)(
+        jitted.address("graphrnn_pack_f32"))
     gemm = ctypes.CFUNCTYPE(None, I64, I64, VP, I64, VP, I64, I64, I64, VP, I64, I64)(
-        jitted.address("gemm"))
+        jitted.address("graphrnn_pgemm_f32"))
     return tile, jitted, pack, gemm
 
 

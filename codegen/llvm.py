@@ -19,8 +19,8 @@ step-by-step time loop of a diagonal recurrence (``llvm_program.diagonal_loop``)
 default runs as one loop over batch rows (``cc.diagonal_loops`` says which sweeps do).
 ``threads=n`` fixes the threads per call (default: numpy's OpenBLAS setting, see
 ``llvm_threads``; calls smaller than ``THREAD_MIN_FLOPS`` run on one); ``packed=False`` keeps
-the BLAS for the time loop's weight products (``llvm_gemm``; used when ``T * B`` reaches
-``PACK_MIN_ROWS``).
+the BLAS for the products with a weight (``llvm_gemm``, ``llvm_program.packed_gemms``; used
+when ``T * B`` reaches ``PACK_MIN_ROWS``).
 """
 
 from __future__ import annotations
@@ -319,7 +319,8 @@ class LLVMBackend(CompiledCell):
         self._flops = {"forward": sweep_flops(self.program, self.program.forward),
                        "backward": sweep_flops(self.program, self.program.backward)}
         self._work_bytes = workspace_bytes(self.program)
-        self._work: np.ndarray | None = None
+        self._work: np.ndarray | None = None   # allocated at the first packed call
+        self._work_addr = 0                     # its first 64-byte aligned address
 
     def _run(self, fn: Any, sweep: str, T: int, B: int, ptrs: np.ndarray) -> None:
         """One native call, on as many threads as the work is worth."""
@@ -330,7 +331,8 @@ class LLVMBackend(CompiledCell):
         if self.packed and self._work_bytes and T * B >= self.PACK_MIN_ROWS:
             if self._work is None:
                 self._work = np.empty(self._work_bytes + 64, np.uint8)
-            work = -self._work.ctypes.data % 64 + self._work.ctypes.data   # 64-byte aligned
+                self._work_addr = -self._work.ctypes.data % 64 + self._work.ctypes.data
+            work = self._work_addr
         TEAM.run(fn, T, B, int(ptrs.ctypes.data), nthr, work)
 
     # ---- buffers ----
@@ -525,9 +527,9 @@ def _header(p: Program, prefix: str) -> str:
         " * the calling thread; otherwise n threads call the same entry at once, each with its",
         " * own int64_t ctx[4] = {tid (0..n-1), n, (int64_t)sync, (int64_t)work}: sync points at",
         " * 16 zeroed int64_t shared by the n threads (a spin barrier's counters), work at",
-        f" * {up}_WORKSPACE_BYTES bytes, 64-byte aligned (weights packed for the time loop's",
-        " * GEMMs), or 0 to call the installed GEMM for those too. Buffers are row-major",
-        " * and C-contiguous; sizes in elements are given by "
+        f" * {up}_WORKSPACE_BYTES bytes, 64-byte aligned (weights packed for the GEMMs with",
+        " * a weight operand), or 0 to call the installed GEMM for those too. Buffers are",
+        " * row-major and C-contiguous; sizes in elements are given by "
         f"{prefix}_buffer_elems(i, T, B):",
         " *   param/grad/mat: rows x cols; seq: (T + extra) x B x cols; carry/temp: B x cols.",
         " * mat buffers must be zero before the forward; grad buffers zero before the backward.",

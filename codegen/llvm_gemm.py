@@ -160,11 +160,12 @@ def emit_packed_gemm(module: ir.Module, name: str, dtype: str, tile: Tile) -> ir
                                       undef, splat)
                 for h in range(nv):
                     b.store(b.call(fma, [av, ws[h], b.load(accs[r][h], typ=vec)]), accs[r][h])
+        crows = [b.gep(c, [b.add(b.mul(b.add(i0, c64(r)), ldc), j0)], source_etype=t)
+                 for r in range(rows)]
         full = b.icmp_signed("==", ncols, nr)
         with b.if_else(full) as (whole, part):
             with whole:
-                for r in range(rows):
-                    crow = b.gep(c, [b.add(b.mul(b.add(i0, c64(r)), ldc), j0)], source_etype=t)
+                for r, crow in enumerate(crows):
                     for h in range(nv):
                         ptr = b.gep(crow, [c64(h * tile.lanes)], source_etype=t)
                         v = b.load(accs[r][h], typ=vec)
@@ -172,8 +173,7 @@ def emit_packed_gemm(module: ir.Module, name: str, dtype: str, tile: Tile) -> ir
                         old = b.load(ptr, typ=vec, align=4)
                         b.store(b.select(acc_on, b.fadd(v, old, flags=FAST), v), ptr, align=4)
             with part:   # the last panel: only ncols < NR columns of C exist
-                for r in range(rows):
-                    crow = b.gep(c, [b.add(b.mul(b.add(i0, c64(r)), ldc), j0)], source_etype=t)
+                for r, crow in enumerate(crows):
                     vs = [b.load(accs[r][h], typ=vec) for h in range(nv)]
                     with for_range(b, c64(0), ncols, "mt") as j:
                         ptr = b.gep(crow, [j], source_etype=t)

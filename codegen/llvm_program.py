@@ -26,8 +26,8 @@ Entry points, for a module prefix ``p``:
 A diagonal recurrence (only kernels in the loop, ``diagonal_loop``) runs its time loop inside a
 loop over blocks of batch rows, the CPU form of CUDA's one-kernel loop (blocks ``diag_blk`` in
 the IR). Kernels are internal functions (``emit_kernel``), not inlined; GEMMs go
-through the module's gemm function pointer; reductions, gathers and scatters are short loops
-emitted inline.
+through the module's gemm function pointer (or ``llvm_gemm``'s packed GEMM); reductions are
+functions of their own too; gathers and scatters are short loops emitted inline.
 """
 
 from __future__ import annotations
@@ -166,6 +166,11 @@ def diagonal_loop(sw: Sweep, bufs: dict[str, Buffer]) -> bool:
 PackKey = tuple[str, tuple[int, int] | None, tuple[int, int] | None, bool]
 
 
+def pack_key(s: Gemm) -> PackKey:
+    """What a packed copy of a GEMM's right operand is keyed by: its view and transposition."""
+    return (s.b.buf, s.b.rows, s.b.cols, s.trans_b)
+
+
 # below this many output columns a GEMM outside the time loop keeps the BLAS: the packed GEMM
 # splits the threads by panels of columns, and a few panels leave a thread idle
 PACK_MIN_COLS_OUTSIDE_LOOP = 128
@@ -186,7 +191,7 @@ def packed_gemms(sw: Sweep, bufs: dict[str, Buffer]) -> dict[PackKey, tuple[int,
             c0, c1 = s.b.cols if s.b.cols is not None else (0, buf.cols)
             kn = (c1 - c0, r1 - r0) if s.trans_b else (r1 - r0, c1 - c0)
             if ph == "step" or kn[1] >= PACK_MIN_COLS_OUTSIDE_LOOP:
-                out[(s.b.buf, s.b.rows, s.b.cols, s.trans_b)] = kn
+                out[pack_key(s)] = kn
     return out
 
 
@@ -237,6 +242,7 @@ class ProgramEmitter:
         self.nthr: ir.Value = c64(1)
         self.sync: ir.Value = ir.Constant(PTR, None)
         self.work: ir.Value = ir.Constant(PTR, None)
+        self.packs: dict[PackKey, tuple[int, int]] = {}   # (k, n) of each packed op(W)
         self.pack_offs: dict[PackKey, int] = {}
         self.TB: ir.Value = c64(0)
         self._pro: ir.IRBuilder | None = None
@@ -411,11 +417,11 @@ class ProgramEmitter:
 
     # ---- steps ----
     def _gemm(self, b: ir.IRBuilder, s: Gemm, out: View, a: View, bv: View) -> None:
-        key = (s.b.buf, s.b.rows, s.b.cols, s.trans_b)
-        if key in self.pack_offs:
+        key = pack_key(s)
+        if key in self.packs:
             with b.if_else(b.icmp_unsigned("!=", self.work, ir.Constant(PTR, None))) as (pk, bl):
                 with pk:
-                    self._packed_gemm(b, s, out, a, bv, self.pack_offs[key])
+                    self._packed_gemm(b, s, out, a, key)
                 with bl:
                     self._blas_gemm(b, s, out, a, bv)
         else:
@@ -445,19 +451,12 @@ class ProgramEmitter:
 
     def _pack_range(self, b: ir.IRBuilder, n: int) -> tuple[ir.Value, ir.Value]:
         """This thread's panels of an n-column op(W), the same for packing and multiplying."""
-        key = ("panels", n)
-        if key not in self._chunks:
-            panels, pb = c64(self.tile.panels(n)), self._pro
-            assert pb is not None
-            self._chunks[key] = (pb.sdiv(pb.mul(panels, self.tid), self.nthr),
-                                 pb.sdiv(pb.mul(panels, pb.add(self.tid, c64(1))), self.nthr))
-        return self._chunks[key]
+        return self._chunk(b, c64(self.tile.panels(n)), 1)
 
-    def _packed_gemm(self, b: ir.IRBuilder, s: Gemm, out: View, a: View, bv: View,
-                     off: int) -> None:
-        k, n = (bv.cols, int(bv.rows.constant)) if s.trans_b else (int(bv.rows.constant), bv.cols)
+    def _packed_gemm(self, b: ir.IRBuilder, s: Gemm, out: View, a: View, key: PackKey) -> None:
+        k, n = self.packs[key]
         p0, p1 = self._pack_range(b, n)
-        wp = b.gep(self.work, [c64(off)], source_etype=self.t)
+        wp = b.gep(self.work, [c64(self.pack_offs[key])], source_etype=self.t)
         b.call(self._packers(b)[1], [a.rows, c64(k), a.ptr, a.ld, wp, p0, p1, c64(n), out.ptr,
                                     out.ld, c64(int(s.accumulate))])
 
@@ -568,11 +567,12 @@ class ProgramEmitter:
                 b.store(b.fadd(b.load(p, typ=t), v, flags=FAST), p)
 
     def _split_rows(self, b: ir.IRBuilder, v: View, lo: ir.Value, rows: ir.Value,
-                    broadcast: bool = False) -> View:
+                    broadcast: bool = False, etype: ir.Type | None = None) -> View:
+        """Rows lo .. lo + rows - 1 of v (of element type etype, default the float type)."""
         if broadcast:   # a row or scalar operand: the same for every row
             return v
-        # kernel operands are floating point (ids only feed gathers and scatters)
-        return View(b.gep(v.ptr, [b.mul(lo, v.ld)], source_etype=self.t), rows, v.cols, v.ld)
+        return View(b.gep(v.ptr, [b.mul(lo, v.ld)], source_etype=etype or self.t), rows, v.cols,
+                    v.ld)
 
     def _steps(self, b: ir.IRBuilder, env: dict[str, ir.Value], steps: Sequence[object],
                t: ir.Value | None, T: ir.Value, B: ir.Value, collapsed: frozenset[str]) -> None:
@@ -595,9 +595,8 @@ class ProgramEmitter:
                 out, ids = v(s.out), v(s.ids)
                 lo, hi = self._chunk(b, out.rows, 1)
                 rows = b.sub(hi, lo)
-                ids = View(b.gep(ids.ptr, [b.mul(lo, ids.ld)], source_etype=I64), rows, ids.cols,
-                           ids.ld)
-                self._gather(b, self._split_rows(b, out, lo, rows), v(s.table), ids)
+                self._gather(b, self._split_rows(b, out, lo, rows), v(s.table),
+                             self._split_rows(b, ids, lo, rows, etype=I64))
             else:
                 # scatters (embedding gradients) add rows in id order: thread 0 runs them
                 with b.if_then(b.icmp_signed("==", self.tid, c64(0))):
@@ -658,7 +657,7 @@ class ProgramEmitter:
         env = {buf.name: b.load(b.gep(bufs, [c64(i)], source_etype=PTR), typ=PTR,
                                 name=f"buf_{i}")
                for i, buf in enumerate(self.p.buffers)}
-        packs = packed_gemms(sw, self.bufs)
+        self.packs = packs = packed_gemms(sw, self.bufs)
         self.pack_offs = _pack_offsets(packs, self.tile)
         if packs:   # each thread packs the panels it will multiply by: no barrier needed
             with b.if_then(b.icmp_unsigned("!=", self.work, ir.Constant(PTR, None))):

@@ -17,6 +17,7 @@ the GIL), for the model's own GEMMs; ``release()`` gives the cores back to OpenB
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import queue
@@ -61,15 +62,10 @@ class Team:
     def run(self, fn: Any, T: int, B: int, bufs: int, nthreads: int, work: int) -> None:
         if nthreads <= 1:
             ctx = np.array([0, 1, 0, work], np.int64)
-            if work:
-                with self._lock:
-                    fn(T, B, bufs, ctx.ctypes.data)
-            else:
+            with self._lock if work else contextlib.nullcontext():
                 fn(T, B, bufs, ctx.ctypes.data)
             return
         with self._lock:
-            while len(self._workers) < nthreads - 1:
-                self._workers.append(_Worker(len(self._workers) + 1))
             self._sync[:] = 0
             ctx = np.zeros((nthreads, 4), np.int64)
             ctx[:, 0] = np.arange(nthreads)
@@ -140,7 +136,7 @@ def matmul(a: np.ndarray, b: np.ndarray, min_flops: float = 4e6) -> np.ndarray:
     """``a @ b`` for 2-D arrays, its columns split over the threads once they are ours (plain
     ``a @ b`` before the take-over, or when small)."""
     n = b.shape[1]
-    nthr = default_threads() if _taken is not None else 1
+    nthr = _taken or 1   # before the take-over OpenBLAS's own threads do it
     if nthr <= 1 or 2.0 * a.shape[0] * a.shape[1] * n < min_flops or n < 2 * nthr:
         return a @ b
     out = np.empty((a.shape[0], n), np.result_type(a, b))

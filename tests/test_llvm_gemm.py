@@ -8,10 +8,9 @@ from functools import cache
 
 import numpy as np
 import pytest
-from llvmlite import ir
 
 from codegen import llvm
-from codegen.llvm_gemm import Tile, emit_pack, emit_packed_gemm, tile_for
+from codegen.llvm_gemm import Tile, helper_module, tile_for
 
 I64, P = ctypes.c_int64, ctypes.c_void_p
 PACK = ctypes.CFUNCTYPE(None, I64, I64, P, I64, I64, P, I64, I64)
@@ -20,19 +19,13 @@ GEMM = ctypes.CFUNCTYPE(None, I64, I64, P, I64, P, I64, I64, I64, P, I64, I64)
 
 @cache
 def build(dtype: str, bits: int) -> tuple[Tile, object, object, object]:
+    """The helper module the JIT shares between cells, built for a given vector width."""
     jm = llvm.jit_module()
     tile = tile_for(dtype, bits)
-    mod = ir.Module("gemm_test")
-    mod.triple = jm.target_machine().triple
-    inner = {"pack": emit_pack(mod, "pk", dtype, tile),
-             "gemm": emit_packed_gemm(mod, "pg", dtype, tile)}
-    for name, f in inner.items():   # external wrappers around the internal functions
-        w = ir.Function(mod, f.function_type, name)
-        b = ir.IRBuilder(w.append_basic_block())
-        b.call(f, w.args)
-        b.ret_void()
-    jitted = jm.jit(str(mod), use_cache=False)
-    return tile, jitted, PACK(jitted.address("pack")), GEMM(jitted.address("gemm"))
+    jitted = jm.jit(helper_module(dtype, tile, jm.target_machine().triple), use_cache=False)
+    sfx = dtype[-2:]
+    return (tile, jitted, PACK(jitted.address(f"graphrnn_pack_f{sfx}")),
+            GEMM(jitted.address(f"graphrnn_pgemm_f{sfx}")))
 
 
 def test_tiles_fit_the_register_file() -> None:
