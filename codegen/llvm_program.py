@@ -611,12 +611,10 @@ class ProgramEmitter:
                         collapsed: frozenset[str]) -> None:
         """The step phase's kernels at time t on batch rows row .. row + nrows - 1."""
         def v(r: Ref) -> View:
-            view = self._view(b, env, r, t, T, B, collapsed)
-            if self.bufs[r.buf].fixed:    # a row/scalar broadcast: the same for every row
-                return view
-            et = I64 if self.bufs[r.buf].dtype == "int64" else self.t
-            return View(b.gep(view.ptr, [b.mul(row, view.ld)], source_etype=et), nrows,
-                        view.cols, view.ld)
+            buf = self.bufs[r.buf]   # a fixed buffer is a row/scalar broadcast here
+            return self._split_rows(b, self._view(b, env, r, t, T, B, collapsed), row, nrows,
+                                    broadcast=buf.fixed,
+                                    etype=I64 if buf.dtype == "int64" else None)
 
         for s in steps:
             assert isinstance(s, Kernel)
