@@ -17,7 +17,8 @@ through cuBLAS, the time loop driven from Python on one stream.
 - ``cuda_graph=True`` captures each sweep for a given (T, B) as a CUDA graph and replays it; the
   buffers are then kept per (T, B), so residuals of a ``forward_train`` stay valid only until the
   next forward of the same shape.
-- Export without a GPU: ``cuda_source(cell)`` (the ``.cu`` text) and ``ptx(cell, arch)`` (nvcc).
+- Export without a GPU: ``cuda_source(cell)`` (the ``.cu`` text) and ``ptx(cell, arch)`` (nvcc,
+  or NVRTC where only CuPy's NVRTC is installed).
 
 ``import cupy`` happens only inside functions: importing this module never needs a GPU.
 """
@@ -62,9 +63,17 @@ def cuda_source(cell: Cell, dtype: str | None = None, block: int = DEFAULT_BLOCK
 
 def ptx(cell: Cell, arch: str = "sm_80", dtype: str | None = None,
         block: int = DEFAULT_BLOCK) -> str:
-    """PTX for a chosen architecture (``nvcc -ptx``); no GPU needed, nvcc is."""
-    from .cuda_cpu import compile_ptx
-    return compile_ptx(cuda_source(cell, dtype, block), arch)
+    """PTX for a chosen architecture; no GPU needed, nvcc or NVRTC is."""
+    return source_to_ptx(cuda_source(cell, dtype, block), arch)
+
+
+def source_to_ptx(source: str, arch: str = "sm_80") -> str:
+    """``nvcc -ptx`` where the CUDA toolkit is installed, else NVRTC through CuPy (the compiler
+    the GPU path uses, with its options); a BackendError names both when neither is there."""
+    from .cuda_cpu import compile_nvrtc, compile_ptx, find_tool, nvrtc_version
+    if find_tool("nvcc") is not None or nvrtc_version() is None:
+        return compile_ptx(source, arch)
+    return str(compile_nvrtc(source, arch, NVRTC_OPTIONS))
 
 
 def import_cupy() -> Any:
@@ -73,8 +82,9 @@ def import_cupy() -> Any:
         import cupy as cp
     except ImportError as e:
         raise BackendError("the cuda backend needs CuPy and an NVIDIA GPU: pip install "
-                           f"cupy-cuda12x (import failed: {e}); without a GPU use backend='llvm'"
-                           " and export kernels with codegen.cuda.cuda_source/ptx") from e
+                           "cupy-cuda13x, or cupy-cuda12x for a CUDA 12 driver (import failed: "
+                           f"{e}); without a GPU use backend='llvm' and export kernels with "
+                           "codegen.cuda.cuda_source/ptx") from e
     try:
         n = cp.cuda.runtime.getDeviceCount()
     except Exception as e:  # noqa: BLE001 - CuPy raises its own runtime errors
@@ -207,8 +217,7 @@ class CudaBackend(CompiledCell):
         return module_source(self.executor.kernels())
 
     def ptx(self, arch: str = "sm_80") -> str:
-        from .cuda_cpu import compile_ptx
-        return compile_ptx(self.cuda_source(), arch)
+        return source_to_ptx(self.cuda_source(), arch)
 
     # ---- arrays in: NumPy, CuPy or anything with __dlpack__ (torch tensors) ----
     def _dev(self, x: Any, dtype: Any) -> Any:

@@ -1,7 +1,9 @@
 """Proof of the CUDA backend without a GPU: nvcc to PTX, ptxas register reports, and the same
 kernel sources built as C++ through ``cuda_shim.h`` and run on the CPU.
 
-- ``compile_ptx(source, arch)`` runs ``nvcc -ptx`` once for a whole module (many kernels).
+- ``compile_ptx(source, arch)`` runs ``nvcc -ptx`` once for a whole module (many kernels);
+  ``compile_nvrtc(source, arch)`` gives the same through NVRTC, the compiler CuPy uses on the GPU
+  (CuPy's binding to the NVRTC library: no GPU or driver needed, only the library).
 - ``ptxas_report(ptx, arch)`` runs ``ptxas -v`` and returns registers and spills per kernel.
 - ``ShimLibrary`` builds a module's source (unchanged) plus a generated launcher per kernel with
   g++ into a shared library, loaded with ctypes. ``ShimLauncher`` runs kernels with it, walking
@@ -78,8 +80,8 @@ def compile_ptx(source: str, arch: str = "sm_80", cache_dir: Path | None = None,
     """PTX for a module source, by ``nvcc -ptx -arch=<arch>`` (cached by source and options)."""
     nvcc = find_tool("nvcc")
     if nvcc is None:
-        raise BackendError("nvcc not found: install the CUDA toolkit or set CUDA_HOME to export "
-                           "PTX")
+        raise BackendError("nvcc not found: install the CUDA toolkit or set CUDA_HOME (or pip "
+                           "install cupy-cuda13x nvidia-cuda-nvrtc for NVRTC) to export PTX")
     cache = Path(cache_dir or default_cache_dir())
     cache.mkdir(parents=True, exist_ok=True)
     key = hashlib.sha256("\0".join([source, arch, *options, nvcc]).encode()).hexdigest()[:24]
@@ -95,6 +97,41 @@ def compile_ptx(source: str, arch: str = "sm_80", cache_dir: Path | None = None,
         ptx = (Path(tmp) / "k.ptx").read_text()
     _atomic_write(out_path, ptx.encode())
     return ptx
+
+
+def nvrtc_version() -> tuple[int, int] | None:
+    """NVRTC's version through CuPy's binding, or None where CuPy or the library is missing."""
+    try:
+        from cupy_backends.cuda.libs import nvrtc  # type: ignore[import-not-found]
+        major, minor = nvrtc.getVersion()
+    except Exception:  # noqa: BLE001 - ImportError, or the library not found at load
+        return None
+    return int(major), int(minor)
+
+
+def compile_nvrtc(source: str, arch: str = "sm_80", options: Sequence[str] = (),
+                  cubin: bool = False) -> str | bytes:
+    """A module compiled by NVRTC, as CuPy's ``RawModule`` compiles it on a GPU: PTX for the
+    virtual architecture of ``arch`` (``sm_80`` -> ``compute_80``), or with ``cubin`` machine
+    code for ``arch`` itself, which is what CuPy loads when NVRTC knows the device."""
+    if nvrtc_version() is None:
+        raise BackendError("NVRTC not found: pip install cupy-cuda13x nvidia-cuda-nvrtc "
+                           "(or install the CUDA toolkit for nvcc)")
+    from cupy_backends.cuda.libs import nvrtc
+    target = arch if cubin else arch.replace("sm_", "compute_")
+    prog = nvrtc.createProgram(source, "graphrnn.cu", [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, [*options, f"-arch={target}"])
+        except Exception as e:  # noqa: BLE001 - NVRTCError; the log says what went wrong
+            raise BackendError(f"NVRTC failed for {target}: {e}\n"
+                               f"{nvrtc.getProgramLog(prog)[-4000:]}") from e
+        if cubin:
+            return bytes(nvrtc.getCUBIN(prog))
+        ptx = nvrtc.getPTX(prog)
+        return (ptx.decode() if isinstance(ptx, bytes) else str(ptx)).rstrip("\0")
+    finally:
+        nvrtc.destroyProgram(prog)
 
 
 @dataclass(frozen=True)

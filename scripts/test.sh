@@ -10,6 +10,10 @@ if [ "${GRAPHRNN_NO_TORCH:-0}" != 1 ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e ".[torch]" \
     || echo "note: could not install torch==2.13.0; the PyTorch cross-checks will skip"
 fi
+# CuPy and NVRTC (no GPU needed): the CUDA backend is compiled by NVRTC and checked against the
+# real CuPy's signatures; where they cannot be installed those tests skip
+.venv/bin/pip install -q --disable-pip-version-check -e ".[cuda]" \
+  || echo "note: could not install cupy/nvrtc; the NVRTC and CuPy-signature tests will skip"
 # Graphviz's dot binary renders SVG/PNG; without it those tests skip
 if ! command -v dot >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   { apt-get update -qq && apt-get install -y -qq graphviz; } >/dev/null 2>&1 \

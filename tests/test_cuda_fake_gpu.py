@@ -11,11 +11,19 @@ The stand-in is as thin as it can be and still honest about the parts that matte
   would (kernel calls, GEMMs, in-place writes and reductions) and a graph replays the record.
 
 So everything in ``codegen/cuda.py`` but CuPy itself runs: bindings, launches, the cuBLAS call
-arguments, CUDA-graph capture and replay, DLPack input."""
+arguments, CUDA-graph capture and replay, DLPack input, embedding gathers and scatters.
+
+The stand-in is only as good as its likeness to CuPy: it records every call the backend makes of
+it, as the backend made it, and where the real CuPy is installed (no GPU needed) the last test
+binds each of those calls to the real function's signature and checks the attributes read."""
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import importlib.util
+import inspect
+import re
 import shutil
 import sys
 import types
@@ -30,6 +38,18 @@ from graphrnn.cells import SQUARE_INPUT, zoo_cell
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ for the CUDA shim")
 
 CAPTURE: list | None = None   # the open capture, if any
+API_CALLS: list[tuple[str, tuple, dict]] = []   # (real CuPy name, args, kwargs) of each call
+REAL_CUPY = importlib.util.find_spec("cupy") is not None   # asked before any stand-in exists
+
+
+def _api(path: str, fn, method: bool = False):
+    """``fn`` standing in for CuPy's ``path``; each call is recorded as the caller made it (for a
+    method without ``self``), to be bound to the real signature later."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        API_CALLS.append((path, args[1:] if method else args, kwargs))
+        return fn(*args, **kwargs)
+    return call
 
 
 def _record_or_run(fn):
@@ -84,8 +104,13 @@ class _Stream:
         global CAPTURE
         ops, CAPTURE = CAPTURE, None
         g = types.SimpleNamespace(ops=ops)
-        g.launch = lambda stream=None: [op() for op in ops]
+        g.launch = _api("cupy.cuda.graph.Graph.launch",
+                        lambda stream=None: [op() for op in ops])
         return g
+
+    synchronize = _api("cupy.cuda.Stream.synchronize", synchronize, method=True)
+    begin_capture = _api("cupy.cuda.Stream.begin_capture", begin_capture, method=True)
+    end_capture = _api("cupy.cuda.Stream.end_capture", end_capture, method=True)
 
 
 _CALLS = {"kernels": 0, "gemms": 0, "graph_ops": 0}
@@ -115,6 +140,7 @@ class _RawModule:
         self.lib = ctypes.CDLL(str(path))
         self.options = options
 
+    @functools.partial(_api, "cupy.RawModule.get_function", method=True)
     def get_function(self, name: str):
         fn = getattr(self.lib, name)
         fn.restype = None
@@ -138,7 +164,7 @@ class _RawModule:
                         setter(int(bx), tx, grid[0], block[0])
                         fn(*cargs)
             _record_or_run(run)
-        return call
+        return _api("cupy.RawKernel.__call__", call)
 
 
 def _colmajor(ptr: int, rows: int, cols: int, ld: int, dtype) -> np.ndarray:
@@ -161,7 +187,8 @@ def _gemm(dtype):
             prod = (a if transa == 0 else a.T) @ (b if transb == 0 else b.T)
             c[...] = al * prod + (be * c if be else 0)
         _record_or_run(run)
-    return gemm
+    return _api(f"cupy_backends.cuda.libs.cublas.{'s' if dtype == np.float32 else 'd'}gemm",
+                gemm)
 
 
 def _reduction(np_fn):
@@ -170,7 +197,11 @@ def _reduction(np_fn):
         _record_or_run(lambda: np_fn(np.asarray(src), axis=axis, keepdims=keepdims,
                                      out=out.view(np.ndarray)))
         return out
-    return red
+    return _api(f"cupy.{np_fn.__name__.replace('amax', 'max')}", red)
+
+
+def _scatter_add(a, slices, value):
+    _record_or_run(lambda: np.add.at(a.view(np.ndarray), slices, value))
 
 
 @pytest.fixture
@@ -178,28 +209,42 @@ def fake_cupy(monkeypatch):
     cp = types.ModuleType("cupy")
     cp.ndarray = FakeDev
     cp.float32, cp.float64 = np.float32, np.float64
-    cp.asarray = lambda x, dtype=None: _dev(np.asarray(x, dtype=dtype)).copy() \
-        if not isinstance(x, FakeDev) or (dtype is not None and x.dtype != dtype) else x
-    cp.ascontiguousarray = lambda x: x if x.flags.c_contiguous else _dev(np.ascontiguousarray(x))
-    cp.empty = lambda shape, dtype=None: _dev(np.empty(shape, dtype))
-    cp.zeros = lambda shape, dtype=None: _dev(np.zeros(shape, dtype))
-    cp.asnumpy = lambda x: np.array(x).view(np.ndarray)
-    cp.from_dlpack = lambda x: _dev(np.from_dlpack(x))
+    api = {   # real CuPy name -> stand-in
+        "asarray": lambda x, dtype=None: _dev(np.asarray(x, dtype=dtype)).copy()
+        if not isinstance(x, FakeDev) or (dtype is not None and x.dtype != dtype) else x,
+        "ascontiguousarray": lambda x: x if x.flags.c_contiguous
+        else _dev(np.ascontiguousarray(x)),
+        "empty": lambda shape, dtype=None: _dev(np.empty(shape, dtype)),
+        "zeros": lambda shape, dtype=None: _dev(np.zeros(shape, dtype)),
+        "asnumpy": lambda x: np.array(x).view(np.ndarray),
+        "from_dlpack": lambda x: _dev(np.from_dlpack(x)),
+    }
+    for name, fn in api.items():
+        setattr(cp, name, _api(f"cupy.{name}", fn))
     cp.sum, cp.max = _reduction(np.sum), _reduction(np.max)
     cp.matmul = None   # the backend must use cuBLAS directly
-    cp.RawModule = _RawModule
-    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
-    device_cls = lambda: types.SimpleNamespace(compute_capability="90",  # noqa: E731
-                                               synchronize=lambda: None)
-    cp.cuda = types.SimpleNamespace(runtime=runtime, Device=device_cls, Stream=_Stream,
-                                    device=types.SimpleNamespace(get_cublas_handle=lambda: 0),
-                                    get_current_stream=lambda: _Stream())
+    cp.RawModule = _api("cupy.RawModule", _RawModule)
+    runtime = types.SimpleNamespace(
+        getDeviceCount=_api("cupy_backends.cuda.api.runtime.getDeviceCount", lambda: 1))
+    the_device = types.SimpleNamespace(
+        compute_capability="90",
+        synchronize=_api("cupy.cuda.Device.synchronize", lambda: None))
+    cp.cuda = types.SimpleNamespace(
+        runtime=runtime, Device=_api("cupy.cuda.Device", lambda device=None: the_device),
+        Stream=_api("cupy.cuda.Stream", _Stream),
+        device=types.SimpleNamespace(
+            get_cublas_handle=_api("cupy.cuda.device.get_cublas_handle", lambda: 0)),
+        get_current_stream=_api("cupy.cuda.get_current_stream", lambda: _Stream()))
+    cupyx = types.ModuleType("cupyx")
+    cupyx.scatter_add = _api("cupyx.scatter_add", _scatter_add)
     cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")
     cublas.sgemm, cublas.dgemm = _gemm(np.float32), _gemm(np.float64)
-    cublas.setStream = lambda handle, ptr: None
+    cublas.setStream = _api("cupy_backends.cuda.libs.cublas.setStream",
+                            lambda handle, ptr: None)
     libs = types.ModuleType("cupy_backends.cuda.libs")
     libs.cublas = cublas
-    for name, mod in (("cupy", cp), ("cupy_backends", types.ModuleType("cupy_backends")),
+    for name, mod in (("cupy", cp), ("cupyx", cupyx),
+                      ("cupy_backends", types.ModuleType("cupy_backends")),
                       ("cupy_backends.cuda", types.ModuleType("cupy_backends.cuda")),
                       ("cupy_backends.cuda.libs", libs),
                       ("cupy_backends.cuda.libs.cublas", cublas)):
@@ -208,6 +253,7 @@ def fake_cupy(monkeypatch):
     monkeypatch.setattr(cuda_mod, "_MODULES", {})
     for k in _CALLS:
         _CALLS[k] = 0
+    API_CALLS.clear()
     return cp
 
 
@@ -272,3 +318,151 @@ def test_export_methods_on_the_backend(fake_cupy):
     cc = graphrnn.compile(zoo_cell("gru", 4, 6, "float32"), "cuda", "float32")
     src = cc.cuda_source()
     assert src.startswith("#ifndef GRNN_PRELUDE") and "atomicAdd" not in src
+
+
+def _embedding_cell(dtype):
+    from graphrnn import nn
+    ids, h = nn.Identity()(), nn.Identity()().annotate(name="h")
+    e = nn.LookupTable(6, 8)(ids)
+    h2 = nn.Tanh()(nn.CAddTable()([nn.Linear(8, 9)(e), nn.Linear(9, 9)(h)]))
+    out = nn.LogSoftMax()(nn.Linear(9, 5)(h2)).annotate(name="logprobs")
+    return nn.gModule([ids, h], [out, h2]).to_cell(
+        inputs=[0], states=["h"], next_states=[1], outputs=["logprobs"], sizes={"h": 9}
+    ).with_dtype(dtype)
+
+
+def _run_embedding(dtype):
+    ref = graphrnn.compile(_embedding_cell(dtype), "ref", dtype)
+    cc = graphrnn.compile(ref.cell, "cuda", dtype)
+    params = ref.init_params(seed=1, scale=0.5)
+    rng = np.random.default_rng(2)
+    ids = rng.integers(0, 6, size=(4, 3, 1))
+    ids[0, :, 0] = 5   # the same row gathered (and scattered into) by every sequence at t=0
+    dys = [rng.standard_normal((4, 3, 5)).astype(dtype)]
+    ys, hT, res = ref.forward_train(params, [ids])
+    g = ref.backward(params, res, dys)
+    ys2, hT2, res2 = cc.forward_train(params, [ids])
+    g2 = cc.backward(params, res2, dys)
+    for a, b in zip(ys2 + hT2 + [g2.params[k] for k in sorted(g2.params)],
+                    ys + hT + [g.params[k] for k in sorted(g.params)]):
+        np.testing.assert_allclose(np.asarray(a), b, **TOL[dtype])
+
+
+def test_embedding_gathers_and_scatters_on_the_stand_in(fake_cupy):
+    """A LookupTable: the forward gathers rows of the table, the backward scatters (adds) into
+    the table's gradient with repeated ids, through ``cupyx.scatter_add``."""
+    pytest.importorskip("graphrnn.schedule")
+    _run_embedding("float64")
+    assert any(path == "cupyx.scatter_add" for path, _a, _k in API_CALLS)
+
+
+# ---- the stand-in against the real CuPy ----
+
+# attributes the backend reads (not calls), on the real classes
+REAL_ATTRIBUTES = ["cupy.ndarray.data", "cupy.cuda.MemoryPointer.ptr", "cupy.cuda.Stream.null.ptr",
+                   "cupy.cuda.Stream.__enter__", "cupy.cuda.Stream.__exit__",
+                   "cupy.cuda.Device.compute_capability", "cupy.float32", "cupy.float64"]
+C_INT_TYPES = {"int", "size_t", "intptr_t", "long", "unsigned int", "Py_ssize_t"}
+
+
+def _resolve(path: str):
+    import importlib
+    parts = path.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(path)
+
+
+def _doc_signature(text: str) -> inspect.Signature:
+    """A Cython function's embedded signature (``name(type arg=default, *, ...)``) as an
+    ``inspect.Signature``; each parameter's C type, if any, is kept as its annotation."""
+    inner = re.match(r"[\w.]+\((.*)\)", text.strip()).group(1)
+    params, kind = [], inspect.Parameter.POSITIONAL_OR_KEYWORD
+    for part in filter(None, (x.strip() for x in inner.split(","))):
+        if part == "*":
+            kind = inspect.Parameter.KEYWORD_ONLY
+            continue
+        if part.startswith("**"):
+            params.append(inspect.Parameter(part[2:], inspect.Parameter.VAR_KEYWORD))
+            continue
+        if part.startswith("*"):
+            params.append(inspect.Parameter(part[1:], inspect.Parameter.VAR_POSITIONAL))
+            kind = inspect.Parameter.KEYWORD_ONLY
+            continue
+        decl, eq, default = part.partition("=")
+        words = decl.split()
+        params.append(inspect.Parameter(
+            words[-1], kind, default=default if eq else inspect.Parameter.empty,
+            annotation=" ".join(words[:-1]) or inspect.Parameter.empty))
+    return inspect.Signature(params)
+
+
+def _real_signature(path: str) -> tuple[inspect.Signature, bool]:
+    """(signature, is a method) of the real CuPy object at ``path``. A compiled function
+    without introspection gives its embedded signature, from its docstring or, where its module
+    cannot load here (cuBLAS needs libcublas), from the extension's bytes on disk."""
+    mod_path, name = path.rsplit(".", 1)
+    try:
+        obj = _resolve(path)
+    except ImportError:
+        origin = importlib.util.find_spec(mod_path).origin
+        found = re.search(rb"(?<![\w.])" + name.encode() + rb"\([^)\x00]*\)",
+                          open(origin, "rb").read())
+        assert found, f"{path}: no embedded signature in {origin}"
+        return _doc_signature(found.group(0).decode()), False
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        sig = _doc_signature((obj.__doc__ or "").splitlines()[0])
+    params = list(sig.parameters.values())
+    is_method = bool(params) and params[0].name == "self"
+    return (sig.replace(parameters=params[1:]) if is_method else sig), is_method
+
+
+@pytest.mark.skipif(not REAL_CUPY, reason="CuPy is not installed (pip install cupy-cuda13x)")
+def test_every_call_of_the_stand_in_fits_the_real_cupy(fake_cupy, monkeypatch):
+    """Every CuPy function, method, constructor and cuBLAS routine the backend called above (a
+    captured and a plain LSTM, a float64 RNN, an embedding, ``step``) binds to the real CuPy's
+    signature, C-typed parameters get Python ints, strings or tuples as Cython requires, and the
+    attributes the backend reads exist on the real classes. Needs the CuPy package, no GPU."""
+    pytest.importorskip("graphrnn.schedule")
+    _check(zoo_cell("lstm", 5, 7, "float32"), "float32", 3, 2, True, TOL["float32"])
+    cc = _check(zoo_cell("rnn_tanh", 4, 6, "float64"), "float64", 2, 3, False, TOL["float64"])
+    cc.step(graphrnn.compile(cc.cell, "ref", "float64").init_params(seed=0),
+            np.zeros((3, 4)))
+    _run_embedding("float32")
+    calls = list(API_CALLS)
+    monkeypatch.undo()   # the stand-in leaves sys.modules: from here on CuPy is the real one
+    for mod in [m for m in sys.modules if m.split(".")[0] in ("cupy", "cupyx", "cupy_backends")]:
+        del sys.modules[mod]
+    seen = set()
+    for path, args, kwargs in calls:
+        sig, _method = _real_signature(path)
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise AssertionError(f"{path}{sig}: the backend called it with {len(args)} "
+                                 f"positional arguments and keywords {sorted(kwargs)}: {e}") from e
+        for name, value in bound.arguments.items():
+            ctype = sig.parameters[name].annotation
+            if ctype in C_INT_TYPES:
+                assert isinstance(value, (int, np.integer)) and not isinstance(value, bool), \
+                    f"{path}: {ctype} {name} got {type(value).__name__}"
+            elif ctype in ("str", "tuple"):
+                assert type(value).__name__ == ctype, \
+                    f"{path}: {ctype} {name} got {type(value).__name__}"
+        seen.add(path)
+    assert {"cupy.RawModule", "cupy.RawModule.get_function", "cupy.RawKernel.__call__",
+            "cupy_backends.cuda.libs.cublas.sgemm", "cupy_backends.cuda.libs.cublas.dgemm",
+            "cupy_backends.cuda.libs.cublas.setStream", "cupy.cuda.Stream",
+            "cupy.cuda.Stream.begin_capture", "cupy.cuda.Stream.end_capture",
+            "cupy.cuda.graph.Graph.launch", "cupy.sum", "cupyx.scatter_add"} <= seen, seen
+    for path in REAL_ATTRIBUTES:
+        owner, attr = path.rsplit(".", 1)
+        assert hasattr(_resolve(owner), attr), f"real CuPy has no {path}"

@@ -273,3 +273,73 @@ def test_zoo_kernels_compile_to_ptx_for_sm80_and_sm90_without_spills(cache):
         assert set(rep) == {k.name for k in ks}
         spills = {n: i for n, i in rep.items() if i.spill_stores or i.spill_loads}
         assert not spills, spills
+
+
+needs_nvrtc = pytest.mark.skipif(
+    __import__("codegen.cuda_cpu", fromlist=["nvrtc_version"]).nvrtc_version() is None,
+    reason="no NVRTC (pip install cupy-cuda13x nvidia-cuda-nvrtc)")
+
+
+def _release(tool: str) -> tuple[int, int]:
+    import re
+    import subprocess
+    out = subprocess.run([tool, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+@needs_nvrtc
+def test_zoo_kernels_compile_with_nvrtc_as_cupy_does(cache):
+    """NVRTC, not nvcc, is what ``cupy.RawModule`` compiles with on the GPU: no host headers, its
+    own builtins. Every zoo cell's exact module (``cuda_source``, the text the backend hands to
+    CuPy) becomes sm_90 machine code with the backend's options, and the PTX of all of them
+    together assembles for sm_80 without spills."""
+    from codegen.cuda import NVRTC_OPTIONS, cuda_source
+    from codegen.cuda_cpu import compile_nvrtc, nvrtc_version, ptxas_report
+    from codegen.cuda_render import module_source
+    for name in sorted(graphrnn.cells.ZOO):
+        cell, _prog = zoo_case(name, "float32")
+        src = cuda_source(cell)
+        cubin = compile_nvrtc(src, "sm_90", NVRTC_OPTIONS, cubin=True)
+        assert isinstance(cubin, bytes) and cubin[:4] == b"\x7fELF", name
+        kernels = ProgramExecutor(zoo_case(name, "float32")[1]).kernels()
+        for k in kernels:   # extern "C": the names CuPy's get_function asks for are there
+            assert k.name.encode() in cubin, (name, k.name)
+    ks = []
+    for name in sorted(graphrnn.cells.ZOO):
+        for dtype in ("float32", "float64"):
+            ks += ProgramExecutor(zoo_case(name, dtype)[1]).kernels()
+    ptx = compile_nvrtc(module_source(ks), "sm_80", NVRTC_OPTIONS)
+    assert ".target sm_80" in ptx
+    ptxas = find_tool("ptxas")
+    if ptxas is None or _release(ptxas) < nvrtc_version():
+        return   # an older ptxas refuses a newer NVRTC's PTX version
+    rep = ptxas_report(ptx, "sm_80")
+    assert set(rep) == {k.name for k in ks}
+    spills = {n: i for n, i in rep.items() if i.spill_stores or i.spill_loads}
+    assert not spills, spills
+
+
+@needs_nvrtc
+def test_nvrtc_errors_carry_the_log():
+    from codegen.cuda_cpu import compile_nvrtc
+    from graphrnn.errors import BackendError
+    with pytest.raises(BackendError, match=r'(?s)NVRTC failed for compute_80.*"nope" is undefined'):
+        compile_nvrtc('extern "C" __global__ void k(float* x) { x[0] = nope; }', "sm_80")
+
+
+def test_ptx_export_falls_back_to_nvrtc_without_nvcc(monkeypatch):
+    """A user with CuPy's NVRTC but no CUDA toolkit still exports PTX; with neither, the error
+    says how to get one."""
+    import codegen.cuda_cpu as cc
+    from codegen.cuda import ptx
+    from graphrnn.errors import BackendError
+    pytest.importorskip("graphrnn.schedule")
+    monkeypatch.setattr(cc, "find_tool", lambda name: None)
+    cell = rnn_tanh(3, 5)
+    if cc.nvrtc_version() is not None:
+        text = ptx(cell, "sm_90")
+        assert ".target sm_90" in text and "NVVM" in text
+    monkeypatch.setattr(cc, "nvrtc_version", lambda: None)
+    with pytest.raises(BackendError, match="nvcc not found.*nvidia-cuda-nvrtc"):
+        ptx(cell, "sm_90")
