@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_gpu.py                 # the full grid below
     .venv/bin/python benchmarks/bench_gpu.py --quick         # one small size, few repetitions
     .venv/bin/python benchmarks/bench_gpu.py --json out.json
+    .venv/bin/python benchmarks/bench_gpu.py --budget 300   # start no new size after 300 s
 
 For LSTM, GRU (PyTorch's "reset after" GRU, the function cuDNN computes), peephole LSTM and
 MUT1, at T=100, B in {32, 64}, H in {256, 1024} (input size = H), float32, it times
@@ -16,6 +17,12 @@ for graphrnn (``cuda_graph=True`` and ``False``), cuDNN through ``torch.nn.LSTM`
 the median of each (milliseconds) and ``ratio`` = best PyTorch route / graphrnn (above 1:
 graphrnn is faster), all from one run. Without a GPU (or without CuPy or CUDA torch) it says so
 and exits with status 2.
+
+The grid runs size by size (B=32, H=256 first), every cell at each, each row printed and (with
+``--json``) written as soon as it is measured, so that a run cut short by ``--budget`` or a time
+limit keeps what it has and covers every cell.
+``torch.compile`` is compiled afresh for every size (its recompile limit is raised so that a
+later size is never silently run eagerly).
 """
 
 from __future__ import annotations
@@ -104,15 +111,17 @@ def torch_cells(torch: Any) -> dict[str, Any]:
 
 
 def bench_one(cp: Any, torch: Any, name: str, T: int, B: int, H: int, reps: int,
-              warmup: int) -> dict[str, Any]:
+              warmup: int, torch_device: str = "cuda") -> dict[str, Any]:
+    """One row. ``torch_device`` is where the PyTorch routes run: "cuda" here; the tests run
+    the same code with "cpu" (and a stand-in for CuPy) to find its bugs without a GPU."""
     import graphrnn
     from graphrnn.cells import zoo_cell
 
     cell = zoo_cell(name, H, H, "float32")
     row: dict[str, Any] = {"cell": LABEL[name], "T": T, "B": B, "H": H}
-    dev = torch.device("cuda")
+    dev = torch.device(torch_device)
     sync_cp = cp.cuda.Device().synchronize
-    sync_t = torch.cuda.synchronize
+    sync_t = torch.cuda.synchronize if torch_device == "cuda" else (lambda: None)
 
     # ---- graphrnn ----
     for graph in (True, False):
@@ -156,6 +165,10 @@ def bench_one(cp: Any, torch: Any, name: str, T: int, B: int, H: int, reps: int,
     except Exception as e:  # noqa: BLE001 - report and go on
         row["torchscript_error"] = str(e)[:200]
     try:
+        dyn = torch._dynamo.config   # a recompile over the limit would fall back to eager
+        for knob in ("cache_size_limit", "recompile_limit"):
+            if hasattr(dyn, knob):
+                setattr(dyn, knob, max(getattr(dyn, knob), 256))
         routes["torch_compile"] = loop(torch.compile(step))
     except Exception as e:  # noqa: BLE001
         row["torch_compile_error"] = str(e)[:200]
@@ -248,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="B=32, H=256, few repetitions")
     ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated zoo names")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--json", help="also write the rows to this file (after each row)")
+    ap.add_argument("--budget", type=float, default=0.0,
+                    help="seconds: start no new row after this long (0: no limit)")
     args = ap.parse_args(argv)
     cp, torch = gpu_or_exit()
     T = 100
@@ -261,8 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     cols = ["graphrnn", "graphrnn_nograph", "cudnn", "eager", "torchscript", "torch_compile"]
     print(f"{'cell':9} {'B':>3} {'H':>5} {'mode':5} " + " ".join(f"{c:>16}" for c in cols)
           + f" {'ratio':>6} {'vs cuDNN':>8}")
-    for name in args.cells.split(","):
-        for B, H in sizes:
+    t0 = time.perf_counter()
+    skipped = []
+    for B, H in sizes:   # every cell at the first size before any at the next: cut short by
+        for name in args.cells.split(","):   # the budget, the run still covers every cell
+            if args.budget and time.perf_counter() - t0 > args.budget:
+                skipped.append(f"{LABEL[name]} B={B} H={H}")
+                continue
             row = bench_one(cp, torch, name, T, B, H, reps, warmup)
             rows.append(row)
             for mode in ("infer", "train"):
@@ -270,8 +290,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{row['cell']:9} {B:3d} {H:5d} {mode:5} {vals} "
                       f"{row.get(f'ratio_{mode}', float('nan')):6.2f} "
                       f"{row.get(f'ratio_cudnn_{mode}', float('nan')):8.2f}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=1))
+            errors = {k: v for k, v in row.items() if k.endswith("_error")}
+            if errors:
+                print(f"  errors: {errors}", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"gpu": gpu, "rows": rows}, indent=1))
+    if skipped:
+        print(f"budget of {args.budget:.0f} s spent; not measured: {', '.join(skipped)}")
     return 0
 
 

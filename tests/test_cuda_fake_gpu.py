@@ -222,6 +222,9 @@ def fake_cupy(monkeypatch):
     for name, fn in api.items():
         setattr(cp, name, _api(f"cupy.{name}", fn))
     cp.sum, cp.max = _reduction(np.sum), _reduction(np.max)
+    cp.random = types.SimpleNamespace(standard_normal=_api(
+        "cupy.random.standard_normal", lambda size=None, dtype=float:
+        _dev(np.random.default_rng(0).standard_normal(size).astype(dtype))))
     cp.matmul = None   # the backend must use cuBLAS directly
     cp.RawModule = _api("cupy.RawModule", _RawModule)
     runtime = types.SimpleNamespace(
@@ -437,7 +440,16 @@ def test_every_call_of_the_stand_in_fits_the_real_cupy(fake_cupy, monkeypatch):
     cc.step(graphrnn.compile(cc.cell, "ref", "float64").init_params(seed=0),
             np.zeros((3, 4)))
     _run_embedding("float32")
-    calls = list(API_CALLS)
+    seen = _assert_fits_real_cupy(list(API_CALLS), monkeypatch)
+    assert {"cupy.RawModule", "cupy.RawModule.get_function", "cupy.RawKernel.__call__",
+            "cupy_backends.cuda.libs.cublas.sgemm", "cupy_backends.cuda.libs.cublas.dgemm",
+            "cupy_backends.cuda.libs.cublas.setStream", "cupy.cuda.Stream",
+            "cupy.cuda.Stream.begin_capture", "cupy.cuda.Stream.end_capture",
+            "cupy.cuda.graph.Graph.launch", "cupy.sum", "cupyx.scatter_add"} <= seen, seen
+
+
+def _assert_fits_real_cupy(calls, monkeypatch) -> set[str]:
+    """Each recorded call bound to the real CuPy's signature; returns the names called."""
     monkeypatch.undo()   # the stand-in leaves sys.modules: from here on CuPy is the real one
     for mod in [m for m in sys.modules if m.split(".")[0] in ("cupy", "cupyx", "cupy_backends")]:
         del sys.modules[mod]
@@ -447,8 +459,8 @@ def test_every_call_of_the_stand_in_fits_the_real_cupy(fake_cupy, monkeypatch):
         try:
             bound = sig.bind(*args, **kwargs)
         except TypeError as e:
-            raise AssertionError(f"{path}{sig}: the backend called it with {len(args)} "
-                                 f"positional arguments and keywords {sorted(kwargs)}: {e}") from e
+            raise AssertionError(f"{path}{sig}: called with {len(args)} positional "
+                                 f"arguments and keywords {sorted(kwargs)}: {e}") from e
         for name, value in bound.arguments.items():
             ctype = sig.parameters[name].annotation
             if ctype in C_INT_TYPES:
@@ -458,11 +470,32 @@ def test_every_call_of_the_stand_in_fits_the_real_cupy(fake_cupy, monkeypatch):
                 assert type(value).__name__ == ctype, \
                     f"{path}: {ctype} {name} got {type(value).__name__}"
         seen.add(path)
-    assert {"cupy.RawModule", "cupy.RawModule.get_function", "cupy.RawKernel.__call__",
-            "cupy_backends.cuda.libs.cublas.sgemm", "cupy_backends.cuda.libs.cublas.dgemm",
-            "cupy_backends.cuda.libs.cublas.setStream", "cupy.cuda.Stream",
-            "cupy.cuda.Stream.begin_capture", "cupy.cuda.Stream.end_capture",
-            "cupy.cuda.graph.Graph.launch", "cupy.sum", "cupyx.scatter_add"} <= seen, seen
     for path in REAL_ATTRIBUTES:
         owner, attr = path.rsplit(".", 1)
         assert hasattr(_resolve(owner), attr), f"real CuPy has no {path}"
+    return seen
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_bench_gpu_runs_on_the_stand_in(fake_cupy, monkeypatch):
+    """The GPU benchmark's code, end to end at a toy size, so that a GPU's scarce minutes are
+    not spent finding its bugs: every route gives a time, ratios come out, and (with the real
+    CuPy installed) every CuPy call it made fits the real signatures."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("graphrnn.schedule")
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parents[1]
+                                    / "benchmarks"))
+    import bench_gpu
+    monkeypatch.setattr(torch, "compile", lambda fn: fn)   # Inductor's C++ build: a minute
+    for name in ("lstm", "mut1"):
+        row = bench_gpu.bench_one(fake_cupy, torch, name, 3, 2, 8, 1, 0, torch_device="cpu")
+        assert not [k for k in row if k.endswith("_error")], row
+        routes = ["graphrnn", "graphrnn_nograph", "eager", "torchscript", "torch_compile"]
+        routes += ["cudnn"] if name == "lstm" else []
+        for route in routes:
+            for mode in ("infer", "train"):
+                assert row[f"{route}_{mode}"] > 0, (route, mode)
+        assert row["ratio_train"] > 0 and ("ratio_cudnn_train" in row) == (name == "lstm")
+    if REAL_CUPY:
+        seen = _assert_fits_real_cupy(list(API_CALLS), monkeypatch)
+        assert {"cupy.random.standard_normal", "cupy.cuda.Device.synchronize"} <= seen
