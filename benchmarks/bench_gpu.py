@@ -18,6 +18,10 @@ the median of each (milliseconds) and ``ratio`` = best PyTorch route / graphrnn 
 graphrnn is faster), all from one run. Without a GPU (or without CuPy or CUDA torch) it says so
 and exits with status 2.
 
+Float32 math is the same on both sides: ``--math fp32`` (the default) turns TF32 off in PyTorch
+for cuDNN's RNNs and for matrix products (cuDNN RNNs use TF32 by default) and graphrnn uses plain
+float32 GEMMs; ``--math tf32`` lets both use TF32 tensor cores (graphrnn's ``tf32=True``).
+
 The grid runs size by size (B=32, H=256 first), every cell at each, each row printed and (with
 ``--json``) written as soon as it is measured, so that a run cut short by ``--budget`` or a time
 limit keeps what it has and covers every cell.
@@ -61,6 +65,20 @@ def gpu_or_exit() -> tuple[Any, Any]:
         print("bench_gpu: this PyTorch has no CUDA (CPU wheel?); nothing measured.")
         sys.exit(2)
     return cp, torch
+
+
+def set_torch_math(torch: Any, math: str) -> None:
+    """TF32 on ("tf32") or off ("fp32") for PyTorch's matrix products and cuDNN's RNNs, with
+    the per-backend ``fp32_precision`` knobs where this PyTorch has them (mixing them with the
+    older ``allow_tf32`` flags is an error there), else with those flags."""
+    rnn = getattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision", None)
+    if rnn is not None:
+        value = "tf32" if math == "tf32" else "ieee"
+        torch.backends.cudnn.rnn.fp32_precision = value
+        torch.backends.cuda.matmul.fp32_precision = value
+    else:
+        torch.backends.cudnn.allow_tf32 = math == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = math == "tf32"
 
 
 def median_ms(fn: Callable[[], Any], sync: Callable[[], None], reps: int, warmup: int) -> float:
@@ -111,7 +129,7 @@ def torch_cells(torch: Any) -> dict[str, Any]:
 
 
 def bench_one(cp: Any, torch: Any, name: str, T: int, B: int, H: int, reps: int,
-              warmup: int, torch_device: str = "cuda") -> dict[str, Any]:
+              warmup: int, torch_device: str = "cuda", tf32: bool = False) -> dict[str, Any]:
     """One row. ``torch_device`` is where the PyTorch routes run: "cuda" here; the tests run
     the same code with "cpu" (and a stand-in for CuPy) to find its bugs without a GPU."""
     import graphrnn
@@ -125,7 +143,7 @@ def bench_one(cp: Any, torch: Any, name: str, T: int, B: int, H: int, reps: int,
 
     # ---- graphrnn ----
     for graph in (True, False):
-        cc = graphrnn.compile(cell, "cuda", "float32", cuda_graph=graph)
+        cc = graphrnn.compile(cell, "cuda", "float32", cuda_graph=graph, tf32=tf32)
         params = {k: cp.asarray(v) for k, v in cc.init_params(seed=0).items()}
         xs = cp.random.standard_normal((T, B, H), dtype=cp.float32)
         dys = cp.random.standard_normal((T, B, H), dtype=cp.float32)
@@ -262,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cells", default=",".join(CELLS), help="comma-separated zoo names")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--json", help="also write the rows to this file (after each row)")
+    ap.add_argument("--math", choices=("fp32", "tf32"), default="fp32",
+                    help="float32 GEMMs on both sides (default), or TF32 tensor cores on both")
     ap.add_argument("--budget", type=float, default=0.0,
                     help="seconds: start no new row after this long (0: no limit)")
     args = ap.parse_args(argv)
@@ -270,8 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [(32, 256)] if args.quick else [(B, H) for B in (32, 64) for H in (256, 1024)]
     reps, warmup = (5, 2) if args.quick else (args.reps, 3)
     gpu = torch.cuda.get_device_name(0)
-    print(f"GPU: {gpu}; torch {torch.__version__}; cupy {cp.__version__}; T={T}, float32, "
-          f"median of {reps} (ms); ratio = best PyTorch route / graphrnn")
+    set_torch_math(torch, args.math)
+    print(f"GPU: {gpu}; torch {torch.__version__}; cupy {cp.__version__}; T={T}, float32 "
+          f"({args.math} GEMMs on both sides), median of {reps} (ms); ratio = best PyTorch "
+          "route / graphrnn")
     rows = []
     cols = ["graphrnn", "graphrnn_nograph", "cudnn", "eager", "torchscript", "torch_compile"]
     print(f"{'cell':9} {'B':>3} {'H':>5} {'mode':5} " + " ".join(f"{c:>16}" for c in cols)
@@ -283,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.budget and time.perf_counter() - t0 > args.budget:
                 skipped.append(f"{LABEL[name]} B={B} H={H}")
                 continue
-            row = bench_one(cp, torch, name, T, B, H, reps, warmup)
+            row = bench_one(cp, torch, name, T, B, H, reps, warmup, tf32=args.math == "tf32")
+            row["math"] = args.math
             rows.append(row)
             for mode in ("infer", "train"):
                 vals = " ".join(f"{row.get(f'{c}_{mode}', float('nan')):16.3f}" for c in cols)

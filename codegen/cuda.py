@@ -14,6 +14,10 @@ through cuBLAS, the time loop driven from Python on one stream.
   loop (``codegen.cuda_exec.loop_spec``).
 - Reductions use CuPy's reduction kernels (a fixed tree, no ``atomicAdd``): two runs give the
   same bits.
+- ``tf32=True`` (float32 only) lets cuBLAS run the GEMMs on tensor cores in TF32 (inputs rounded
+  to 10 mantissa bits, float32 accumulation: ``cublasGemmEx`` with
+  ``CUBLAS_COMPUTE_32F_FAST_TF32``), as cuDNN does for float32 RNNs unless PyTorch's
+  ``torch.backends.cudnn.allow_tf32`` is off. Off by default: plain float32 GEMMs.
 - ``cuda_graph=True`` captures each sweep for a given (T, B) as a CUDA graph and replays it; the
   buffers are then kept per (T, B), so residuals of a ``forward_train`` stay valid only until the
   next forward of the same shape.
@@ -38,6 +42,9 @@ from .cuda_exec import Device, ProgramExecutor, Residuals
 from .cuda_render import DEFAULT_BLOCK, RenderedKernel, grid_for, module_source
 
 NVRTC_OPTIONS = ("--std=c++14",)
+# cuBLAS / CUDA enums (part of their ABI): cudaDataType CUDA_R_32F, cublasComputeType_t
+# CUBLAS_COMPUTE_32F_FAST_TF32, cublasGemmAlgo_t CUBLAS_GEMM_DEFAULT
+CUDA_R_32F, COMPUTE_32F_FAST_TF32, GEMM_DEFAULT = 0, 77, -1
 _MODULES: dict[str, Any] = {}   # hash(source, options, arch) -> cupy.RawModule
 
 
@@ -97,10 +104,11 @@ def import_cupy() -> Any:
 class GpuDevice(Device):
     """CuPy arrays, RawModule kernels, cuBLAS GEMMs on the current stream."""
 
-    def __init__(self, kernels: Sequence[RenderedKernel], options: Sequence[str] = NVRTC_OPTIONS
-                 ) -> None:
+    def __init__(self, kernels: Sequence[RenderedKernel], options: Sequence[str] = NVRTC_OPTIONS,
+                 tf32: bool = False) -> None:
         cp = import_cupy()
         self.xp = cp
+        self.tf32 = tf32
         dev = cp.cuda.Device()
         arch = dev.compute_capability
         source = module_source(list(kernels))
@@ -137,8 +145,13 @@ class GpuDevice(Device):
         opb, opa, m, n, k, ldb, lda, ldc = args
         handle = cp.cuda.device.get_cublas_handle()
         cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
-        fn = cublas.sgemm if out.dtype == np.float32 else cublas.dgemm
         alpha, beta = self._scalar(1.0, out.dtype), self._scalar(1.0 if acc else 0.0, out.dtype)
+        if self.tf32 and out.dtype == np.float32:
+            cublas.gemmEx(handle, opb, opa, m, n, k, alpha.ctypes.data, b.data.ptr, CUDA_R_32F,
+                          ldb, a.data.ptr, CUDA_R_32F, lda, beta.ctypes.data, out.data.ptr,
+                          CUDA_R_32F, ldc, COMPUTE_32F_FAST_TF32, GEMM_DEFAULT)
+            return
+        fn = cublas.sgemm if out.dtype == np.float32 else cublas.dgemm
         fn(handle, opb, opa, m, n, k, alpha.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda,
            beta.ctypes.data, out.data.ptr, ldc)
 
@@ -193,12 +206,15 @@ class CudaBackend(CompiledCell):
     backend_name = "cuda"
 
     def __init__(self, cell: Cell, dtype: str, cuda_graph: bool = False,
-                 block: int = DEFAULT_BLOCK, loop_kernels: bool = True) -> None:
+                 block: int = DEFAULT_BLOCK, loop_kernels: bool = True, tf32: bool = False
+                 ) -> None:
+        if tf32 and dtype != "float32":
+            raise BackendError(f"cuda: tf32=True rounds float32 GEMM inputs; the cell is {dtype}")
         import_cupy()   # fail first, and clearly, without a GPU
         super().__init__(cell, dtype)
         self.executor = ProgramExecutor(_program(self.cell), block, loop_kernels)
         self.program = self.executor.p
-        self.device = GpuDevice(self.executor.kernels())
+        self.device = GpuDevice(self.executor.kernels(), tf32=tf32)
         self.cuda_graph = cuda_graph
         self._graphs: dict[tuple[str, int, int], Any] = {}
         self._arrays: dict[tuple[int, int], dict[str, Any]] = {}

@@ -158,3 +158,29 @@ def test_bench_torch_routes_compute_the_zoo_cells(name):
     for t in range(T):
         h, c = step(torch.tensor(x[t]), h, c, tp)
     np.testing.assert_allclose(h.numpy(), want[-1], atol=1e-5)
+
+
+@pytest.mark.parametrize("math", ["fp32", "tf32"])
+def test_bench_sets_the_same_float32_math_in_pytorch(math):
+    """cuDNN's RNNs use TF32 by default: the benchmark turns it off (or on) for PyTorch as it
+    does for graphrnn, through the knobs this PyTorch has."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_gpu import set_torch_math
+    finally:
+        sys.path.pop(0)
+    rnn = getattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision", None)
+    old = (rnn, getattr(torch.backends.cuda.matmul, "fp32_precision", None))
+    try:
+        set_torch_math(torch, math)
+        if rnn is not None:
+            want = "tf32" if math == "tf32" else "ieee"
+            assert torch.backends.cudnn.rnn.fp32_precision == want
+            assert torch.backends.cuda.matmul.fp32_precision == want
+        else:
+            assert torch.backends.cudnn.allow_tf32 == (math == "tf32")
+    finally:
+        if rnn is not None:
+            torch.backends.cudnn.rnn.fp32_precision, torch.backends.cuda.matmul.fp32_precision \
+                = old

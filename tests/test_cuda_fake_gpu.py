@@ -174,21 +174,41 @@ def _colmajor(ptr: int, rows: int, cols: int, ld: int, dtype) -> np.ndarray:
     return as_strided(flat, shape=(rows, cols), strides=(it, ld * it), writeable=True)
 
 
+def _tf32(x: np.ndarray) -> np.ndarray:
+    """float32 rounded to TF32 (10 mantissa bits, to nearest), as tensor cores read it."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    return ((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+def _gemm_run(dtype, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc,
+              tf32=False):
+    al = np.frombuffer((ctypes.c_char * 8).from_address(alpha), dtype=dtype, count=1)[0]
+    be = np.frombuffer((ctypes.c_char * 8).from_address(beta), dtype=dtype, count=1)[0]
+
+    def run():
+        _CALLS["gemms"] += 1
+        a = _colmajor(A, *((m, k) if transa == 0 else (k, m)), lda, dtype)
+        b = _colmajor(B, *((k, n) if transb == 0 else (n, k)), ldb, dtype)
+        c = _colmajor(C, m, n, ldc, dtype)
+        if tf32:
+            a, b = _tf32(a), _tf32(b)
+        prod = (a if transa == 0 else a.T) @ (b if transb == 0 else b.T)
+        c[...] = al * prod + (be * c if be else 0)
+    _record_or_run(run)
+
+
 def _gemm(dtype):
     def gemm(handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
-        al = np.frombuffer((ctypes.c_char * 8).from_address(alpha), dtype=dtype, count=1)[0]
-        be = np.frombuffer((ctypes.c_char * 8).from_address(beta), dtype=dtype, count=1)[0]
-
-        def run():
-            _CALLS["gemms"] += 1
-            a = _colmajor(A, *((m, k) if transa == 0 else (k, m)), lda, dtype)
-            b = _colmajor(B, *((k, n) if transb == 0 else (n, k)), ldb, dtype)
-            c = _colmajor(C, m, n, ldc, dtype)
-            prod = (a if transa == 0 else a.T) @ (b if transb == 0 else b.T)
-            c[...] = al * prod + (be * c if be else 0)
-        _record_or_run(run)
+        _gemm_run(dtype, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)
     return _api(f"cupy_backends.cuda.libs.cublas.{'s' if dtype == np.float32 else 'd'}gemm",
                 gemm)
+
+
+def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C,
+             Ctype, ldc, computeType, algo):
+    assert Atype == Btype == Ctype == 0 and computeType == 77, "only float32 with TF32 here"
+    _gemm_run(np.float32, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc,
+              tf32=True)
 
 
 def _reduction(np_fn):
@@ -242,6 +262,7 @@ def fake_cupy(monkeypatch):
     cupyx.scatter_add = _api("cupyx.scatter_add", _scatter_add)
     cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")
     cublas.sgemm, cublas.dgemm = _gemm(np.float32), _gemm(np.float64)
+    cublas.gemmEx = _api("cupy_backends.cuda.libs.cublas.gemmEx", _gemm_ex)
     cublas.setStream = _api("cupy_backends.cuda.libs.cublas.setStream",
                             lambda handle, ptr: None)
     libs = types.ModuleType("cupy_backends.cuda.libs")
@@ -299,6 +320,31 @@ def test_cuda_backend_equals_ref_on_the_stand_in(fake_cupy, name, graph):
         assert len(cc._graphs) == 2   # one forward and one backward graph for (T, B)
     else:
         assert not cc._graphs
+
+
+def test_tf32_gemms_go_through_gemm_ex(fake_cupy):
+    """``tf32=True``: every GEMM is ``cublasGemmEx`` with TF32 compute (the stand-in rounds its
+    inputs to 10 mantissa bits as tensor cores do): results move off float32's by about TF32's
+    precision and no further. float64 cells refuse the option."""
+    pytest.importorskip("graphrnn.schedule")
+    cell = zoo_cell("lstm", 16, 32, "float32")
+    ref = graphrnn.compile(cell, "ref", "float32")
+    params = ref.init_params(seed=0)
+    xs = np.random.default_rng(1).standard_normal((4, 3, 16)).astype(np.float32)
+    want = ref.forward(params, xs)[0][0]
+    plain = np.asarray(graphrnn.compile(cell, "cuda", "float32").forward(params, xs)[0][0])
+    n_plain = _CALLS["gemms"]
+    API_CALLS.clear()
+    tf = np.asarray(graphrnn.compile(cell, "cuda", "float32", tf32=True)
+                    .forward(params, xs)[0][0])
+    assert {p for p, _a, _k in API_CALLS if "gemm" in p} == {
+        "cupy_backends.cuda.libs.cublas.gemmEx"}
+    assert _CALLS["gemms"] == 2 * n_plain
+    np.testing.assert_allclose(plain, want, rtol=1e-5, atol=1e-6)
+    err = np.abs(tf - want).max()
+    assert 1e-6 < err < 1e-2, err     # TF32 was used, and it is only TF32's rounding
+    with pytest.raises(graphrnn.BackendError, match="tf32=True rounds float32"):
+        graphrnn.compile(zoo_cell("lstm", 4, 5, "float64"), "cuda", "float64", tf32=True)
 
 
 def test_torch_tensors_go_in_through_dlpack(fake_cupy):
@@ -440,12 +486,20 @@ def test_every_call_of_the_stand_in_fits_the_real_cupy(fake_cupy, monkeypatch):
     cc.step(graphrnn.compile(cc.cell, "ref", "float64").init_params(seed=0),
             np.zeros((3, 4)))
     _run_embedding("float32")
+    graphrnn.compile(zoo_cell("gru", 4, 6, "float32"), "cuda", "float32", tf32=True).forward(
+        graphrnn.compile(zoo_cell("gru", 4, 6, "float32"), "ref").init_params(seed=0),
+        np.zeros((2, 2, 4), np.float32))
     seen = _assert_fits_real_cupy(list(API_CALLS), monkeypatch)
     assert {"cupy.RawModule", "cupy.RawModule.get_function", "cupy.RawKernel.__call__",
             "cupy_backends.cuda.libs.cublas.sgemm", "cupy_backends.cuda.libs.cublas.dgemm",
             "cupy_backends.cuda.libs.cublas.setStream", "cupy.cuda.Stream",
             "cupy.cuda.Stream.begin_capture", "cupy.cuda.Stream.end_capture",
-            "cupy.cuda.graph.Graph.launch", "cupy.sum", "cupyx.scatter_add"} <= seen, seen
+            "cupy.cuda.graph.Graph.launch", "cupy.sum", "cupyx.scatter_add",
+            "cupy_backends.cuda.libs.cublas.gemmEx"} <= seen, seen
+    from cupy_backends.cuda.api import runtime
+
+    from codegen import cuda
+    assert runtime.CUDA_R_32F == cuda.CUDA_R_32F   # the cuBLAS enums are checked by hand
 
 
 def _assert_fits_real_cupy(calls, monkeypatch) -> set[str]:
@@ -487,8 +541,9 @@ def test_bench_gpu_runs_on_the_stand_in(fake_cupy, monkeypatch):
                                     / "benchmarks"))
     import bench_gpu
     monkeypatch.setattr(torch, "compile", lambda fn: fn)   # Inductor's C++ build: a minute
-    for name in ("lstm", "mut1"):
-        row = bench_gpu.bench_one(fake_cupy, torch, name, 3, 2, 8, 1, 0, torch_device="cpu")
+    for name, tf32 in (("lstm", False), ("mut1", True)):
+        row = bench_gpu.bench_one(fake_cupy, torch, name, 3, 2, 8, 1, 0, torch_device="cpu",
+                                  tf32=tf32)
         assert not [k for k in row if k.endswith("_error")], row
         routes = ["graphrnn", "graphrnn_nograph", "eager", "torchscript", "torch_compile"]
         routes += ["cudnn"] if name == "lstm" else []
@@ -498,4 +553,5 @@ def test_bench_gpu_runs_on_the_stand_in(fake_cupy, monkeypatch):
         assert row["ratio_train"] > 0 and ("ratio_cudnn_train" in row) == (name == "lstm")
     if REAL_CUPY:
         seen = _assert_fits_real_cupy(list(API_CALLS), monkeypatch)
-        assert {"cupy.random.standard_normal", "cupy.cuda.Device.synchronize"} <= seen
+        assert {"cupy.random.standard_normal", "cupy.cuda.Device.synchronize",
+                "cupy_backends.cuda.libs.cublas.gemmEx"} <= seen

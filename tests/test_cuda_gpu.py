@@ -123,3 +123,25 @@ def test_matches_cudnn_with_converted_weights(kind):
     for a, b in zip(g.states, h0):
         close(a, b.grad[0])
     close(g.params["W_h"], m.weight_hh_l0.grad.T)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_tf32_gemms_stay_within_tf32_precision(graph):
+    """``tf32=True`` runs the GEMMs on tensor cores: an LSTM's outputs and gradients stay
+    within TF32's precision of the float32 reference, and runs are still bit-identical."""
+    cp = _gpu_or_skip()
+    cell = zoo_cell("lstm", 64, 96, "float32")
+    ref = graphrnn.compile(cell, "ref", "float32")
+    cc = graphrnn.compile(cell, "cuda", "float32", cuda_graph=graph, tf32=True)
+    params = ref.init_params(seed=0, scale=0.3)
+    xs, h0, dys, dhT = _data(ref, 6, 8, seed=1)
+    ys, hT, res = ref.forward_train(params, xs, h0)
+    want = _flat(cp, ys, hT, ref.backward(params, res, dys, dhT))
+    runs = []
+    for _ in range(2):
+        ys2, hT2, res2 = cc.forward_train(params, xs, h0)
+        runs.append(_flat(cp, ys2, hT2, cc.backward(params, res2, dys, dhT)))
+    for a, b in zip(runs[0], want):
+        np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2)
+    for a, b in zip(runs[0], runs[1]):
+        assert np.array_equal(a, b)
