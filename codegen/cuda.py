@@ -5,8 +5,9 @@ through cuBLAS, the time loop driven from Python on one stream.
     ys, hT = cc.forward(params, xs)        # CuPy arrays out; NumPy, CuPy or torch tensors in
 
 - Kernels: every fused kernel of the Program rendered by ``codegen.cuda_render`` into one module,
-  compiled once with ``cupy.RawModule`` and cached by a hash of source, options and the device's
-  compute capability (CuPy also keeps its own on-disk cache keyed the same way).
+  compiled once with ``cupy.RawModule`` (NVRTC, or nvcc where the NVRTC library is missing) and
+  cached by a hash of source, options, compiler and the device's compute capability (CuPy also
+  keeps its own on-disk cache keyed the same way).
 - GEMMs: ``cublas<s|d>gemm`` called directly on the strided views of the Program (a column block
   of a packed buffer is a matrix with a leading dimension), so nothing is copied or allocated:
   the hoisted input projection is one GEMM over all T·B rows.
@@ -101,6 +102,18 @@ def import_cupy() -> Any:
     return cp
 
 
+def module_compiler() -> str:
+    """CuPy's compiler for the kernels: "nvrtc" where the NVRTC library loads, else "nvcc"
+    where the CUDA toolkit is installed; a BackendError names both when neither is there."""
+    from .cuda_cpu import find_tool, nvrtc_version
+    if nvrtc_version() is not None:
+        return "nvrtc"
+    if find_tool("nvcc") is not None:
+        return "nvcc"
+    raise BackendError("cuda: neither NVRTC nor nvcc found to compile the kernels: pip install "
+                       "nvidia-cuda-nvrtc (or install the CUDA toolkit)")
+
+
 class GpuDevice(Device):
     """CuPy arrays, RawModule kernels, cuBLAS GEMMs on the current stream."""
 
@@ -112,14 +125,17 @@ class GpuDevice(Device):
         dev = cp.cuda.Device()
         arch = dev.compute_capability
         source = module_source(list(kernels))
-        key = hashlib.sha256("\0".join([source, *options, arch]).encode()).hexdigest()
-        if key not in _MODULES:
-            try:
-                _MODULES[key] = cp.RawModule(code=source, options=tuple(options))
-            except Exception as e:  # noqa: BLE001 - NVRTC errors carry the log
-                raise BackendError(f"cuda: NVRTC could not compile the kernels: {e}") from e
-        self.module = _MODULES[key]
-        self.fns = {k.name: self.module.get_function(k.name) for k in kernels}
+        compiler = module_compiler()
+        key = hashlib.sha256("\0".join([source, *options, arch, compiler]).encode()).hexdigest()
+        try:   # CuPy may compile when the module is made or at the first get_function
+            if key not in _MODULES:
+                _MODULES[key] = cp.RawModule(code=source, options=tuple(options),
+                                             backend=compiler)
+            self.module = _MODULES[key]
+            self.fns = {k.name: self.module.get_function(k.name) for k in kernels}
+        except Exception as e:  # noqa: BLE001 - the compiler's errors carry its log
+            _MODULES.pop(key, None)
+            raise BackendError(f"cuda: {compiler} could not compile the kernels: {e}") from e
         self._scalars: dict[tuple[str, float], np.ndarray] = {}
         self._scratch: dict[tuple[tuple[int, ...], str], Any] = {}
 

@@ -117,7 +117,8 @@ _CALLS = {"kernels": 0, "gemms": 0, "graph_ops": 0}
 
 
 class _RawModule:
-    def __init__(self, code: str, options=()) -> None:
+    def __init__(self, code: str, options=(), backend="nvrtc") -> None:
+        assert backend in ("nvrtc", "nvcc"), backend
         import hashlib
         import tempfile
         from pathlib import Path
@@ -345,6 +346,27 @@ def test_tf32_gemms_go_through_gemm_ex(fake_cupy):
     assert 1e-6 < err < 1e-2, err     # TF32 was used, and it is only TF32's rounding
     with pytest.raises(graphrnn.BackendError, match="tf32=True rounds float32"):
         graphrnn.compile(zoo_cell("lstm", 4, 5, "float64"), "cuda", "float64", tf32=True)
+
+
+def test_compiler_is_nvrtc_else_nvcc_else_a_clear_error(fake_cupy, monkeypatch):
+    import codegen.cuda_cpu as cc
+    pytest.importorskip("graphrnn.schedule")
+    cell = zoo_cell("rnn_tanh", 3, 5, "float32")
+    used, made = [], fake_cupy.RawModule
+
+    def spy(code, options=(), backend="nvrtc"):
+        used.append(backend)
+        return made(code=code, options=options, backend=backend)
+    monkeypatch.setattr(fake_cupy, "RawModule", spy)
+    monkeypatch.setattr(cc, "nvrtc_version", lambda: (13, 0))
+    graphrnn.compile(cell, "cuda", "float32")
+    monkeypatch.setattr(cc, "nvrtc_version", lambda: None)
+    monkeypatch.setattr(cc, "find_tool", lambda name: "/usr/bin/nvcc")
+    graphrnn.compile(cell, "cuda", "float32")
+    assert used == ["nvrtc", "nvcc"]   # a new compiler is a new cache entry
+    monkeypatch.setattr(cc, "find_tool", lambda name: None)
+    with pytest.raises(graphrnn.BackendError, match="neither NVRTC nor nvcc"):
+        graphrnn.compile(cell, "cuda", "float32")
 
 
 def test_torch_tensors_go_in_through_dlpack(fake_cupy):
