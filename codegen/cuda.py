@@ -46,7 +46,7 @@ NVRTC_OPTIONS = ("--std=c++14",)
 # cuBLAS / CUDA enums (part of their ABI): cudaDataType CUDA_R_32F, cublasComputeType_t
 # CUBLAS_COMPUTE_32F_FAST_TF32, cublasGemmAlgo_t CUBLAS_GEMM_DEFAULT
 CUDA_R_32F, COMPUTE_32F_FAST_TF32, GEMM_DEFAULT = 0, 77, -1
-_MODULES: dict[str, Any] = {}   # hash(source, options, arch) -> cupy.RawModule
+_MODULES: dict[str, Any] = {}   # hash(source, options, arch, compiler) -> cupy.RawModule
 
 
 def _program(cell: Cell) -> Any:
