@@ -282,13 +282,16 @@ def fake_cupy(monkeypatch):
     return cp
 
 
-def _check(cell, dtype, T, B, graph, tol):
+def _check(cell, dtype, T, B, graph, tol, xs=None):
+    """cuda on the stand-in equals ref, forward and backward; ``xs`` default to normal noise."""
     pytest.importorskip("graphrnn.schedule")
     ref = graphrnn.compile(cell, "ref", dtype)
     cc = graphrnn.compile(cell, "cuda", dtype, cuda_graph=graph)
     params = ref.init_params(seed=3, scale=0.5)
     rng = np.random.default_rng(4)
-    xs = [rng.standard_normal((T, B, int(n.shape[1]))).astype(dtype) for n in ref.cell.inputs]
+    if xs is None:
+        xs = [rng.standard_normal((T, B, int(n.shape[1]))).astype(dtype)
+              for n in ref.cell.inputs]
     h0 = [0.5 * rng.standard_normal((B, int(s.shape[1]))).astype(dtype)
           for s in ref.cell.states]
     dys = [rng.standard_normal((T, B, int(o.shape[1]))).astype(dtype) for o in ref.cell.outputs]
@@ -403,20 +406,9 @@ def _embedding_cell(dtype):
 
 
 def _run_embedding(dtype):
-    ref = graphrnn.compile(_embedding_cell(dtype), "ref", dtype)
-    cc = graphrnn.compile(ref.cell, "cuda", dtype)
-    params = ref.init_params(seed=1, scale=0.5)
-    rng = np.random.default_rng(2)
-    ids = rng.integers(0, 6, size=(4, 3, 1))
+    ids = np.random.default_rng(2).integers(0, 6, size=(4, 3, 1))
     ids[0, :, 0] = 5   # the same row gathered (and scattered into) by every sequence at t=0
-    dys = [rng.standard_normal((4, 3, 5)).astype(dtype)]
-    ys, hT, res = ref.forward_train(params, [ids])
-    g = ref.backward(params, res, dys)
-    ys2, hT2, res2 = cc.forward_train(params, [ids])
-    g2 = cc.backward(params, res2, dys)
-    for a, b in zip(ys2 + hT2 + [g2.params[k] for k in sorted(g2.params)],
-                    ys + hT + [g.params[k] for k in sorted(g.params)]):
-        np.testing.assert_allclose(np.asarray(a), b, **TOL[dtype])
+    _check(_embedding_cell(dtype), dtype, 4, 3, False, TOL[dtype], xs=[ids])
 
 
 def test_embedding_gathers_and_scatters_on_the_stand_in(fake_cupy):
@@ -474,8 +466,9 @@ def _doc_signature(text: str) -> inspect.Signature:
     return inspect.Signature(params)
 
 
-def _real_signature(path: str) -> tuple[inspect.Signature, bool]:
-    """(signature, is a method) of the real CuPy object at ``path``. A compiled function
+def _real_signature(path: str) -> inspect.Signature:
+    """The signature of the real CuPy object at ``path``, without ``self`` for a method (calls
+    are recorded without it). A compiled function
     without introspection gives its embedded signature, from its docstring or, where its module
     cannot load here (cuBLAS needs libcublas), from the extension's bytes on disk."""
     mod_path, name = path.rsplit(".", 1)
@@ -486,14 +479,15 @@ def _real_signature(path: str) -> tuple[inspect.Signature, bool]:
         found = re.search(rb"(?<![\w.])" + name.encode() + rb"\([^)\x00]*\)",
                           open(origin, "rb").read())
         assert found, f"{path}: no embedded signature in {origin}"
-        return _doc_signature(found.group(0).decode()), False
+        return _doc_signature(found.group(0).decode())
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
         sig = _doc_signature((obj.__doc__ or "").splitlines()[0])
     params = list(sig.parameters.values())
-    is_method = bool(params) and params[0].name == "self"
-    return (sig.replace(parameters=params[1:]) if is_method else sig), is_method
+    if params and params[0].name == "self":
+        return sig.replace(parameters=params[1:])
+    return sig
 
 
 @pytest.mark.skipif(not REAL_CUPY, reason="CuPy is not installed (pip install cupy-cuda13x)")
@@ -508,9 +502,9 @@ def test_every_call_of_the_stand_in_fits_the_real_cupy(fake_cupy, monkeypatch):
     cc.step(graphrnn.compile(cc.cell, "ref", "float64").init_params(seed=0),
             np.zeros((3, 4)))
     _run_embedding("float32")
-    graphrnn.compile(zoo_cell("gru", 4, 6, "float32"), "cuda", "float32", tf32=True).forward(
-        graphrnn.compile(zoo_cell("gru", 4, 6, "float32"), "ref").init_params(seed=0),
-        np.zeros((2, 2, 4), np.float32))
+    gru = zoo_cell("gru", 4, 6, "float32")
+    graphrnn.compile(gru, "cuda", "float32", tf32=True).forward(
+        graphrnn.compile(gru, "ref").init_params(seed=0), np.zeros((2, 2, 4), np.float32))
     seen = _assert_fits_real_cupy(list(API_CALLS), monkeypatch)
     assert {"cupy.RawModule", "cupy.RawModule.get_function", "cupy.RawKernel.__call__",
             "cupy_backends.cuda.libs.cublas.sgemm", "cupy_backends.cuda.libs.cublas.dgemm",
@@ -531,7 +525,7 @@ def _assert_fits_real_cupy(calls, monkeypatch) -> set[str]:
         del sys.modules[mod]
     seen = set()
     for path, args, kwargs in calls:
-        sig, _method = _real_signature(path)
+        sig = _real_signature(path)
         try:
             bound = sig.bind(*args, **kwargs)
         except TypeError as e:

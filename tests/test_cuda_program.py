@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import graphrnn
-from codegen.cuda_cpu import find_tool
+from codegen.cuda_cpu import find_tool, nvrtc_version
 from codegen.cuda_exec import CudaCpuBackend, ProgramExecutor, loop_spec
 from graphrnn.cells import indrnn, rnn_tanh
 from graphrnn.ops import Ops
@@ -275,9 +275,8 @@ def test_zoo_kernels_compile_to_ptx_for_sm80_and_sm90_without_spills(cache):
         assert not spills, spills
 
 
-needs_nvrtc = pytest.mark.skipif(
-    __import__("codegen.cuda_cpu", fromlist=["nvrtc_version"]).nvrtc_version() is None,
-    reason="no NVRTC (pip install cupy-cuda13x nvidia-cuda-nvrtc)")
+needs_nvrtc = pytest.mark.skipif(nvrtc_version() is None,
+                                 reason="no NVRTC (pip install cupy-cuda13x nvidia-cuda-nvrtc)")
 
 
 def _release(tool: str) -> tuple[int, int]:
@@ -295,7 +294,7 @@ def test_zoo_kernels_compile_with_nvrtc_as_cupy_does(cache):
     CuPy) becomes sm_90 machine code with the backend's options, and the PTX of all of them
     together assembles for sm_80 without spills."""
     from codegen.cuda import NVRTC_OPTIONS, cuda_source
-    from codegen.cuda_cpu import compile_nvrtc, nvrtc_version, ptxas_report
+    from codegen.cuda_cpu import compile_nvrtc, ptxas_report
     from codegen.cuda_render import module_source
     for name in sorted(graphrnn.cells.ZOO):
         cell, _prog = zoo_case(name, "float32")
