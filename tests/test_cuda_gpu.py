@@ -53,18 +53,24 @@ def test_cuda_equals_ref(name, dtype, graph):
     cc = graphrnn.compile(cell, "cuda", dtype, cuda_graph=graph)
     params = ref.init_params(seed=0, scale=0.3)
     for T, B in ((5, 1), (4, 3)):
-        xs, h0, dys, dhT = _data(ref, T, B, seed=T)
-        ys, hT, res = ref.forward_train(params, xs, h0)
-        want = _flat(cp, ys, hT, ref.backward(params, res, dys, dhT))
-        runs = []
-        for _ in range(2):
-            ys2, hT2, res2 = cc.forward_train(params, xs, h0)
-            assert isinstance(ys2[0], cp.ndarray)
-            runs.append(_flat(cp, ys2, hT2, cc.backward(params, res2, dys, dhT)))
-        for a, b in zip(runs[0], want):
-            np.testing.assert_allclose(a, b, **TOL[dtype])
-        for a, b in zip(runs[0], runs[1]):
-            assert np.array_equal(a, b), "two runs differ: a reduction is not deterministic"
+        _equals_ref_twice_alike(cp, ref, cc, params, T, B, TOL[dtype])
+
+
+def _equals_ref_twice_alike(cp, ref, cc, params, T, B, tol):
+    """Two runs of ``cc`` (forward_train + backward) equal ``ref`` within ``tol``, and each
+    other bit for bit."""
+    xs, h0, dys, dhT = _data(ref, T, B, seed=T)
+    ys, hT, res = ref.forward_train(params, xs, h0)
+    want = _flat(cp, ys, hT, ref.backward(params, res, dys, dhT))
+    runs = []
+    for _ in range(2):
+        ys2, hT2, res2 = cc.forward_train(params, xs, h0)
+        assert isinstance(ys2[0], cp.ndarray)
+        runs.append(_flat(cp, ys2, hT2, cc.backward(params, res2, dys, dhT)))
+    for a, b in zip(runs[0], want):
+        np.testing.assert_allclose(a, b, **tol)
+    for a, b in zip(runs[0], runs[1]):
+        assert np.array_equal(a, b), "two runs differ: a reduction is not deterministic"
 
 
 def test_torch_tensors_in_without_copies():
@@ -133,15 +139,5 @@ def test_tf32_gemms_stay_within_tf32_precision(graph):
     cell = zoo_cell("lstm", 64, 96, "float32")
     ref = graphrnn.compile(cell, "ref", "float32")
     cc = graphrnn.compile(cell, "cuda", "float32", cuda_graph=graph, tf32=True)
-    params = ref.init_params(seed=0, scale=0.3)
-    xs, h0, dys, dhT = _data(ref, 6, 8, seed=1)
-    ys, hT, res = ref.forward_train(params, xs, h0)
-    want = _flat(cp, ys, hT, ref.backward(params, res, dys, dhT))
-    runs = []
-    for _ in range(2):
-        ys2, hT2, res2 = cc.forward_train(params, xs, h0)
-        runs.append(_flat(cp, ys2, hT2, cc.backward(params, res2, dys, dhT)))
-    for a, b in zip(runs[0], want):
-        np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2)
-    for a, b in zip(runs[0], runs[1]):
-        assert np.array_equal(a, b)
+    _equals_ref_twice_alike(cp, ref, cc, ref.init_params(seed=0, scale=0.3), 6, 8,
+                            dict(rtol=2e-2, atol=2e-2))
