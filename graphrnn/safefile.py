@@ -47,8 +47,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO]
                  *, fsync: bool = True) -> Path:
     """Write ``data`` (bytes, or a function writing to a binary file) to ``path`` atomically: a
     temporary file in the same folder (mode 0600, from ``mkstemp``), then ``os.replace``; a
-    failed write leaves the old file and no temporary file. Temporary files of earlier writes of the same path whose process is
-    gone, or that are older than ``STALE_TMP_SECONDS``, are removed first."""
+    failed write leaves the old file and no temporary file. Temporary files of earlier writes
+    of the same path whose process is gone, or that are older than ``STALE_TMP_SECONDS``, are
+    removed first."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     clean_stale_tmp(path)
