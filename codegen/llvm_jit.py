@@ -36,7 +36,7 @@ import llvmlite
 import llvmlite.binding as llvm
 from llvmlite.binding import ffi
 
-from graphrnn.safefile import keyed_digest, read_cache_file, write_cache_file
+from graphrnn.safefile import read_keyed, write_keyed
 
 from .forkguard import hold_across_fork
 
@@ -165,22 +165,11 @@ def cache_key(ir_text: str) -> str:
 
 
 def _read_entry(path: Path, key: str) -> bytes | None:
-    data = read_cache_file(path, MAX_ENTRY_BYTES)
-    if data is None:
-        return None
-    head = len(MAGIC) + 64 + 32
-    if len(data) < head or not data.startswith(MAGIC):
-        return None
-    if data[len(MAGIC):len(MAGIC) + 64] != key.encode():
-        return None
-    payload = data[head:]
-    if keyed_digest(key, payload) != data[len(MAGIC) + 64:head]:
-        return None
-    return payload
+    return read_keyed(path, MAGIC, key, MAX_ENTRY_BYTES)
 
 
 def _write_entry(path: Path, key: str, payload: bytes) -> None:
-    write_cache_file(path, MAGIC + key.encode() + keyed_digest(key, payload) + payload)
+    write_keyed(path, MAGIC, key, payload)
 
 
 @dataclass

@@ -266,3 +266,22 @@ def keyed_digest(key: str, payload: bytes) -> bytes:
     h.update(b"\0")
     h.update(payload)
     return h.digest()
+
+
+def read_keyed(path: Path, magic: bytes, key: str, max_bytes: int) -> bytes | None:
+    """The payload of an entry ``write_keyed`` wrote for ``key`` (header: magic, key, keyed
+    digest), or None when it is missing, untrusted (``read_cache_file``), or not this key's."""
+    data = read_cache_file(path, max_bytes)
+    if data is None:
+        return None
+    k = key.encode()
+    head = len(magic) + len(k) + 32
+    if len(data) < head or not data.startswith(magic) or data[len(magic):head - 32] != k:
+        return None
+    payload = data[head:]
+    return payload if keyed_digest(key, payload) == data[head - 32:head] else None
+
+
+def write_keyed(path: Path, magic: bytes, key: str, payload: bytes) -> bool:
+    """Write ``payload`` under ``key`` for ``read_keyed`` (see ``write_cache_file``)."""
+    return write_cache_file(path, magic + key.encode() + keyed_digest(key, payload) + payload)
