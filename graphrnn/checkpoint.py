@@ -10,7 +10,8 @@ A checkpoint is data someone may have handed us, so loading trusts nothing in it
 opened without blocking (a FIFO or a device is refused), every zip member is checked before
 anything is inflated or allocated (only numeric ``.npy`` members; the shape its header declares
 must match the bytes the member holds; no member may inflate beyond what deflate can reach from
-its compressed size, and all of them together not beyond ``MAX_TOTAL_BYTES``), the JSON is
+its compressed size, and all of them together not beyond ``MAX_INFLATE_FACTOR`` times the file
+or ``MAX_TOTAL_BYTES``), the JSON is
 bounded in size and nesting before it is parsed, and nothing is ever unpickled. Whatever is
 wrong raises one ``CheckpointError`` naming the file and why (never advising ``allow_pickle``).
 The fields of the metadata are checked by whoever reads them (``check_field``; the trainer's in
@@ -44,6 +45,11 @@ MAX_MEMBERS = 100_000
 MAX_JSON_DEPTH = 64
 # deflate cannot expand data by more than about 1032:1
 MAX_DEFLATE_RATIO = 1100
+# ``save`` stores members uncompressed, so a checkpoint inflates to about its own size; one
+# compressed elsewhere (np.savez_compressed: float weights shrink little) may inflate to this
+# many times its size, plus the slack below, and no more (a zip bomb does ~1000 times)
+MAX_INFLATE_FACTOR = 64
+INFLATE_SLACK = 64 << 20
 # array kinds a checkpoint holds: booleans, integers, floats, complex numbers
 _KINDS = "biufc"
 
@@ -185,6 +191,9 @@ def _read_members(path: Path, f: IO[bytes]) -> tuple[dict[str, np.ndarray], byte
         if total > MAX_TOTAL_BYTES:
             raise _not_checkpoint(path, f"its members inflate to {total} bytes, more than the "
                                         f"{MAX_TOTAL_BYTES} a checkpoint may hold")
+        if total > size * MAX_INFLATE_FACTOR + INFLATE_SLACK:
+            raise _not_checkpoint(path, f"its members inflate to {total} bytes from a file of "
+                                        f"{size} (a zip bomb)")
         if _META + ".npy" not in names:
             raise _not_checkpoint(path, f"it has no {_META} entry (arrays "
                                         f"{sorted(n[:-4] for n in names)[:6]})")

@@ -167,29 +167,14 @@ def test_a_member_declaring_a_terabyte(tmp_path):
         ckpt.load(p)
 
 
-def _forge_size(path: Path, member: str, size: int) -> None:
-    """Make the zip's central directory declare ``size`` inflated bytes for ``member``."""
-    data = bytearray(path.read_bytes())
-    name = member.encode()
-    at = -1
-    while True:
-        at = data.find(b"PK\x01\x02", at + 1)
-        assert at >= 0
-        n = struct.unpack_from("<H", data, at + 28)[0]
-        if bytes(data[at + 46:at + 46 + n]) == name:
-            break
-    struct.pack_into("<I", data, at + 24, size & 0xFFFFFFFF)
-    path.write_bytes(bytes(data))
-
-
-def test_a_zip_bomb_member(tmp_path):
-    # the header declares 32 GiB of zeros; the central directory says they inflate to 4 GiB
-    # from a few hundred bytes (deflate cannot do better than about 1:1032)
+def test_a_zip_bomb(tmp_path):
+    # 256 MB of zeros deflate to a quarter of a megabyte
     p = _npz(tmp_path / "bomb.npz", {"__meta__": _meta(),
-                                     "param/W": _npy_header((1 << 32,), "|u1") + b"\0" * 4096},
+                                     "param/W": _npy(np.zeros(1 << 28, np.uint8))},
              zipfile.ZIP_DEFLATED)
-    _forge_size(p, "param/W.npy", (1 << 32) - 1)
-    with pytest.raises(ckpt.CheckpointError, match="zip bomb"):
+    assert p.stat().st_size < 1 << 20
+    with pytest.raises(ckpt.CheckpointError, match=r"inflate to \d+ bytes from a file of "
+                                                   r"\d+ \(a zip bomb\)"):
         ckpt.load(p)
 
 
@@ -316,11 +301,14 @@ def _call(j) -> int:
 def llvm_cache(tmp_path, monkeypatch):
     pytest.importorskip("llvmlite")
     from codegen import llvm_jit
-    from graphrnn import safefile
     root = tmp_path / "cache"
     root.mkdir(mode=0o700)
     monkeypatch.setenv("GRAPHRNN_CACHE_DIR", str(root))
-    monkeypatch.setattr(safefile, "_warned", set())
+    try:   # each test sees its own warnings, not ones an earlier test had
+        from graphrnn import safefile
+        monkeypatch.setattr(safefile, "_warned", set())
+    except ImportError:   # the code before the fix, which had no warnings to give
+        pass
     return llvm_jit
 
 
