@@ -120,10 +120,14 @@ def _load_python_cell(path_text: str, func: str, input_size: int, hidden_size: i
 
 def read_equations(path: Path) -> str:
     """The text of an equations file, or a one-line CellSpecError saying why it cannot be read."""
+    from .safefile import open_regular
     if path.is_dir():
         raise CellSpecError(f"cannot read {path}: it is a directory, not an equations file")
     try:
-        return path.read_text(encoding="utf-8")
+        # never blocks: a checkpoint from before the text was stored names the file, and that
+        # name may be a FIFO
+        with open_regular(path) as f:
+            return f.read().decode("utf-8")
     except OSError as e:
         raise CellSpecError(f"cannot read {path}: {e.strerror or e}") from e
     except UnicodeDecodeError as e:

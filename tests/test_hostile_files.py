@@ -261,6 +261,21 @@ def test_a_fifo_checkpoint_does_not_block(tmp_path):
     assert isinstance(got, ckpt.CheckpointError) and "it is a FIFO" in str(got)
 
 
+def test_a_checkpoint_naming_a_fifo_as_its_equations_file_does_not_block(
+        tmp_path, trained, capsys):
+    # checkpoints from before the equations text was stored name the file instead
+    fifo = tmp_path / "cell.eq"
+    os.mkfifo(fifo)
+    ck = _rewrite(trained, tmp_path / "fifo.npz",
+                  lambda m: m["options"].update(cell=str(fifo)))
+    done, rc = _load_in_thread(main, ["sample", str(ck), "--length", "3"])
+    if not done:
+        _unblock(fifo)
+    assert done, "sample blocked on a FIFO"
+    assert rc == 1
+    _one_line_error(capsys, "it is a FIFO")
+
+
 def test_killed_saves_leave_no_temporary_files(tmp_path):
     from graphrnn import safefile
     path = tmp_path / "ck.npz"
