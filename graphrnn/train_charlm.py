@@ -287,8 +287,8 @@ def _check_args(a: argparse.Namespace) -> None:
     positive = {"--layers": a.layers, "--hidden": a.hidden, "--batch": a.batch,
                 "--seq-len": a.seq_len, "--lr": a.lr}
     for name, v in positive.items():
-        if not v > 0 or v == float("inf"):
-            raise ValueError(f"{name} must be positive, got {v}")
+        if not 0 < v < float("inf"):
+            raise ValueError(f"{name} must be positive and finite, got {v}")
     if a.layers > MAX_LAYERS or a.hidden > MAX_SIZE or a.embed > MAX_SIZE:
         raise ValueError(f"--layers must be <= {MAX_LAYERS}, --hidden and --embed <= "
                          f"{MAX_SIZE}, got {a.layers}, {a.hidden}, {a.embed}")

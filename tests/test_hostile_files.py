@@ -438,6 +438,14 @@ def test_meaningless_numbers_are_argparse_errors(argv, needle, capsys):
     assert needle in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["inf", "nan", "-1"])
+def test_an_infinite_learning_rate_is_refused(value, corpus, capsys):
+    # these options kept their one-line errors (exit status 1) from before argparse checked
+    # the others; inf passed them
+    assert main(["train", f"--lr={value}", "--data", str(corpus), *TINY]) == 1
+    _one_line_error(capsys, f"--lr must be positive and finite, got {value}")
+
+
 @pytest.mark.parametrize("flag,value,held", [
     ("--hidden", "16", "8"), ("--layers", "2", "1"), ("--cell", "lstm", "gru"),
     ("--dropout", "0.5", "0.0"), ("--embed", "4", "0"), ("--seq-len", "9", "8"),
