@@ -16,8 +16,10 @@ matplotlib), then prints samples and where the files are.
 ``options["equations"]``; the path is kept only as information), so a checkpoint does not depend
 on the file staying where it was. A ``file.py:function`` cell is code: a checkpoint records its
 path but never runs it; ``graphrnn sample CKPT --cell file.py:function`` (or ``train --resume
-CKPT --cell ...``) runs the file the user names again. The options a checkpoint holds are checked
-field by field (``check_options``) before anything is built from them.
+CKPT --cell ...``) runs the file the user names again, and the cells it builds must equal the
+ones the checkpoint keeps as JSON (``options["cell_ir"]``, ``graphrnn.ir_json``). The options a
+checkpoint holds are checked field by field (``check_options``) before anything is built from
+them.
 
 ``--resume`` takes the model and data layout (cell, layers, hidden, embed, dropout, dtype, batch,
 seq-len, optimizer) from the checkpoint: giving one of them with a different value is an error
@@ -141,6 +143,18 @@ def check_options(path: str | os.PathLike[str], meta: dict[str, Any],
         eq = check_field(path, "options.equations", o["equations"], "dict")
         check_field(path, "options.equations.name", eq.get("name"), "str", max_len=4096)
         check_field(path, "options.equations.text", eq.get("text"), "str")
+    if "cell_ir" in o:
+        from .errors import GraphError
+        from .ir_json import cell_from_json
+        docs = check_field(path, "options.cell_ir", o["cell_ir"], "list", max_len=MAX_LAYERS)
+        if len(docs) != layers:
+            raise CheckpointError(f"{path}: options.cell_ir has {len(docs)} cells for "
+                                  f"{layers} layers")
+        for i, d in enumerate(docs):
+            try:
+                cell_from_json(d)
+            except GraphError as e:
+                raise CheckpointError(f"{path}: options.cell_ir[{i}]: {e}") from None
     voc = check_field(path, "vocab", meta.get("vocab"), "dict")
     toks = check_field(path, "vocab.tokens", voc.get("tokens"), "list", max_len=MAX_VOCAB)
     for i, t in enumerate(toks):
@@ -205,10 +219,30 @@ def build_model(opts: dict[str, Any], checkpoint: str | None = None,
                                    size_flags=flags, one_input=True)
         cells.append(c)
         size = int(c.outputs[0].shape[1])
+    if cell is not None and "cell_ir" in opts:
+        _check_same_cells(checkpoint, cell, cells, opts["cell_ir"])
     return RNNModel(cells, n_classes=V, vocab_size=V,
                     input="embedding" if embed else "onehot",
                     embed_size=embed or None, dropout=float(opts.get("dropout", 0.0)),
                     backend=opts.get("backend", "auto"), dtype=dtype)
+
+
+def cell_docs(model: RNNModel) -> list[dict[str, Any]]:
+    """Each layer's cell as JSON (``graphrnn.ir_json``): what a checkpoint of a
+    ``file.py:function`` cell keeps, to tell whether the file given again still builds it."""
+    from .ir_json import cell_to_json
+    return [cell_to_json(lay.fwd.cell) for lay in model.layers]
+
+
+def _check_same_cells(checkpoint: str | None, spec: str, cells: list[Cell],
+                      stored: list[Any]) -> None:
+    from .checkpoint import CheckpointError
+    from .ir_json import cell_to_json
+    for i, (c, doc) in enumerate(zip(cells, stored)):
+        if cell_to_json(c) != doc:
+            raise CheckpointError(f"{checkpoint}: the cell {spec} builds for layer {i} differs "
+                                  "from the one this checkpoint was trained with (has the file "
+                                  "changed?)")
 
 
 # ---- the command line of the training job (shared with ``graphrnn train``) ----
@@ -386,8 +420,12 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
         except ValueError as e:
             # before init_params allocates what the options claim
             raise ckpt.CheckpointError(f"{a.resume}: {e}") from None
+    from .cli_tools import cell_sizes, is_python_spec
+    if not a.resume and is_python_spec(a.cell):
+        # the cell as data: never run from the checkpoint, but the file given again (sample
+        # --cell, --resume --cell) must still build this
+        opts["cell_ir"] = cell_docs(model)
     backend = model.layers[0].fwd.backend_name
-    from .cli_tools import cell_sizes
     cell0 = model.layers[0].fwd.cell
     n_params = sum(math.prod(s) for s in model.param_shapes().values())
     print(f"data: {source}: {len(text):,} characters, vocabulary {len(vocab)}", file=out)

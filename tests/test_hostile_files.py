@@ -114,6 +114,63 @@ def test_a_relative_python_cell_in_a_checkpoint_is_not_run_from_the_cwd(
     assert not (tmp_path / "ran").exists()
 
 
+def test_a_changed_python_cell_file_is_caught(tmp_path, corpus, capsys):
+    cell = tmp_path / "mycell.py"
+    cell.write_text(MARKING_CELL)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(corpus), "--out", str(out), "--cell", f"{cell}:make",
+                 *TINY]) == 0
+    # same parameter shapes, other math: only the stored cell tells them apart
+    cell.write_text(MARKING_CELL.replace("gru(", "__import__('graphrnn.cells').cells.gru_torch("))
+    capsys.readouterr()
+    assert main(["sample", str(out / "checkpoint.npz"), "--cell", f"{cell}:make"]) == 1
+    _one_line_error(capsys, "differs from the one this checkpoint was trained with")
+
+
+def test_cells_round_trip_through_json():
+    from graphrnn import cells, ir_json
+    from graphrnn.train_charlm import nngraph_lstm
+    every = [cells.zoo_cell(n, 6, 6) for n in sorted(cells.ZOO)]
+    for c in every + [nngraph_lstm(5, 7), cells.zoo_cell("gru", 5, 7, "float64")]:
+        doc = json.loads(json.dumps(ir_json.cell_to_json(c)))
+        back = ir_json.cell_from_json(doc)
+        assert back == c and ir_json.cell_to_json(back) == doc
+
+
+def _bad_docs():
+    from graphrnn import cells, ir_json
+    good = ir_json.cell_to_json(cells.zoo_cell("rnn_tanh", 3, 4))
+    k = next(i for i, n in enumerate(good["nodes"]) if n[0] == "MATMUL")
+
+    def edit(fn):
+        doc = json.loads(json.dumps(good))
+        fn(doc)
+        return doc
+    return [
+        (edit(lambda d: d["nodes"][k].__setitem__(0, "FUSED")), "op must be an op of the IR"),
+        (edit(lambda d: d["nodes"][k].__setitem__(0, "__class__")), "op must be an op"),
+        (edit(lambda d: d["nodes"][k].__setitem__(3, [k, 0])), "sources must be an integer"),
+        (edit(lambda d: d["nodes"][k].__setitem__(4, "os.system('x')")),
+         "arg must be a list of 2 items"),
+        (edit(lambda d: d["nodes"][k].__setitem__(2, ["B", 10**12])), "shape must be an int"),
+        (edit(lambda d: d["nodes"][0].__setitem__(4, "not a name")), "arg must be an identif"),
+        (edit(lambda d: d["nodes"][k].__setitem__(2, ["B", 7])), "must be of type float32"),
+        (edit(lambda d: d["nodes"].__setitem__(slice(None), d["nodes"] * 30_000)),
+         "nodes must be at most 100000 nodes"),
+        (edit(lambda d: d.__setitem__("outputs", [999])), "outputs must be an integer"),
+        ([1, 2], "the document must be an object"),
+    ]
+
+
+@pytest.mark.parametrize("i", range(10))
+def test_hostile_cell_json_is_refused(i):
+    from graphrnn import ir_json
+    from graphrnn.errors import GraphError
+    doc, msg = _bad_docs()[i]
+    with pytest.raises(GraphError, match=msg.replace("(", r"\(")):
+        ir_json.cell_from_json(doc)
+
+
 @pytest.mark.parametrize("command", ["train", "sample", "explain", "viz", "compile", "bench"])
 def test_help_says_a_python_cell_runs_its_file(command, capsys):
     with pytest.raises(SystemExit):
@@ -196,6 +253,9 @@ def test_the_total_inflated_size_is_capped(tmp_path, monkeypatch):
      "vocab.tokens[0] must be a string"),
     (lambda m: m["options"].update(equations={"name": 3, "text": "x"}),
      "options.equations.name must be a string"),
+    (lambda m: m["options"].update(cell_ir=[{"version": 1, "name": "c", "nodes": [
+        ["SYSTEM", "float32", ["B", 1], [], "rm -rf /"]]}]),
+     "options.cell_ir[0]: stored cell: nodes[0] op must be an op of the IR"),
 ])
 def test_malformed_metadata_in_sample(tmp_path, trained, capsys, edit, field):
     ck = _rewrite(trained, tmp_path / "bad.npz", edit)
