@@ -1,7 +1,8 @@
 """Files someone else handed us (issue 13): checkpoints that try to run code, exhaust memory or
 the stack, or block; cache entries swapped or planted; command lines with meaningless numbers;
-and a fork while another thread compiles. Each test fails on the code before the fix (see the
-commit that added this file)."""
+and a fork while another thread compiles. Each test was run against the code before the fix
+and failed there (blocking tests through a thread or subprocess with a timeout, so the old code
+fails them instead of hanging the suite)."""
 
 from __future__ import annotations
 
