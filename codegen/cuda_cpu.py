@@ -11,8 +11,12 @@ kernel sources built as C++ through ``cuda_shim.h`` and run on the CPU.
 - ``FakeLauncher`` records every launch (grid, block, argument dtypes) and checks it against the
   kernel's generated signature and operand layouts before passing it on.
 
-Builds are cached in a directory by a hash of source, flags and compiler; a cache entry is
-written to a temp file and moved into place with ``os.replace``.
+Builds are cached in a directory (default ``$TMPDIR/graphrnn-cuda-<uid>``) by a hash of source,
+flags and compiler. A shared library from there is code we load, and a shared temp folder is
+where another user could plant one first, so the directory and each entry are used only when
+they are ours and nobody else may write them, and an entry is checked against a digest of its
+key and bytes (``graphrnn.safefile``; PTX in the entry's header, a library in ``NAME.so.sum``);
+anything else is rebuilt in a private temporary folder, with one warning. Writes are atomic.
 """
 
 from __future__ import annotations
@@ -31,6 +35,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from graphrnn.errors import BackendError
+from graphrnn.safefile import (
+    atomic_write,
+    keyed_digest,
+    make_private_dir,
+    read_cache_file,
+    read_keyed,
+    warn_once,
+    write_cache_file,
+    write_keyed,
+)
 
 from .cuda_render import CTYPE, LoopSpec, RenderedKernel, extent, module_source
 
@@ -54,16 +68,22 @@ def default_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"graphrnn-cuda-{os.getuid()}"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+# the name tests/test_cuda_fake_gpu.py imports; the one atomic write is safefile's
+_atomic_write = atomic_write
+PTX_MAGIC = b"GRNNPTX1"
+MAX_ENTRY_BYTES = 256 << 20
+
+
+def _usable_cache(cache_dir: Path | None) -> Path | None:
+    """The cache directory, created private, or None (after one warning) when it is not ours
+    alone."""
+    cache = Path(cache_dir or default_cache_dir())
+    why = make_private_dir(cache)
+    if why is not None:
+        warn_once(f"graphrnn: not using the cache directory {cache}: {why}; building without "
+                  "the disk cache")
+        return None
+    return cache
 
 
 def _run(cmd: list[str], what: str, cwd: str) -> subprocess.CompletedProcess[str]:
@@ -82,20 +102,20 @@ def compile_ptx(source: str, arch: str = "sm_80", cache_dir: Path | None = None,
     if nvcc is None:
         raise BackendError("nvcc not found: install the CUDA toolkit or set CUDA_HOME (or pip "
                            "install cupy-cuda13x nvidia-cuda-nvrtc for NVRTC) to export PTX")
-    cache = Path(cache_dir or default_cache_dir())
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = _usable_cache(cache_dir)
     key = hashlib.sha256("\0".join([source, arch, *options, nvcc]).encode()).hexdigest()[:24]
-    out_path = cache / f"{key}.{arch}.ptx"
-    if out_path.exists():
-        text = out_path.read_text()
-        if text.rstrip().endswith("}"):  # a truncated entry is rebuilt, not trusted
-            return text
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+    out_path = cache / f"{key}.{arch}.ptx" if cache is not None else None
+    if out_path is not None:
+        data = read_keyed(out_path, PTX_MAGIC, key, MAX_ENTRY_BYTES)
+        if data is not None:
+            return data.decode()
+    with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "k.cu").write_text(source)
         _run([nvcc, "-ptx", f"-arch={arch}", *options, "k.cu", "-o", "k.ptx"],
              "nvcc", tmp)
         ptx = (Path(tmp) / "k.ptx").read_text()
-    _atomic_write(out_path, ptx.encode())
+    if out_path is not None:
+        write_keyed(out_path, PTX_MAGIC, key, ptx.encode())
     return ptx
 
 
@@ -185,6 +205,14 @@ def _launcher_source(k: RenderedKernel) -> str:
             + ", ".join(args) + "));\n}\n")
 
 
+def _cached_library(path: Path, key: str) -> bool:
+    """Whether the library at ``path`` is ours, in our private directory, and the one built for
+    ``key`` (its digest file says so): only then is it loaded."""
+    so = read_cache_file(path, MAX_ENTRY_BYTES)
+    digest = read_cache_file(path.with_name(path.name + ".sum"), 64)
+    return so is not None and digest is not None and keyed_digest(key, so) == digest
+
+
 class ShimLibrary:
     """Kernels built as C++ with g++ through cuda_shim.h, one shared library per module."""
 
@@ -201,20 +229,20 @@ class ShimLibrary:
                  "-include", str(SHIM_HEADER)]
         shim = SHIM_HEADER.read_text()
         key = hashlib.sha256("\0".join([self.source, shim, cxx, *flags]).encode()).hexdigest()
-        cache = Path(cache_dir or default_cache_dir())
-        cache.mkdir(parents=True, exist_ok=True)
-        path = cache / f"shim_{key[:24]}.so"
-        if not path.exists():
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        cache = _usable_cache(cache_dir)
+        path = cache / f"shim_{key[:24]}.so" if cache is not None else None
+        if path is not None and _cached_library(path, key):
+            self.lib = ctypes.CDLL(str(path))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "k.cpp").write_text(self.source)
                 _run([cxx, *flags, "k.cpp", "-o", "k.so"], "g++ (CUDA shim build)", tmp)
-                _atomic_write(path, (Path(tmp) / "k.so").read_bytes())
-        try:
-            self.lib = ctypes.CDLL(str(path))
-        except OSError:  # a corrupt cache entry: rebuild once
-            path.unlink(missing_ok=True)
-            ShimLibrary.__init__(self, kernels, cache_dir)
-            return
+                so = (Path(tmp) / "k.so").read_bytes()
+                # loaded from the private build folder, not from the cache: what we load is
+                # what we built, whoever writes the cache entry afterwards
+                self.lib = ctypes.CDLL(str(Path(tmp) / "k.so"))
+            if path is not None and write_cache_file(path, so):
+                write_cache_file(path.with_name(path.name + ".sum"), keyed_digest(key, so))
         self._fns: dict[str, Any] = {}
         for name in self.kernels:
             fn = getattr(self.lib, f"grnn_launch_{name}")

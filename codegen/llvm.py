@@ -44,6 +44,7 @@ from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
 from graphrnn.program import Gather, Program, Ref, Scatter, _reads_writes
 
+from .forkguard import hold_across_fork
 from .llvm_blas import blas_info
 from .llvm_gemm import helper_module, tile_for
 from .llvm_program import collapsed_buffers, diagonal_loop, emit_program, workspace_bytes
@@ -86,6 +87,10 @@ def start_llvm_load(dtype: str | None = None, cache: bool = True) -> None:
 
 _helpers: dict[str, tuple[Any, int, int]] = {}
 _helpers_lock = threading.Lock()
+# a child forked while the loader thread holds these would wait on them forever; the ranks are
+# the order the compile path takes them in (then llvm_jit's lock, then llvmlite's)
+hold_across_fork(_preload_lock, 5)
+hold_across_fork(_helpers_lock, 10)
 
 
 def packed_helpers(dtype: str, cache: bool = True) -> tuple[int, int]:

@@ -7,9 +7,17 @@ pointers are opaque, and every engine gets its own target machine.
 
 Compiled objects are cached under ``$GRAPHRNN_CACHE_DIR`` (default ``~/.cache/graphrnn``) in
 ``llvm/<key>.o``, where the key hashes the unoptimised IR text, the llvmlite and LLVM versions
-and the host CPU name and features. A file holds a header (magic, key, SHA-256 of the payload)
-before the object bytes; an entry whose header, key or checksum does not match is rebuilt and
-overwritten. Writes go to a temporary file in the same directory, then ``os.replace``.
+and the host CPU name and features. A file holds a header (magic, key, SHA-256 of key and
+payload, so an entry is bound to its key) before the object bytes; an entry whose header, key or
+checksum does not match is rebuilt and overwritten. An entry is machine code we run, so it is
+only read when it is a regular file (no symlink, never a FIFO) owned by us and not writable by
+others, in a directory owned by us that nobody else may write (``graphrnn.safefile``);
+otherwise the cell is compiled without the cache, with one warning. Writes are atomic
+(``safefile.atomic_write``).
+
+Forking while another thread compiles would leave the child with llvmlite's library lock held
+by a thread that does not exist there; ``codegen.forkguard`` holds that lock and ours across
+``os.fork``.
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ import ctypes
 import ctypes.util
 import hashlib
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,9 +34,24 @@ from pathlib import Path
 
 import llvmlite
 import llvmlite.binding as llvm
+from llvmlite.binding import ffi
 
-MAGIC = b"GRNNOBJ1"
+from graphrnn.safefile import read_keyed, write_keyed
+
+from .forkguard import hold_across_fork
+
+# version 2: the checksum covers the key too (version 1 entries are simply never looked up)
+MAGIC = b"GRNNOBJ2"
+# a cached object larger than this is not one we wrote (a big cell's module is a few MB)
+MAX_ENTRY_BYTES = 256 << 20
 _lock = threading.Lock()
+# rank 20: taken inside codegen.llvm's helper lock (10), around llvmlite's own (30)
+hold_across_fork(_lock, 20)
+# llvmlite 0.50 wraps every C call in ``with lib._lock`` (an _LLVMLock around an RLock); the
+# RLock is what a forked child would find taken
+_llvmlite_lock = getattr(getattr(ffi.lib, "_lock", None), "_lock", None)
+if _llvmlite_lock is not None:
+    hold_across_fork(_llvmlite_lock, 30)
 
 
 _ready = False
@@ -143,35 +165,11 @@ def cache_key(ir_text: str) -> str:
 
 
 def _read_entry(path: Path, key: str) -> bytes | None:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    head = len(MAGIC) + 64 + 32
-    if len(data) < head or not data.startswith(MAGIC):
-        return None
-    if data[len(MAGIC):len(MAGIC) + 64] != key.encode():
-        return None
-    payload = data[head:]
-    if hashlib.sha256(payload).digest() != data[len(MAGIC) + 64:head]:
-        return None
-    return payload
+    return read_keyed(path, MAGIC, key, MAX_ENTRY_BYTES)
 
 
 def _write_entry(path: Path, key: str, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blob = MAGIC + key.encode() + hashlib.sha256(payload).digest() + payload
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".o")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_keyed(path, MAGIC, key, payload)
 
 
 @dataclass
@@ -210,10 +208,7 @@ def jit(ir_text: str, use_cache: bool = True) -> Jitted:
     if obj is None:
         obj = compile_object(ir_text, tm)
         if use_cache:
-            try:
-                _write_entry(path, key, obj)
-            except OSError:
-                pass  # a read-only home is not an error; we just do not cache
+            _write_entry(path, key, obj)  # a read-only home is not an error: no caching
     with _lock:
         engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
         engine.add_object_file(llvm.ObjectFileRef.from_data(obj))

@@ -40,30 +40,37 @@ def _train(a: argparse.Namespace) -> int:
 # ---- sample ----
 
 def _sample_args(p: argparse.ArgumentParser) -> None:
+    from .cli_tools import CELL_EXEC_HELP, number
+    p.epilog = ("A checkpoint holds arrays and JSON only and never makes graphrnn run code: a "
+                "model whose cell is file.py:function needs --cell file.py:function given "
+                "again. " + CELL_EXEC_HELP)
     p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by graphrnn train")
-    p.add_argument("--length", type=int, default=500, help="tokens to generate")
+    p.add_argument("--length", type=number(int, ge=0), default=500, help="tokens to generate")
     p.add_argument("--prime", default="", help="text fed to the model before sampling")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=number(float, gt=0), default=1.0)
     p.add_argument("--argmax", action="store_true", help="always take the most likely token")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=number(int, ge=0), default=0)
     p.add_argument("--backend", default=None, help="override the checkpoint's backend")
+    p.add_argument("--cell", default=None, metavar="CELL",
+                   help="rebuild the model with this cell instead of the checkpoint's; needed "
+                   "for a file.py:function cell (this runs the file)")
 
 
 def _sample(a: argparse.Namespace) -> int:
     from . import checkpoint as ckpt
     from .data import Vocab
     from .sample import generate
-    from .train_charlm import build_model
+    from .train_charlm import build_model, check_options
     arrays, meta = ckpt.load(a.checkpoint)
     if "options" not in meta or "vocab" not in meta:
         raise ckpt.CheckpointError(f"{a.checkpoint} has no model options or vocabulary; it was "
                                    "not written by graphrnn train")
-    opts = dict(meta["options"])
+    params = ckpt.group(arrays, "param")
+    opts = check_options(a.checkpoint, meta, params)
     if a.backend:
         opts["backend"] = a.backend
     vocab = Vocab.from_json(meta["vocab"])
-    model = build_model(opts, checkpoint=a.checkpoint)
-    params = ckpt.group(arrays, "param")
+    model = build_model(opts, checkpoint=a.checkpoint, cell=a.cell)
     try:
         model.check_params(params)
     except ValueError as e:
@@ -84,8 +91,8 @@ EXPLAIN_HELP = ("The plan shown is the optimizer's Program, which every compiled
 
 
 def _explain_args(p: argparse.ArgumentParser) -> None:
-    from .cli_tools import CELL_HELP, SIZES_HELP, add_size_args
-    p.epilog = f"{EXPLAIN_HELP} {SIZES_HELP}"
+    from .cli_tools import CELL_EXEC_HELP, CELL_HELP, SIZES_HELP, add_size_args
+    p.epilog = f"{EXPLAIN_HELP} {SIZES_HELP} {CELL_EXEC_HELP}"
     p.add_argument("cell", metavar="CELL", help=CELL_HELP)
     add_size_args(p)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")

@@ -120,10 +120,14 @@ def _load_python_cell(path_text: str, func: str, input_size: int, hidden_size: i
 
 def read_equations(path: Path) -> str:
     """The text of an equations file, or a one-line CellSpecError saying why it cannot be read."""
+    from .safefile import open_regular
     if path.is_dir():
         raise CellSpecError(f"cannot read {path}: it is a directory, not an equations file")
     try:
-        return path.read_text(encoding="utf-8")
+        # never blocks: a checkpoint from before the text was stored names the file, and that
+        # name may be a FIFO
+        with open_regular(path) as f:
+            return f.read().decode("utf-8")
     except OSError as e:
         raise CellSpecError(f"cannot read {path}: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
@@ -354,11 +358,39 @@ def check_output_dir(path: Path) -> None:
         raise CellSpecError(f"cannot write to {path}: permission denied")
 
 
-CELL_HELP = f"zoo cell name, {NNGRAPH_LSTM}, equations file, or file.py:function"
+CELL_HELP = (f"zoo cell name, {NNGRAPH_LSTM}, equations file, or file.py:function (which runs "
+             "that Python file)")
+# said in the --help of every command that takes a CELL
+CELL_EXEC_HELP = ("CELL as file.py:function imports and runs file.py, as `python file.py` "
+                  "would: name only files you trust. An equations file is parsed, never run, "
+                  "and a checkpoint never runs code.")
+
+
+def number(cast: Callable[[str], Any], *, gt: float | None = None, ge: float | None = None,
+           lt: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type`` for a finite number within bounds: a bad value is an argparse
+    error naming the option and the value (``argument --eval-every: must be >= 0, got -3``)."""
+    def parse(text: str) -> Any:
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        ok = v == v and v not in (float("inf"), float("-inf"))
+        want = "a finite number"
+        for bound, holds, what in ((gt, lambda b: v > b, "> {}"), (ge, lambda b: v >= b, ">= {}"),
+                                   (lt, lambda b: v < b, "< {}")):
+            if ok and bound is not None and not holds(bound):
+                ok, want = False, what.format(bound)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text}")
+        return v
+    parse.__name__ = cast.__name__
+    return parse
 SIZES_HELP = ("An equations file gets --input-size as the size of its first input and "
               "--hidden-size as that of every state; sizes it declares itself must agree. A "
               "file without 'input NAME: SIZE' / 'state NAME: SIZE' header lines is read as "
               f"input {EQ_INPUT!r} and state {EQ_STATE!r}.")
+CELL_EPILOG = f"{SIZES_HELP} {CELL_EXEC_HELP}"
 
 
 def add_size_args(p: argparse.ArgumentParser) -> None:
@@ -712,7 +744,7 @@ def add_subcommands(subparsers: Any) -> None:
     """Register viz, compile and bench on the ``graphrnn`` parser's subparsers."""
     p = subparsers.add_parser("viz", help="draw a cell, its backward graph or its plan",
                               description="Draw a cell's forward step, backward step or "
-                              "optimized plan as SVG, PNG, PDF or DOT.", epilog=SIZES_HELP)
+                              "optimized plan as SVG, PNG, PDF or DOT.", epilog=CELL_EPILOG)
     _add_cell_args(p)
     p.add_argument("--stage", choices=("forward", "backward", "plan"), default="forward")
     p.add_argument("--sweep", choices=("forward", "backward", "both"), default="both",
@@ -724,7 +756,7 @@ def add_subcommands(subparsers: Any) -> None:
     p = subparsers.add_parser("compile", help="export native code of a cell (LLVM or CUDA)",
                               description="Write the compiled cell: LLVM IR, object file, "
                               "shared library and C header, or CUDA C and PTX.",
-                              epilog=SIZES_HELP)
+                              epilog=CELL_EPILOG)
     _add_cell_args(p)
     p.add_argument("--backend", choices=tuple(EMITS), default="llvm")
     p.add_argument("--emit", nargs="+", metavar="KIND",
@@ -736,7 +768,7 @@ def add_subcommands(subparsers: Any) -> None:
     p = subparsers.add_parser("bench", help="time one cell on the available backends",
                               description="Time a training step (forward + BPTT) and inference "
                               "of one cell at one size on each backend, print a table and "
-                              "draw a bar chart.", epilog=SIZES_HELP)
+                              "draw a bar chart.", epilog=CELL_EPILOG)
     _add_cell_args(p)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=50)

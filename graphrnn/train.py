@@ -424,16 +424,21 @@ class Trainer:
             diff = sorted(set(want) ^ set(got)) or sorted(k for k in want if want[k] != got[k])
             raise ckpt.CheckpointError(f"checkpoint {path} does not fit this model (parameters "
                                        f"differ: {diff[:6]})")
+        step, history, val_history, first_loss = _checked_progress(path, meta)
+        om = ckpt.check_field(path, "optimizer", meta.get("optimizer"), "dict")
+        try:
+            opt = optimizer_from_json(om)
+            opt.load_state_dict(ckpt.group(arrays, "opt"), om)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            # the optimizer's JSON is a small nested object its own constructor checks; any
+            # failure there is a malformed checkpoint, said in one line
+            raise ckpt.CheckpointError(f"{path}: metadata field optimizer is malformed "
+                                       f"({type(e).__name__}: {str(e)[:100]})") from None
+        rng = ckpt.rng_from_state(meta.get("rng"))  # type: ignore[arg-type]
         self.params.clear()
         self.params.update({k: v.astype(self.model.dtype) for k, v in params.items()})
-        opt = optimizer_from_json(meta["optimizer"])
-        opt.load_state_dict(ckpt.group(arrays, "opt"), meta["optimizer"])
-        self.opt = opt
-        self.rng = ckpt.rng_from_state(meta["rng"])
-        self.step = int(meta["step"])
-        self.history = [tuple(x) for x in meta.get("history", [])]  # type: ignore[misc]
-        self.val_history = [tuple(x) for x in meta.get("val_history", [])]  # type: ignore[misc]
-        self.first_loss = meta.get("first_loss")
+        self.opt, self.rng, self.step = opt, rng, step
+        self.history, self.val_history, self.first_loss = history, val_history, first_loss
         st = ckpt.group(arrays, "state")
         if st:
             n = 1 + max(int(k.split("/")[0]) for k in st)
@@ -443,3 +448,27 @@ class Trainer:
         else:
             self.state = None
         return self
+
+
+def _checked_progress(path: str | Path, meta: dict[str, Any]
+                      ) -> tuple[int, list[tuple[int, float]], list[tuple[int, float]],
+                                 float | None]:
+    """step, history, val_history and first_loss of a checkpoint's metadata, each checked for
+    type and range (a hand-made file gets one CheckpointError line, not a TypeError)."""
+    step = ckpt.check_field(path, "step", meta.get("step"), "int", lo=0, hi=2**62)
+    hists = []
+    for name in ("history", "val_history"):
+        h = ckpt.check_field(path, name, meta.get(name, []), "list", max_len=10**7)
+        out: list[tuple[int, float]] = []
+        for i, e in enumerate(h):
+            ckpt.check_field(path, f"{name}[{i}]", e, "list", max_len=2)
+            if len(e) != 2 or isinstance(e[0], bool) or not isinstance(e[0], int) \
+                    or isinstance(e[1], bool) or not isinstance(e[1], (int, float)):
+                raise ckpt.CheckpointError(f"{path}: metadata field {name}[{i}] must be "
+                                           f"[step, loss], got {e!r:.60}")
+            out.append((e[0], float(e[1])))
+        hists.append(out)
+    fl = meta.get("first_loss")
+    if fl is not None:
+        fl = float(ckpt.check_field(path, "first_loss", fl, "float"))
+    return step, hists[0], hists[1], fl

@@ -14,8 +14,17 @@ matplotlib), then prints samples and where the files are.
 ``build_model(options)`` rebuilds the model from the options stored in a checkpoint, which is how
 ``graphrnn sample`` works. A cell from an equations file is stored as the file's text (under
 ``options["equations"]``; the path is kept only as information), so a checkpoint does not depend
-on the file staying where it was; a ``file.py:function`` cell is code, which is not stored: its
-checkpoint needs the file at the recorded path.
+on the file staying where it was. A ``file.py:function`` cell is code: a checkpoint records its
+path but never runs it; ``graphrnn sample CKPT --cell file.py:function`` (or ``train --resume
+CKPT --cell ...``) runs the file the user names again, and the cells it builds must equal the
+ones the checkpoint keeps as JSON (``options["cell_ir"]``, ``graphrnn.ir_json``). The options a
+checkpoint holds are checked field by field (``check_options``) before anything is built from
+them.
+
+``--resume`` takes the model and data layout (cell, layers, hidden, embed, dropout, dtype, batch,
+seq-len, optimizer) from the checkpoint: giving one of them with a different value is an error
+naming the option, the checkpoint's value and the given one. ``--lr`` and ``--backend`` may
+change on resume: the given value wins and the learning rate used is printed.
 
 Layer sizes reach an equations file the way ``--input-size``/``--hidden-size`` do for the other
 commands (``graphrnn.cli_tools.equations_cell``): layer 0's input is the vocabulary (one-hot) or
@@ -26,6 +35,7 @@ commands (``graphrnn.cli_tools.equations_cell``): layer 0's input is the vocabul
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -41,6 +51,14 @@ from .optim import StepDecay, make_optimizer
 from .train import TrainConfig, Trainer, plot_losses
 
 DEFAULT_CELL = "nngraph-lstm"
+# bounds on a checkpoint's model options: far above any model this trains, low enough that a
+# hand-made file cannot make ``build_model`` loop or allocate for hours
+MAX_LAYERS = 256
+MAX_SIZE = 1 << 16
+MAX_VOCAB = 1 << 24
+# what a resumed run takes from its checkpoint (the model and the data layout)
+FROM_CHECKPOINT = ("cell", "layers", "hidden", "embed", "dropout", "dtype", "batch", "seq_len",
+                   "optimizer")
 
 
 def nngraph_lstm(input_size: int, hidden_size: int, dtype: str = "float32") -> Cell:
@@ -87,17 +105,96 @@ def _missing_cell_file(opts: dict[str, Any]) -> str | None:
     return None
 
 
-def build_model(opts: dict[str, Any], checkpoint: str | None = None) -> RNNModel:
+def stored_cell_spec(spec: str) -> str:
+    """How a CELL argument is recorded in a checkpoint's options: a ``file.py:function`` with
+    its absolute path (findable from elsewhere), an equations file as its absolute path
+    (information only), anything else as given."""
+    from .cli_tools import equations_source, is_python_spec
+    if is_python_spec(spec):
+        head, sep, fn = spec.rpartition(":")
+        return str(Path(head).resolve()) + sep + fn
+    eq = equations_source(spec)
+    return eq["path"] if eq is not None else spec
+
+
+def check_options(path: str | os.PathLike[str], meta: dict[str, Any],
+                  params: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """The model options and vocabulary of a checkpoint's metadata, checked field by field
+    (types and ranges, and the layer count against the parameters it holds) before anything
+    is built from them; a copy of ``meta["options"]``."""
+    from .checkpoint import CheckpointError, check_field
+    o = dict(check_field(path, "options", meta.get("options"), "dict"))
+    check_field(path, "options.cell", o.get("cell"), "str", max_len=4096)
+    layers = check_field(path, "options.layers", o.get("layers"), "int", lo=1, hi=MAX_LAYERS)
+    check_field(path, "options.hidden", o.get("hidden"), "int", lo=1, hi=MAX_SIZE)
+    check_field(path, "options.embed", o.get("embed", 0), "int", lo=0, hi=MAX_SIZE)
+    dropout = check_field(path, "options.dropout", o.get("dropout", 0.0), "float", lo=0)
+    if not dropout < 1:
+        raise CheckpointError(f"{path}: metadata field options.dropout must be below 1, got "
+                              f"{dropout}")
+    check_field(path, "options.dtype", o.get("dtype", "float32"), "str",
+                choices=("float32", "float64"))
+    check_field(path, "options.backend", o.get("backend", "auto"), "str", max_len=64)
+    V = check_field(path, "options.vocab_size", o.get("vocab_size"), "int", lo=1, hi=MAX_VOCAB)
+    for k in ("seq_len", "batch"):
+        if k in o:
+            check_field(path, f"options.{k}", o[k], "int", lo=1, hi=1 << 20)
+    if "equations" in o:
+        eq = check_field(path, "options.equations", o["equations"], "dict")
+        check_field(path, "options.equations.name", eq.get("name"), "str", max_len=4096)
+        check_field(path, "options.equations.text", eq.get("text"), "str")
+    if "cell_ir" in o:
+        from .errors import GraphError
+        from .ir_json import cell_from_json
+        docs = check_field(path, "options.cell_ir", o["cell_ir"], "list", max_len=MAX_LAYERS)
+        if len(docs) != layers:
+            raise CheckpointError(f"{path}: options.cell_ir has {len(docs)} cells for "
+                                  f"{layers} layers")
+        for i, d in enumerate(docs):
+            try:
+                cell_from_json(d)
+            except GraphError as e:
+                raise CheckpointError(f"{path}: options.cell_ir[{i}]: {e}") from None
+    voc = check_field(path, "vocab", meta.get("vocab"), "dict")
+    toks = check_field(path, "vocab.tokens", voc.get("tokens"), "list", max_len=MAX_VOCAB)
+    for i, t in enumerate(toks):
+        check_field(path, f"vocab.tokens[{i}]", t, "str", max_len=4096)
+    if len(toks) != V:
+        raise CheckpointError(f"{path}: the vocabulary has {len(toks)} tokens but "
+                              f"options.vocab_size is {V}")
+    check_field(path, "vocab.sep", voc.get("sep", ""), "str", max_len=16)
+    if voc.get("unk") is not None:
+        check_field(path, "vocab.unk", voc["unk"], "str", max_len=4096)
+    if params is not None:
+        held = {k.split(".")[0] for k in params if k.startswith("l")}
+        n = sum(1 for i in range(len(held)) if f"l{i}" in held)
+        if n != layers:
+            raise CheckpointError(f"{path}: options.layers is {layers} but the checkpoint holds "
+                                  f"parameters for {n} layers")
+    return o
+
+
+def build_model(opts: dict[str, Any], checkpoint: str | None = None,
+                cell: str | None = None) -> RNNModel:
     """The model described by ``opts`` (as stored in checkpoints under ``options``); pass the
     ``checkpoint``'s path when the options come from one, for the message when its cell's file
-    is gone."""
-    from .cli_tools import CellSpecError, equations_cell, equations_source
-    if checkpoint is not None:
+    is gone. ``cell``: a CELL argument the user gave, used instead of the options' cell. A
+    checkpoint's ``file.py:function`` cell is never run unless given again as ``cell``."""
+    from .cli_tools import CellSpecError, equations_cell, equations_source, is_python_spec
+    if cell is not None:
+        opts = {k: v for k, v in opts.items() if k != "equations"}
+        opts["cell"] = cell
+    elif checkpoint is not None:
         gone = _missing_cell_file(opts)
         if gone is not None:
             raise CellSpecError(f"{checkpoint}: its cell {opts['cell']} needs the file {gone}, "
                                 "which is missing; put the file back there (a checkpoint "
                                 "stores a Python cell's path, not its code)")
+        if is_python_spec(str(opts["cell"])) and "equations" not in opts:
+            from .checkpoint import CheckpointError
+            raise CheckpointError(
+                f"{checkpoint}: its cell {opts['cell']} is Python code, which a checkpoint "
+                f"never runs; to run that file, name it yourself: --cell {opts['cell']}")
     dtype = opts.get("dtype", "float32")
     embed = int(opts.get("embed") or 0)
     V = int(opts["vocab_size"])
@@ -107,7 +204,8 @@ def build_model(opts: dict[str, Any], checkpoint: str | None = None) -> RNNModel
     # a checkpoint from before the equations text was stored was trained with the file's own
     # state sizes, whatever --hidden said (its input size had to be the layer's anyway): rebuild
     # it the same way
-    legacy = checkpoint is not None and eq is None and equations_source(opts["cell"]) is not None
+    legacy = checkpoint is not None and cell is None and eq is None \
+        and equations_source(opts["cell"]) is not None
     cells: list[Any] = []
     for i in range(int(opts["layers"])):
         # where a layer's sizes come from, for the message when an equations file disagrees
@@ -121,64 +219,101 @@ def build_model(opts: dict[str, Any], checkpoint: str | None = None) -> RNNModel
                                    size_flags=flags, one_input=True)
         cells.append(c)
         size = int(c.outputs[0].shape[1])
+    if cell is not None and "cell_ir" in opts:
+        _check_same_cells(checkpoint, cell, cells, opts["cell_ir"])
     return RNNModel(cells, n_classes=V, vocab_size=V,
                     input="embedding" if embed else "onehot",
                     embed_size=embed or None, dropout=float(opts.get("dropout", 0.0)),
                     backend=opts.get("backend", "auto"), dtype=dtype)
 
 
+def cell_docs(model: RNNModel) -> list[dict[str, Any]]:
+    """Each layer's cell as JSON (``graphrnn.ir_json``): what a checkpoint of a
+    ``file.py:function`` cell keeps, to tell whether the file given again still builds it."""
+    from .ir_json import cell_to_json
+    return [cell_to_json(lay.fwd.cell) for lay in model.layers]
+
+
+def _check_same_cells(checkpoint: str | None, spec: str, cells: list[Cell],
+                      stored: list[Any]) -> None:
+    from .checkpoint import CheckpointError
+    from .ir_json import cell_to_json
+    for i, (c, doc) in enumerate(zip(cells, stored)):
+        if cell_to_json(c) != doc:
+            raise CheckpointError(f"{checkpoint}: the cell {spec} builds for layer {i} differs "
+                                  "from the one this checkpoint was trained with (has the file "
+                                  "changed?)")
+
+
 # ---- the command line of the training job (shared with ``graphrnn train``) ----
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
+    from .cli_tools import CELL_EXEC_HELP, number
+    p.epilog = ("--resume CKPT continues a run: the cell, --layers, --hidden, --embed, "
+                "--dropout, --dtype, --batch, --seq-len and --optimizer come from the "
+                "checkpoint, and giving one with another value is an error; --lr and --backend "
+                "may change on resume (the given value wins; the learning rate used is "
+                "printed), as may the clipping options; the optimizer's other settings and "
+                "state come from the checkpoint. " + CELL_EXEC_HELP)
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="FILE", help="a text file (default: the Python standard "
                    "library's own source)")
-    g.add_argument("--max-chars", type=int, default=2_000_000,
+    g.add_argument("--max-chars", type=number(int, gt=0), default=2_000_000,
                    help="cap on the default corpus size (default 2,000,000)")
-    g.add_argument("--val-fraction", type=float, default=0.05)
-    g.add_argument("--val-batches", type=int, default=100,
+    g.add_argument("--val-fraction", type=number(float, ge=0, lt=1), default=0.05)
+    g.add_argument("--val-batches", type=number(int, ge=0), default=100,
                    help="validate on at most this many batches (0: all)")
     g = p.add_argument_group("model")
-    g.add_argument("--cell", default=DEFAULT_CELL,
+    g.add_argument("--cell", default=DEFAULT_CELL, action=_Given,
                    help="nngraph-lstm (default), a zoo cell (lstm, gru, mut1, ...), an equations "
-                   "file, or file.py:function returning a Cell or an nngraph gModule. An "
+                   "file, or file.py:function returning a Cell or an nngraph gModule (this runs "
+                   "the file, as python would). An "
                    "equations file gets the layer's input size (vocabulary, --embed or the layer "
                    "below) and --hidden for every state; sizes it declares must agree; without "
                    "'input NAME: SIZE' / 'state NAME: SIZE' lines it is read as input x, state h")
-    g.add_argument("--backend", default="auto",
+    g.add_argument("--backend", default="auto", action=_Given,
                    help="auto (llvm, else ref), llvm, ref, program, cuda")
-    g.add_argument("--layers", type=int, default=2)
-    g.add_argument("--hidden", type=int, default=128)
-    g.add_argument("--embed", type=int, default=0,
+    g.add_argument("--layers", type=int, default=2, action=_Given)
+    g.add_argument("--hidden", type=int, default=128, action=_Given)
+    g.add_argument("--embed", type=int, default=0, action=_Given,
                    help="embedding size (0: one-hot characters, as char-rnn)")
-    g.add_argument("--dropout", type=float, default=0.0)
-    g.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    g.add_argument("--dropout", type=float, default=0.0, action=_Given)
+    g.add_argument("--dtype", default="float32", choices=("float32", "float64"), action=_Given)
     g.add_argument("--init", default="uniform", choices=("uniform", "orthogonal"))
-    g.add_argument("--init-scale", type=float, default=0.08)
-    g.add_argument("--forget-bias", type=float, default=None,
+    g.add_argument("--init-scale", type=number(float, gt=0), default=0.08)
+    g.add_argument("--forget-bias", type=number(float), default=None,
                    help="initial forget-gate bias of LSTM-style cells")
     g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", default="adam", choices=("sgd", "rmsprop", "adagrad", "adam"))
-    g.add_argument("--lr", type=float, default=2e-3)
-    g.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
-    g.add_argument("--decay", type=float, default=1.0,
+    g.add_argument("--optimizer", default="adam", choices=("sgd", "rmsprop", "adagrad", "adam"),
+                   action=_Given)
+    g.add_argument("--lr", type=float, default=2e-3, action=_Given,
+                   help="learning rate (on --resume, when given, it replaces the "
+                   "checkpoint's)")
+    g.add_argument("--momentum", type=number(float, ge=0, lt=1), default=0.0,
+                   help="SGD momentum")
+    g.add_argument("--decay", type=number(float, gt=0), default=1.0,
                    help="multiply the learning rate by this ... ")
-    g.add_argument("--decay-after", type=int, default=0, help="... after this many steps ...")
-    g.add_argument("--decay-every", type=int, default=1000, help="... and every N steps after")
-    g.add_argument("--clip", type=float, default=5.0, help="elementwise gradient clamp (0: off)")
-    g.add_argument("--max-norm", type=float, default=0.0, help="global-norm clipping (0: off)")
-    g.add_argument("--batch", type=int, default=32)
-    g.add_argument("--seq-len", type=int, default=50, help="truncated BPTT length")
-    g.add_argument("--steps", type=int, default=None, help="step budget")
-    g.add_argument("--minutes", type=float, default=None,
+    g.add_argument("--decay-after", type=number(int, ge=0), default=0,
+                   help="... after this many steps ...")
+    g.add_argument("--decay-every", type=number(int, gt=0), default=1000,
+                   help="... and every N steps after")
+    g.add_argument("--clip", type=number(float, ge=0), default=5.0,
+                   help="elementwise gradient clamp (0: off)")
+    g.add_argument("--max-norm", type=number(float, ge=0), default=0.0,
+                   help="global-norm clipping (0: off)")
+    g.add_argument("--batch", type=int, default=32, action=_Given)
+    g.add_argument("--seq-len", type=int, default=50, action=_Given, help="truncated BPTT length")
+    g.add_argument("--steps", type=number(int, ge=0), default=None, help="step budget")
+    g.add_argument("--minutes", type=number(float, gt=0), default=None,
                    help="time budget (default 3 when no --steps)")
-    g.add_argument("--eval-every", type=int, default=200)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--eval-every", type=number(int, ge=0), default=200,
+                   help="validate every N steps (0: only at the end)")
+    g.add_argument("--seed", type=number(int, ge=0), default=0)
     g = p.add_argument_group("output")
     g.add_argument("--out", default="runs/charlm", help="folder for checkpoint.npz and loss.png")
-    g.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint")
-    g.add_argument("--sample-length", type=int, default=400)
-    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (see below)")
+    g.add_argument("--sample-length", type=number(int, ge=0), default=400)
+    g.add_argument("--temperature", type=number(float, gt=0), default=0.8)
     g.add_argument("--no-progress", action="store_true")
 
 
@@ -186,21 +321,59 @@ def _check_args(a: argparse.Namespace) -> None:
     positive = {"--layers": a.layers, "--hidden": a.hidden, "--batch": a.batch,
                 "--seq-len": a.seq_len, "--lr": a.lr}
     for name, v in positive.items():
-        if not v > 0:
-            raise ValueError(f"{name} must be positive, got {v}")
-    if a.steps is not None and a.steps < 0:
-        raise ValueError(f"--steps must be >= 0, got {a.steps}")
-    if a.minutes is not None and a.minutes < 0:
-        raise ValueError(f"--minutes must be >= 0, got {a.minutes}")
+        if not 0 < v < float("inf"):
+            raise ValueError(f"{name} must be positive and finite, got {v}")
+    if a.layers > MAX_LAYERS or a.hidden > MAX_SIZE or a.embed > MAX_SIZE:
+        raise ValueError(f"--layers must be <= {MAX_LAYERS}, --hidden and --embed <= "
+                         f"{MAX_SIZE}, got {a.layers}, {a.hidden}, {a.embed}")
     if not 0 <= a.dropout < 1:
         raise ValueError(f"--dropout must be in [0, 1), got {a.dropout}")
     if a.embed < 0:
         raise ValueError(f"--embed must be >= 0, got {a.embed}")
 
 
+class _Given(argparse.Action):
+    """Stores the value and records that the option was given (``given_options``), so that
+    ``--resume`` can tell a given value from a default one."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        given = set(getattr(namespace, "given_options", ()))
+        given.add(self.dest)
+        namespace.given_options = given
+
+
+def _given(a: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(a, k) for k in sorted(getattr(a, "given_options", ()))}
+
+
+def _check_resume(path: str, opts: dict[str, Any], meta: dict[str, Any],
+                  given: dict[str, Any]) -> None:
+    """An option given with --resume must agree with the checkpoint where the checkpoint
+    decides (FROM_CHECKPOINT): one line naming the option and both values otherwise."""
+    from .checkpoint import CheckpointError
+    held = dict(opts)
+    held.setdefault("embed", 0)
+    held.setdefault("dropout", 0.0)
+    held.setdefault("dtype", "float32")
+    om = meta.get("optimizer")
+    held["optimizer"] = om.get("name") if isinstance(om, dict) else None
+    for k in FROM_CHECKPOINT:
+        if k not in given or k not in held:
+            continue
+        want = stored_cell_spec(given[k]) if k == "cell" else given[k]
+        if want != held[k]:
+            flag = "--" + k.replace("_", "-")
+            raise CheckpointError(f"{flag} {given[k]} conflicts with the checkpoint {path}, "
+                                  f"which has {k} {held[k]}; leave {flag} out to resume (the "
+                                  "model and data layout come from the checkpoint)")
+
+
 def run(a: argparse.Namespace, out: Any = None) -> int:
     """Train as the arguments say; print samples and where the files went."""
     out = out or sys.stdout
+    given = _given(a)
     _check_args(a)
     # the output folder now, before minutes of training, with a one-line reason when it fails
     from .cli_tools import check_output_dir
@@ -210,25 +383,24 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
         text, source = read_text(a.data), a.data
     else:
         text, source = stdlib_corpus(a.max_chars), "the Python standard library's source"
-    resume_meta = None
+    resume_params = None
     if a.resume:
         from . import checkpoint as ckpt
-        _, resume_meta = ckpt.load(a.resume)
+        arrays, resume_meta = ckpt.load(a.resume)
+        resume_params = ckpt.group(arrays, "param")
+        opts = check_options(a.resume, resume_meta, resume_params)
+        _check_resume(a.resume, opts, resume_meta, given)
+        if "backend" in given:
+            opts["backend"] = given["backend"]
         vocab = Vocab.from_json(resume_meta["vocab"])
-        opts = resume_meta["options"]
     else:
-        from .cli_tools import equations_source, is_python_spec
+        from .cli_tools import equations_source
         vocab = Vocab.from_text(text)
-        cell = a.cell
-        eq = equations_source(cell)
-        if is_python_spec(cell):  # code is not stored: keep the file findable from elsewhere
-            head, sep, fn = cell.rpartition(":")
-            cell = str(Path(head).resolve()) + sep + fn
-        elif eq is not None:  # the path is information only; the cell is rebuilt from the text
-            cell = eq["path"]
-        opts = {"cell": cell, "layers": a.layers, "hidden": a.hidden, "embed": a.embed,
-                "dropout": a.dropout, "dtype": a.dtype, "backend": a.backend,
-                "vocab_size": len(vocab), "seq_len": a.seq_len, "batch": a.batch}
+        eq = equations_source(a.cell)
+        opts = {"cell": stored_cell_spec(a.cell), "layers": a.layers, "hidden": a.hidden,
+                "embed": a.embed, "dropout": a.dropout, "dtype": a.dtype,
+                "backend": a.backend, "vocab_size": len(vocab), "seq_len": a.seq_len,
+                "batch": a.batch}
         if eq is not None:
             opts["equations"] = {"name": eq["name"], "text": eq["text"]}
     ids = np.array([vocab.index.get(c, -1) for c in text], np.int64)
@@ -239,14 +411,26 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
     train = StreamBatcher(train_ids, int(opts["batch"]), int(opts["seq_len"]))
     val = StreamBatcher(val_ids, int(opts["batch"]), int(opts["seq_len"])) \
         if len(val_ids) > int(opts["batch"]) * (int(opts["seq_len"]) + 1) else None
-    model = build_model(opts, a.resume)
+    # a resumed run's cell is the checkpoint's, unless the user names it (a file.py:function
+    # cell must be: a checkpoint never runs code)
+    model = build_model(opts, a.resume, cell=a.cell if "cell" in given and a.resume else None)
+    if resume_params is not None:
+        try:
+            model.check_params(resume_params)
+        except ValueError as e:
+            # before init_params allocates what the options claim
+            raise ckpt.CheckpointError(f"{a.resume}: {e}") from None
+    from .cli_tools import cell_sizes, is_python_spec
+    if not a.resume and is_python_spec(a.cell):
+        # the cell as data: never run from the checkpoint, but the file given again (sample
+        # --cell, --resume --cell) must still build this
+        opts["cell_ir"] = cell_docs(model)
     backend = model.layers[0].fwd.backend_name
-    from .cli_tools import cell_sizes
     cell0 = model.layers[0].fwd.cell
+    n_params = sum(math.prod(s) for s in model.param_shapes().values())
     print(f"data: {source}: {len(text):,} characters, vocabulary {len(vocab)}", file=out)
     print(f"model: {opts['layers']} x {cell0.name} ({cell_sizes(cell0)}),"
-          f" {sum(v.size for v in model.init_params(0).values()):,} parameters, backend "
-          f"{backend}", file=out)
+          f" {n_params:,} parameters, backend {backend}", file=out)
     overrides = forget_bias_overrides(model, a.forget_bias) if a.forget_bias is not None \
         else None
     params = model.init_params(a.seed, a.init, a.init_scale, overrides)
@@ -265,6 +449,11 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
     if a.resume:
         tr.load(a.resume)
         print(f"resumed from {a.resume} at step {tr.step}", file=out)
+        if "lr" in given and tr.opt.lr != float(a.lr):
+            print(f"learning rate: {a.lr} (--lr; the checkpoint's was {tr.opt.lr})", file=out)
+            tr.opt.lr = float(a.lr)
+        else:
+            print(f"learning rate: {tr.opt.lr} (the checkpoint's)", file=out)
     t0 = time.perf_counter()
     tr.run()
     wall = time.perf_counter() - t0
