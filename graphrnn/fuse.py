@@ -12,8 +12,8 @@ or more joins them (producer/consumer pairs first, then independent siblings).
 
 **Kernel bodies** (``build_kernel``). A group becomes a ``ScalarProgram``: the sympy definitions
 (``scalar.TABLE[op].sym``) of its nodes over input symbols, simplified with ``sympy.cse`` and
-lowered to SSA over the closed scalar op set (elementwise Ops + CONST); SIGMOID and TANH stay
-primitive. Should sympy produce something outside that set, the group is lowered directly from
+lowered to SSA over the closed scalar op set (elementwise Ops + CONST); SIGMOID, TANH and
+SOFTPLUS stay primitive. Should sympy produce something outside that set, the group is lowered directly from
 the node DAG instead (hash-consing already shares common subexpressions).
 """
 
@@ -27,7 +27,7 @@ import sympy
 
 from .ir import B, Node, short_type
 from .ops import GroupOp, Ops
-from .scalar import TABLE, ScalarProgram, cmpgt, relu, sigmoid, step, where
+from .scalar import TABLE, ScalarProgram, cmpgt, relu, sigmoid, softplus, step, where
 
 FUSABLE = GroupOp.Elementwise | {Ops.EXPAND}
 
@@ -252,7 +252,7 @@ class _Lower:
         if isinstance(e, sympy.exp):
             return self.emit(Ops.EXP, (self.go(e.args[0]),))
         fn = {sympy.log: Ops.LOG, sympy.tanh: Ops.TANH, sigmoid: Ops.SIGMOID, relu: Ops.RELU,
-              step: Ops.STEP, sympy.Heaviside: Ops.STEP}.get(type(e))  # type: ignore[call-overload]
+              softplus: Ops.SOFTPLUS, step: Ops.STEP, sympy.Heaviside: Ops.STEP}.get(type(e))  # type: ignore[call-overload]
         if fn is not None and len(e.args) >= 1:
             if fn is Ops.STEP and isinstance(e, sympy.Heaviside) and len(e.args) == 2 \
                     and e.args[1] != 0:
