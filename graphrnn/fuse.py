@@ -13,8 +13,9 @@ or more joins them (producer/consumer pairs first, then independent siblings).
 **Kernel bodies** (``build_kernel``). A group becomes a ``ScalarProgram``: the sympy definitions
 (``scalar.TABLE[op].sym``) of its nodes over input symbols, simplified with ``sympy.cse`` and
 lowered to SSA over the closed scalar op set (elementwise Ops + CONST); SIGMOID, TANH and
-SOFTPLUS stay primitive. Should sympy produce something outside that set, the group is lowered directly from
-the node DAG instead (hash-consing already shares common subexpressions).
+SOFTPLUS stay primitive. Should sympy produce something outside that set, or drop an operand
+the nodes read (its ``x*0 = 0`` and ``x - x = 0`` assume finite x), the group is lowered directly
+from the node DAG instead (hash-consing already shares common subexpressions).
 """
 
 from __future__ import annotations
@@ -281,12 +282,20 @@ def _is_negative(a: sympy.Basic) -> bool:
 def _sympy_program(group: Sequence[Node], spec: KernelSpec) -> ScalarProgram:
     syms = sympy.symbols(f"in0:{len(spec.inputs)}", real=True)
     ex: dict[Node, sympy.Expr] = {n: s for (n, _f), s in zip(spec.inputs, syms, strict=True)}
+    # the inputs each value reads in the group as written
+    reads: dict[Node, frozenset] = {n: frozenset([s]) for n, s in zip(ex, syms, strict=True)}
     for n in group:
         if n.op is Ops.EXPAND:
             ex[n] = ex[n.src[0]] if n.src[0].op is not Ops.CONST else _sym_const(n.src[0].arg)
+            reads[n] = reads.get(n.src[0], frozenset())
             continue
         args = [ex[s] if s in ex else _sym_const(s.arg) for s in n.src]
         ex[n] = TABLE[n.op].sym(*args)
+        reads[n] = frozenset().union(*[reads.get(s, frozenset()) for s in n.src])
+        # sympy folds x*0, x - x, x/x as if x were finite; IEEE (and ref) give NaN for inf or
+        # NaN x, so a group where sympy drops an operand is lowered from the nodes instead
+        if ex[n].free_symbols != reads[n]:
+            raise ValueError(f"sympy dropped an operand of {n.op.name}")
     outs = [ex[o] for o in spec.outputs]
     repl, reduced = sympy.cse(outs, optimizations=None)
     low = _Lower(len(spec.inputs), {s: i for i, s in enumerate(syms)})
