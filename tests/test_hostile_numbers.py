@@ -1,0 +1,234 @@
+"""Hostile numbers: every backend agrees with the math and with ``ref`` where values are extreme,
+non-finite or tied.
+
+1. Every scalar op of ``scalar.TABLE``: its value and its VJP at 0, -0, ±1, ±1e4, ±1e30, ±inf and
+   NaN (all pairs for binary ops), float32 and float64, on ref, program, llvm and the CUDA
+   kernels run on the CPU, against a 40-digit mpmath evaluation rounded to the dtype: NaN and
+   ±inf at the same places, finite values within a few ulp (or 0 where the true value
+   underflows).
+2. The float32 tails of sigmoid and softplus on a dense sweep (relative accuracy, so that
+   ``log(sigmoid(x))`` stays finite).
+3. Ties of max/min/abs: the cotangent is split evenly whatever the operand order.
+4. Random small cells with inf/NaN/0/huge inputs and h0 = 0 ties: every backend shows ref's NaN
+   and inf pattern in outputs and gradients, and equals ref elsewhere.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import mpmath
+import numpy as np
+import pytest
+
+import graphrnn
+from frontends.trace import CellBuilder
+from graphrnn.ir import Cell, call
+from graphrnn.ops import Ops
+from graphrnn.scalar import TABLE
+
+DTYPES = ("float32", "float64")
+BACKENDS = ("ref", "program", "llvm", "cuda-cpu")
+HOSTILE = (0.0, -0.0, 1.0, -1.0, 1e4, -1e4, 1e30, -1e30, np.inf, -np.inf, np.nan)
+# finite results: relative error in ulp of the dtype (llvm's float32 tanh is 4 ulp near ±1, and
+# a VJP rounds two or three times more)
+ULP = 8
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ for the CUDA shim")
+
+
+def compiled(cell: Cell, backend: str, dtype: str, cache: Any) -> Any:
+    if backend == "cuda-cpu":
+        from codegen.cuda_exec import CudaCpuBackend
+        return CudaCpuBackend(cell, dtype, cache_dir=cache)
+    return graphrnn.compile(cell, backend, dtype)
+
+
+# ---- the truth: 40 digits of mpmath, IEEE where mpmath has no answer ----
+
+class MP:
+    """The functions the truth is written with, on mpmath numbers."""
+    exp = staticmethod(mpmath.exp)
+    tanh = staticmethod(mpmath.tanh)
+    sqrt = staticmethod(mpmath.sqrt)
+
+    @staticmethod
+    def log(x: Any) -> Any:
+        return mpmath.log(x) if x != 0 else mpmath.mpf("-inf")
+
+    @staticmethod
+    def sigmoid(x: Any) -> Any:
+        return 1 / (1 + mpmath.exp(-x))
+
+    @staticmethod
+    def softplus(x: Any) -> Any:
+        return mpmath.log1p(mpmath.exp(x)) if x < 0 else x + mpmath.log1p(mpmath.exp(-x))
+
+
+class NP:
+    """The same functions in float64 IEEE arithmetic: for division by zero, which mpmath
+    refuses, and for the sign of zero, which it does not keep."""
+    exp = staticmethod(np.exp)
+    tanh = staticmethod(np.tanh)
+    sqrt = staticmethod(np.sqrt)
+    log = staticmethod(np.log)
+
+    @staticmethod
+    def sigmoid(x: Any) -> Any:
+        return 1 / (1 + np.exp(-x))
+
+    @staticmethod
+    def softplus(x: Any) -> Any:
+        return np.logaddexp(0, x)
+
+
+def _nan_if(c: bool, v: Any) -> Any:
+    return mpmath.mpf("nan") if c else v
+
+
+# per op: the value and the VJP (cotangent g = 1) as functions of a namespace and the operands;
+# the VJPs are the derivatives (the hand rules are proven equal to them in test_scalar.py), at
+# a kink or tie the documented convention (scalar.py), at ±inf their limits
+def _gt(a: Any, b: Any) -> int:
+    return 1 if a > b else 0
+
+
+TRUTH: dict[Ops, tuple[Callable[..., Any], Callable[..., tuple[Any, ...]]]] = {
+    Ops.NEG: (lambda M, x: -x, lambda M, x: (-1,)),
+    Ops.EXP: (lambda M, x: M.exp(x), lambda M, x: (M.exp(x),)),
+    Ops.LOG: (lambda M, x: _nan_if(x < 0, M.log(x)), lambda M, x: (1 / x,)),
+    Ops.TANH: (lambda M, x: M.tanh(x), lambda M, x: (1 - M.tanh(x) ** 2,)),
+    Ops.SIGMOID: (lambda M, x: M.sigmoid(x),
+                  lambda M, x: (M.sigmoid(x) * M.sigmoid(-x),)),
+    Ops.RELU: (lambda M, x: x if not x < 0 else 0, lambda M, x: (_gt(x, 0),)),
+    Ops.SOFTPLUS: (lambda M, x: M.softplus(x), lambda M, x: (M.sigmoid(x),)),
+    Ops.SQRT: (lambda M, x: _nan_if(x < 0, M.sqrt(x)),
+               lambda M, x: (_nan_if(x < 0, 0.5 / M.sqrt(x)),)),
+    Ops.STEP: (lambda M, x: _gt(x, 0), lambda M, x: (0,)),
+    Ops.ADD: (lambda M, a, b: a + b, lambda M, a, b: (1, 1)),
+    Ops.SUB: (lambda M, a, b: a - b, lambda M, a, b: (1, -1)),
+    Ops.MUL: (lambda M, a, b: a * b, lambda M, a, b: (b, a)),
+    Ops.DIV: (lambda M, a, b: a / b, lambda M, a, b: (1 / b, -(a / b) / b)),
+    Ops.MAX: (lambda M, a, b: a if a > b or a != a else b if b > a or b != b else a,
+              lambda M, a, b: ((1 + _gt(a, b) - _gt(b, a)) / 2,
+                               (1 + _gt(b, a) - _gt(a, b)) / 2)),
+    Ops.CMPGT: (lambda M, a, b: _gt(a, b), lambda M, a, b: (0, 0)),
+    Ops.WHERE: (lambda M, c, a, b: a if c != 0 else b,
+                lambda M, c, a, b: (0, 1 if c != 0 else 0, 0 if c != 0 else 1)),
+}
+
+
+def _mp(v: float) -> Any:
+    return mpmath.mpf(float(v))
+
+
+def truth(fn: Callable[..., Any], args: Sequence[float], dtype: str) -> Any:
+    """fn at args: 40-digit mpmath, or float64 IEEE when an operand is a zero or non-finite or
+    mpmath divides by zero; rounded to dtype."""
+    special = any(v == 0 or not np.isfinite(v) for v in args)
+    if not special:
+        try:
+            with mpmath.workdps(40):
+                r = fn(MP, *[_mp(v) for v in args])
+            with np.errstate(over="ignore"):
+                return np.asarray(np.float64(float(r)) if not isinstance(r, tuple) else
+                                  [float(x) for x in r]).astype(dtype)
+        except ZeroDivisionError:
+            pass
+    with np.errstate(all="ignore"):   # inf - inf and casts of huge values to float32
+        r = fn(NP, *[np.float64(v) for v in args])
+        return np.asarray(np.float64(r) if not isinstance(r, tuple) else
+                          [np.float64(x) for x in r]).astype(dtype)
+
+
+def assert_same_numbers(got: np.ndarray, want: np.ndarray, dtype: str, what: str,
+                        ulp: float = ULP) -> None:
+    """NaN where want is NaN, the same infinities, finite values within ``ulp`` ulp (or below the
+    smallest normal number where the true value underflows)."""
+    got = np.asarray(got, dtype=np.float64)
+    want = np.asarray(want, dtype=np.float64)
+    nan_g, nan_w = np.isnan(got), np.isnan(want)
+    bad = nan_g != nan_w
+    inf_w = np.isinf(want)
+    bad |= inf_w & (got != want)
+    bad |= ~nan_w & ~inf_w & np.isinf(got)
+    fin = np.isfinite(got) & np.isfinite(want)
+    fi = np.finfo(dtype)
+    tol = ulp * float(fi.eps) * np.abs(want) + float(fi.tiny)
+    with np.errstate(invalid="ignore"):
+        bad |= fin & (np.abs(got - want) > tol)
+    if bad.any():
+        idx = np.flatnonzero(bad.ravel())[:8]
+        lines = [f"  at {i}: got {got.ravel()[i]!r}, want {want.ravel()[i]!r}" for i in idx]
+        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.size} differ\n" + "\n".join(lines))
+
+
+# ---- 1. the op table at hostile points ----
+
+def operand_columns(arity: int) -> list[np.ndarray]:
+    """Columns of operands: every value for unary ops, every pair for binary ops, and for WHERE
+    every pair under a condition cycling through the values."""
+    v = np.array(HOSTILE)
+    if arity == 1:
+        return [v]
+    a, b = np.meshgrid(v, v, indexing="ij")
+    cols = [a.ravel(), b.ravel()]
+    if arity == 3:
+        cols = [np.resize(v, a.size)] + cols
+    return cols
+
+
+def table_cell() -> tuple[Cell, dict[Ops, list[np.ndarray]]]:
+    """One cell holding every op once, each on inputs of its own (so nothing is shared)."""
+    cb = CellBuilder("hostile_ops", dtype="float64")
+    outs, cols = [], {}
+    for op in TABLE:
+        cols[op] = operand_columns(TABLE[op].arity)
+        xs = [cb.input(f"{op.name.lower()}{i}", len(c)) for i, c in enumerate(cols[op])]
+        outs.append(call(op, *xs))
+    h = cb.state("h", 1)
+    return cb.build(outputs=outs, next_states=[h]), cols
+
+
+@pytest.fixture(scope="module")
+def table_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """(backend, dtype) -> (values per op, input cotangents per op)."""
+    cell, cols = table_cell()
+    cache = tmp_path_factory.mktemp("hostile_cuda")
+    xs = [np.asarray(c, dtype=np.float64)[None, None, :] for op in TABLE for c in cols[op]]
+    out: dict = {}
+    for dtype in DTYPES:
+        for backend in BACKENDS:
+            if backend == "cuda-cpu" and shutil.which("g++") is None:
+                continue
+            cc = compiled(cell, backend, dtype, cache)
+            x = [v.astype(dtype) for v in xs]
+            h0 = [np.full((1, 1), 0.5, dtype)]
+            with np.errstate(all="ignore"):
+                ys, _hT, res = cc.forward_train(cc.init_params(), x, h0)
+                g = cc.backward(cc.init_params(), res, [np.ones_like(y) for y in ys])
+            vals, grads, k = {}, {}, 0
+            for i, op in enumerate(TABLE):
+                vals[op] = ys[i][0, 0]
+                grads[op] = [gi[0, 0] for gi in g.inputs[k:k + TABLE[op].arity]]
+                k += TABLE[op].arity
+            out[backend, dtype] = (vals, grads, cols)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", list(TABLE), ids=lambda o: o.name)
+def test_op_value_and_vjp_at_hostile_points(op: Ops, dtype: str, backend: str,
+                                            table_results: dict) -> None:
+    if (backend, dtype) not in table_results:
+        pytest.skip("no g++ for the CUDA shim")
+    vals, grads, cols = table_results[backend, dtype]
+    value, vjp = TRUTH[op]
+    points = list(zip(*[c.astype(dtype).astype(np.float64) for c in cols[op]]))
+    want = np.array([truth(value, p, dtype) for p in points])
+    assert_same_numbers(vals[op], want, dtype, f"{op.name} {dtype} {backend} value")
+    want_g = np.array([truth(vjp, p, dtype) for p in points]).reshape(len(points), -1)
+    for i, gi in enumerate(grads[op]):
+        assert_same_numbers(gi, want_g[:, i], dtype, f"{op.name} {dtype} {backend} d/d operand {i}")
