@@ -232,3 +232,38 @@ def test_op_value_and_vjp_at_hostile_points(op: Ops, dtype: str, backend: str,
     want_g = np.array([truth(vjp, p, dtype) for p in points]).reshape(len(points), -1)
     for i, gi in enumerate(grads[op]):
         assert_same_numbers(gi, want_g[:, i], dtype, f"{op.name} {dtype} {backend} d/d operand {i}")
+
+
+# ---- 2. float32 sigmoid and softplus, dense, both tails ----
+
+@needs_gxx
+def test_float32_sigmoid_is_relative_in_both_tails(tmp_path: Any) -> None:
+    """sigmoid within 4 ulp of the float64 truth wherever the value is a normal float32 (the
+    left tail included: ``0.5 tanh(x/2) + 0.5`` was 0 from x = -17 on), so ``log(sigmoid(x))``
+    is finite and equals ref; softplus within its table bound, no overflow."""
+    x = np.concatenate([np.linspace(-104, 90, 19401), -np.geomspace(1e-30, 87, 2001),
+                        np.geomspace(1e-30, 87, 2001)])
+    cb = CellBuilder("tails", dtype="float32")
+    xi = cb.input("x", x.size)
+    s = call(Ops.SIGMOID, xi)
+    cell = cb.build(outputs=[s, call(Ops.LOG, s), call(Ops.SOFTPLUS, xi)],
+                    next_states=[cb.state("h", 1)])
+    x32 = x.astype(np.float32)
+    xd = x32.astype(np.float64)
+    sig = np.exp(-np.logaddexp(0, -xd))
+    want_sp = np.logaddexp(0, xd)
+    normal = sig >= np.finfo(np.float32).tiny
+    for backend in BACKENDS:
+        cc = compiled(cell, backend, "float32", tmp_path)
+        with np.errstate(divide="ignore"):   # log(sigmoid(-104)) = log(0) on ref
+            (ys, ls, sp), _ = cc.forward({}, [x32[None, None]], [np.zeros((1, 1), np.float32)])
+        ys, ls, sp = ys[0, 0], ls[0, 0], sp[0, 0]
+        assert_same_numbers(ys[normal], sig[normal], "float32", f"{backend} sigmoid", ulp=4)
+        assert np.all(np.abs(ys[~normal] - sig[~normal]) < np.finfo(np.float32).tiny)
+        # log(sigmoid(x)) = -softplus(-x) in the left tail (for x > 0 sigmoid rounds towards 1
+        # and its log keeps only absolute precision, on every backend)
+        left = normal & (xd < 0)
+        assert_same_numbers(ls[left], -np.logaddexp(0, -xd[left]), "float32",
+                            f"{backend} log(sigmoid)", ulp=4)
+        np.testing.assert_allclose(sp, want_sp, rtol=4e-7, atol=5e-7,
+                                   err_msg=f"{backend} softplus")
