@@ -11,11 +11,12 @@ group convex and the graph of groups acyclic: two groups merge only when no path
 or more joins them (producer/consumer pairs first, then independent siblings).
 
 **Kernel bodies** (``build_kernel``). A group becomes a ``ScalarProgram``: the sympy definitions
-(``scalar.TABLE[op].sym``) of its nodes over input symbols, simplified with ``sympy.cse`` and
-lowered to SSA over the closed scalar op set (elementwise Ops + CONST); SIGMOID, TANH and
-SOFTPLUS stay primitive. Should sympy produce something outside that set, or drop an operand
-the nodes read (its ``x*0 = 0`` and ``x - x = 0`` assume finite x), the group is lowered directly
-from the node DAG instead (hash-consing already shares common subexpressions).
+(``scalar.TABLE[op].sym``) of its nodes over input symbols, built unevaluated (``sympy.evaluate
+(False)``: no automatic algebra, which assumes finite values, e.g. ``x*0 = 0``, ``(a-b)/(b-a) =
+-1``, ``log(exp(x)) = x``), shared with ``sympy.cse`` and lowered to SSA over the closed scalar op
+set (elementwise Ops + CONST); SIGMOID, TANH and SOFTPLUS stay primitive. Should sympy produce
+something outside that set, or drop an operand the nodes read, the group is lowered directly from
+the node DAG instead (hash-consing already shares common subexpressions).
 """
 
 from __future__ import annotations
@@ -310,7 +311,11 @@ def _sympy_program(group: Sequence[Node], spec: KernelSpec) -> ScalarProgram:
 def build_program(group: Sequence[Node], spec: KernelSpec, use_sympy: bool = True) -> ScalarProgram:
     if use_sympy:
         try:
-            return _sympy_program(group, spec)
+            # unevaluated: sympy's automatic algebra (x*0 = 0, x - x = 0, log(exp(x)) = x, and
+            # the cancellations cse's substitutions trigger) assumes finite values; IEEE and ref
+            # do not, so sympy only shares subexpressions here
+            with sympy.evaluate(False):
+                return _sympy_program(group, spec)
         except (NotImplementedError, TypeError, ValueError, RecursionError):
             pass
     return _direct(group, spec)
