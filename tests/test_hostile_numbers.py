@@ -25,7 +25,7 @@ import pytest
 
 import graphrnn
 from frontends.trace import CellBuilder
-from graphrnn.ir import Cell, call
+from graphrnn.ir import Cell, Node, call
 from graphrnn.ops import Ops
 from graphrnn.scalar import TABLE
 
@@ -267,3 +267,155 @@ def test_float32_sigmoid_is_relative_in_both_tails(tmp_path: Any) -> None:
                             f"{backend} log(sigmoid)", ulp=4)
         np.testing.assert_allclose(sp, want_sp, rtol=4e-7, atol=5e-7,
                                    err_msg=f"{backend} softplus")
+
+
+# ---- 3. ties: one convention, whatever the operand order ----
+
+TIES = {  # expression -> (d/dx, d/dh) at x = [0, 1, -1, 0], h0 = [0, 0, 0, 5]
+    "max(x, h)": ([0.5, 1, 0, 0], [0.5, 0, 1, 1]),
+    "max(h, x)": ([0.5, 1, 0, 0], [0.5, 0, 1, 1]),
+    "min(x, h)": ([0.5, 0, 1, 1], [0.5, 1, 0, 0]),
+    "min(h, x)": ([0.5, 0, 1, 1], [0.5, 1, 0, 0]),
+    "abs(x) + 0.5 * h": ([0, 1, -1, 0], [0.5, 0.5, 0.5, 0.5]),
+}
+
+
+@needs_gxx
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("expr", list(TIES))
+def test_ties_split_the_cotangent_evenly_on_every_backend(expr: str, dtype: str,
+                                                          tmp_path: Any) -> None:
+    from frontends.equations import cell_from_equations
+    cell = cell_from_equations(f"h_next = {expr}", {"x": 4}, {"h": 4}, dtype=dtype)
+    x = np.array([[[0.0, 1.0, -1.0, 0.0]]], dtype)
+    h0 = np.array([[0.0, 0.0, 0.0, 5.0]], dtype)
+    want_x, want_h = TIES[expr]
+    for backend in BACKENDS:
+        cc = compiled(cell, backend, dtype, tmp_path)
+        _ys, _hT, res = cc.forward_train({}, [x], [h0])
+        g = cc.backward({}, res, [np.ones((1, 1, 4), dtype)])
+        np.testing.assert_array_equal(g.inputs[0][0, 0], want_x, err_msg=f"{backend} d/dx")
+        np.testing.assert_array_equal(g.states[0][0], want_h, err_msg=f"{backend} d/dh")
+
+
+# ---- 4. random cells with non-finite inputs and ties, every backend against ref ----
+
+UNARY = (Ops.TANH, Ops.SIGMOID, Ops.RELU, Ops.EXP, Ops.LOG, Ops.SOFTPLUS, Ops.SQRT, Ops.NEG,
+         "abs")
+BINARY = (Ops.ADD, Ops.SUB, Ops.MUL, Ops.DIV, Ops.MAX, "min")
+
+
+def random_cell(rng: np.random.Generator, dtype: str, n: int = 3, k: int = 3) -> Cell:
+    """k states, each updated by a random expression of depth <= 4 over the input x, all states
+    and a recurrent product h @ W, so ties (h0 = 0), non-finite inputs and overflow meet every
+    op, the GEMMs and the carried cotangents."""
+    cb = CellBuilder(f"random_{rng.integers(1 << 30)}", dtype=dtype)
+    x = cb.input("x", n)
+    hs = [cb.state(f"h{i}", n) for i in range(k)]
+    leaves = [x, *hs, hs[0] @ cb.param("W", (n, n))]
+
+    def expr(depth: int) -> Node:
+        if depth == 0 or rng.random() < 0.2:
+            return leaves[rng.integers(len(leaves))]
+        if rng.random() < 0.45:
+            op = UNARY[rng.integers(len(UNARY))]
+            a = expr(depth - 1)
+            if op == "abs":
+                return call(Ops.MAX, a, call(Ops.NEG, a))
+            return call(op, a)
+        op = BINARY[rng.integers(len(BINARY))]
+        a, b = expr(depth - 1), expr(depth - 1)
+        if op == "min":
+            return call(Ops.NEG, call(Ops.MAX, call(Ops.NEG, a), call(Ops.NEG, b)))
+        return call(op, a, b)
+
+    nxt = [expr(4) for _ in hs]
+    return cb.build(outputs=[nxt[0]], next_states=nxt)
+
+
+def hostile_array(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Mostly ordinary numbers, some zeros and a few of inf, -inf, NaN and ±1e4."""
+    a = rng.standard_normal(shape)
+    pick = rng.random(shape)
+    a[pick < 0.25] = 0.0
+    special = np.array([np.inf, -np.inf, np.nan, 1e4, -1e4])
+    a[pick > 0.9] = rng.choice(special, int((pick > 0.9).sum()))
+    return a.astype(dtype)
+
+
+def assert_like_ref(got: np.ndarray, want: np.ndarray, dtype: str, what: str) -> None:
+    """ref's NaN and inf pattern exactly; finite values close, relative to the array's scale
+    (compiled kernels reassociate and use approximations)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert np.array_equal(np.isnan(got), np.isnan(want)), f"{what}: NaN pattern\n{got}\n{want}"
+    inf = np.isinf(want)
+    assert np.array_equal(np.isinf(got), inf) and np.all(got[inf] == want[inf]), \
+        f"{what}: inf pattern\n{got}\n{want}"
+    fin = np.isfinite(want)
+    if fin.any():
+        rtol = 1e-4 if dtype == "float32" else 1e-9
+        scale = float(np.abs(want[fin]).max())
+        np.testing.assert_allclose(got[fin], want[fin], rtol=rtol, atol=rtol * max(scale, 1e-6),
+                                   err_msg=what)
+
+
+@needs_gxx
+@pytest.mark.parametrize("seed", range(12))
+def test_random_cells_show_refs_nan_and_inf_pattern(seed: int, tmp_path: Any) -> None:
+    rng = np.random.default_rng(seed)
+    dtype = DTYPES[seed % 2]
+    cell = random_cell(rng, dtype)
+    T, B = 3, 2
+    ref = graphrnn.compile(cell, "ref", dtype)
+    params = ref.init_params(seed=seed, scale=0.5)
+    xs = [hostile_array(rng, (T, B, 3), dtype)]
+    # h0 = 0 (ties of max/min/abs with 0) for some states, hostile values for the others
+    h0 = [np.zeros((B, 3), dtype) if i % 2 == 0 else hostile_array(rng, (B, 3), dtype)
+          for i in range(len(cell.states))]
+    d_ys = [rng.standard_normal((T, B, 3)).astype(dtype)]
+    d_hT = [rng.standard_normal((B, 3)).astype(dtype) for _ in cell.states]
+    with np.errstate(all="ignore"):
+        ys, hT, res = ref.forward_train(params, xs, h0)
+        g = ref.backward(params, res, d_ys, d_hT)
+    want = {"y": ys[0], **{f"h{i}T": v for i, v in enumerate(hT)},
+            **{f"d{k}": v for k, v in g.params.items()}, "dx": g.inputs[0],
+            **{f"dh{i}0": v for i, v in enumerate(g.states)}}
+    for backend in BACKENDS[1:]:
+        cc = compiled(cell, backend, dtype, tmp_path)
+        with np.errstate(all="ignore"):
+            ys2, hT2, res2 = cc.forward_train(params, xs, h0)
+            g2 = cc.backward(params, res2, d_ys, d_hT)
+        got = {"y": ys2[0], **{f"h{i}T": v for i, v in enumerate(hT2)},
+               **{f"d{k}": v for k, v in g2.params.items()}, "dx": g2.inputs[0],
+               **{f"dh{i}0": v for i, v in enumerate(g2.states)}}
+        for k in want:
+            assert_like_ref(got[k], want[k], dtype, f"seed {seed} {dtype} {backend} {k}")
+
+
+@needs_gxx
+@pytest.mark.parametrize("nexts", [{"h1": "h2", "h2": "x"}, {"h1": "h2", "h2": "h1"}],
+                         ids=["shift", "swap"])
+def test_a_state_that_moves_to_another_state_carries_the_old_cotangent(
+        nexts: dict[str, str], tmp_path: Any) -> None:
+    """Found by the random cells: with ``next h1 = h2`` the backward's carried d_h2 is the old
+    d_h1, which the step's kernel overwrote before the copy read it (finite values were wrong
+    too, on program, llvm and cuda)."""
+    cb = CellBuilder("shift", dtype="float64")
+    x = cb.input("x", 2)
+    hs = {"h1": cb.state("h1", 2), "h2": cb.state("h2", 2), "x": x}
+    y = call(Ops.TANH, hs["h1"]) * 2.0 + hs["h2"]
+    cell = cb.build(outputs=[y], next_states={k: hs[v] for k, v in nexts.items()})
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((3, 2, 2))]
+    h0 = [rng.standard_normal((2, 2)) for _ in range(2)]
+    d_ys = [rng.standard_normal((3, 2, 2))]
+    d_hT = [rng.standard_normal((2, 2)) for _ in range(2)]
+    ref = graphrnn.compile(cell, "ref", "float64")
+    _y, _h, res = ref.forward_train({}, xs, h0)
+    want = ref.backward({}, res, d_ys, d_hT)
+    for backend in BACKENDS[1:]:
+        cc = compiled(cell, backend, "float64", tmp_path)
+        _y, _h, res = cc.forward_train({}, xs, h0)
+        g = cc.backward({}, res, d_ys, d_hT)
+        for a, b in zip(g.inputs + g.states, want.inputs + want.states, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, err_msg=backend)
