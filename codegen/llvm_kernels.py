@@ -12,9 +12,11 @@ activations into their own buffers is what lets the loop vectorizer handle the k
 
 Transcendental functions in float32 are arithmetic the vectorizer can widen (no libm calls);
 float64 builds call the accurate libm functions (``tanh``, ``log1p``) and LLVM intrinsics
-(``llvm.exp``, ``llvm.log``). Arithmetic carries the fast-math flags ``nsz arcp contract afn
-reassoc`` but never ``nnan``/``ninf``, so NaN and Inf still propagate; clamps are written as
-``select(fcmp)`` so that a NaN input stays NaN.
+(``llvm.exp``, ``llvm.log``). The cell's own arithmetic carries only the fast-math flags
+``contract afn`` (``ELEMENTWISE``: no ``reassoc``, ``nsz``, ``arcp``, ``nnan`` or ``ninf``), so NaN,
+inf and the sign of zero come out as IEEE and ``ref`` have them; inside the approximations
+(``MATH``) every divisor is finite and nonzero, and clamps are written as ``select(fcmp)`` so that
+a NaN input stays NaN.
 
 Accuracy of the float32 approximations against float64 numpy on the same float32 inputs
 (measured over 60001 points of [-60, 60] plus tiny, huge and special values; pinned by
@@ -58,9 +60,16 @@ I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
 VOID = ir.VoidType()
+# sums and products in reductions and GEMMs: reassociated (vectorized) like any BLAS
 FAST = ("nsz", "arcp", "contract", "afn", "reassoc")
+# the cell's own elementwise arithmetic keeps IEEE's NaN and inf (ref evaluates the graph as
+# written): no ``reassoc`` (x + x + x*h became x * (2 + h): inf * 0 = NaN vanished), no ``nsz``
+# (1/-0 is -inf), no ``arcp`` (x86 lowers x/y as x * rcp(y) refined by Newton's r (2 - y r),
+# which is 0 * inf = NaN for y = 0 or ±inf); FMA contraction stays (it can only keep a product
+# that would overflow finite when the sum cancels it)
+ELEMENTWISE = ("contract", "afn")
 # inside the approximations: no reassoc, which would undo Cody-Waite range reduction and fold
-# y * 2^k1 * 2^k2 into y * inf
+# y * 2^k1 * 2^k2 into y * inf; arcp is safe there (every divisor is finite and nonzero)
 MATH = ("nsz", "arcp", "contract", "afn")
 KINDS = ("vec", "col")
 
@@ -330,9 +339,9 @@ def emit_scalar(m: Math, prog: ScalarProgram, ins: Sequence[ir.Value]) -> list[i
             v = m.c(float(const))  # type: ignore[arg-type]
         elif op in (Ops.ADD, Ops.SUB, Ops.MUL, Ops.DIV):
             fn = {Ops.ADD: b.fadd, Ops.SUB: b.fsub, Ops.MUL: b.fmul, Ops.DIV: b.fdiv}[op]
-            v = fn(a[0], a[1], flags=FAST)
+            v = fn(a[0], a[1], flags=ELEMENTWISE)
         elif op is Ops.NEG:
-            v = b.fneg(a[0], flags=FAST)
+            v = b.fneg(a[0], flags=ELEMENTWISE)
         elif op is Ops.EXP:
             v = m.exp(a[0])
         elif op is Ops.LOG:
