@@ -398,12 +398,14 @@ def test_random_cells_show_refs_nan_and_inf_pattern(seed: int, tmp_path: Any) ->
 def test_a_state_that_moves_to_another_state_carries_the_old_cotangent(
         nexts: dict[str, str], tmp_path: Any) -> None:
     """Found by the random cells: with ``next h1 = h2`` the backward's carried d_h2 is the old
-    d_h1, which the step's kernel overwrote before the copy read it (finite values were wrong
-    too, on program, llvm and cuda)."""
+    d_h1, which the step's kernel overwrote before a copy (shift) or the kernel's other output
+    (swap, on llvm, whose kernel outputs are noalias) read it: wrong finite gradients."""
     cb = CellBuilder("shift", dtype="float64")
     x = cb.input("x", 2)
     hs = {"h1": cb.state("h1", 2), "h2": cb.state("h2", 2), "x": x}
-    y = call(Ops.TANH, hs["h1"]) * 2.0 + hs["h2"]
+    y = call(Ops.TANH, hs["h1"]) * 2.0
+    if nexts["h2"] == "h1":
+        y = y + hs["h2"]
     cell = cb.build(outputs=[y], next_states={k: hs[v] for k, v in nexts.items()})
     rng = np.random.default_rng(0)
     xs = [rng.standard_normal((3, 2, 2))]
@@ -419,3 +421,40 @@ def test_a_state_that_moves_to_another_state_carries_the_old_cotangent(
         g = cc.backward({}, res, d_ys, d_hT)
         for a, b in zip(g.inputs + g.states, want.inputs + want.states, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12, err_msg=backend)
+
+
+FINITE_ALGEBRA = {  # expressions that finite-value algebra would simplify, hiding NaN or inf
+    "x * 0": lambda x, h: x * 0.0,
+    "(x - h) / (h - x) * h + x": lambda x, h: (x - h) / (h - x) * h + x,
+    "x + x + x * h": lambda x, h: x + x + x * h,
+    "log(exp(x))": lambda x, h: call(Ops.LOG, call(Ops.EXP, x)),
+    "x / h + 0.5 / sqrt(h)": lambda x, h: x / h + 0.5 / call(Ops.SQRT, h),  # sqrt's VJP
+    "sqrt(h) * sqrt(h)": lambda x, h: call(Ops.SQRT, h) * call(Ops.SQRT, h),
+}
+
+
+@needs_gxx
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", list(FINITE_ALGEBRA))
+def test_no_finite_value_algebra(name: str, dtype: str, tmp_path: Any) -> None:
+    """simplify's ``x*0 -> 0``, sympy's automatic algebra in kernel bodies and llvm's reassoc
+    and arcp each turned one of these into a finite number where ref has NaN or inf."""
+    cb = CellBuilder("algebra", dtype=dtype)
+    x, h = cb.input("x", 8), cb.state("h", 8)
+    y = FINITE_ALGEBRA[name](x, h)
+    cell = cb.build(outputs=[y], next_states=[y])
+    xs = [np.array([[[np.inf, -np.inf, np.nan, 0.0, 1.0, 1e4, -2.0, 3.0]]], dtype)]
+    h0 = [np.array([[0.0, 0.0, 1.0, np.inf, 1.0, -2.0, -1.0, 0.0]], dtype)]
+    d_ys = [np.array([[[1.0, -1.0, 0.5, 2.0, 0.0, 1.0, -3.0, 1.0]]], dtype)]
+    ref = graphrnn.compile(cell, "ref", dtype)
+    with np.errstate(all="ignore"):
+        ys, _hT, res = ref.forward_train({}, xs, h0)
+        g = ref.backward({}, res, d_ys)
+    for backend in BACKENDS[1:]:
+        cc = compiled(cell, backend, dtype, tmp_path)
+        with np.errstate(all="ignore"):
+            ys2, _hT2, res2 = cc.forward_train({}, xs, h0)
+            g2 = cc.backward({}, res2, d_ys)
+        for what, a, b in (("y", ys2[0], ys[0]), ("dx", g2.inputs[0], g.inputs[0]),
+                           ("dh", g2.states[0], g.states[0])):
+            assert_like_ref(a, b, dtype, f"{name} {dtype} {backend} {what}")
