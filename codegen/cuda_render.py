@@ -76,9 +76,17 @@ OP_TABLE = {"float32": _F32, "float64": _F64}
 # helpers every kernel file starts with; guarded so many kernels can share one translation unit
 PRELUDE = r"""#ifndef GRNN_PRELUDE
 #define GRNN_PRELUDE
-/* sigmoid as one exp and one divide; 1/(1+inf) = 0 keeps the left tail finite */
-__device__ __forceinline__ float grnn_sigmoidf(float x) { return 1.0f / (1.0f + __expf(-x)); }
-__device__ __forceinline__ double grnn_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+/* sigmoid as one exp of -|x| and one divide: 1/(1+e) for x >= 0, e/(1+e) for x < 0, so both
+   tails keep their relative precision (expf is 2 ulp; __expf's 2 + 1.173|x| ulp reached ~100 ulp
+   in the left tail and overflowed to 0 from x = -88.7) */
+__device__ __forceinline__ float grnn_sigmoidf(float x) {
+  float e = expf(-fabsf(x));
+  return (x < 0.0f ? e : 1.0f) / (1.0f + e);
+}
+__device__ __forceinline__ double grnn_sigmoid(double x) {
+  double e = exp(-fabs(x));
+  return (x < 0.0 ? e : 1.0) / (1.0 + e);
+}
 /* log(1 + exp(x)) without overflow */
 __device__ __forceinline__ float grnn_softplusf(float x) {
   return (x > 0.0f ? x : 0.0f) + log1pf(expf(-fabsf(x)));

@@ -12,9 +12,11 @@ activations into their own buffers is what lets the loop vectorizer handle the k
 
 Transcendental functions in float32 are arithmetic the vectorizer can widen (no libm calls);
 float64 builds call the accurate libm functions (``tanh``, ``log1p``) and LLVM intrinsics
-(``llvm.exp``, ``llvm.log``). Arithmetic carries the fast-math flags ``nsz arcp contract afn
-reassoc`` but never ``nnan``/``ninf``, so NaN and Inf still propagate; clamps are written as
-``select(fcmp)`` so that a NaN input stays NaN.
+(``llvm.exp``, ``llvm.log``). The cell's own arithmetic carries only the fast-math flags
+``contract afn`` (``ELEMENTWISE``: no ``reassoc``, ``nsz``, ``arcp``, ``nnan`` or ``ninf``), so NaN,
+inf and the sign of zero come out as IEEE and ``ref`` have them; inside the approximations
+(``MATH``) every divisor is finite and nonzero, and clamps are written as ``select(fcmp)`` so that
+a NaN input stays NaN.
 
 Accuracy of the float32 approximations against float64 numpy on the same float32 inputs
 (measured over 60001 points of [-60, 60] plus tiny, huge and special values; pinned by
@@ -25,8 +27,9 @@ Accuracy of the float32 approximations against float64 numpy on the same float32
     ========  ============================================  ==============================
     tanh      Eigen's odd 13 / even 6 rational, clamped to   2.6e-7 abs and rel (4 ulp
               ±7.9053; |x| < 4e-4 returns x                  near ±1)
-    sigmoid   0.5 * tanh(0.5 x) + 0.5                        1.4e-7 abs; rel 5.4e-7 for
-                                                             values > 0.1 (left tail: abs only)
+    sigmoid   e = exp(-|x|) (exp's method, one 2^k, flushed  2 ulp (1.65e-7 rel) wherever
+              to 0 below 2^-126); 1/(1+e) for x >= 0,        the value is a normal number,
+              e/(1+e) for x < 0                              both tails; < 8.4e-39 abs below
     exp       Cephes: k = round(x log2 e), Cody-Waite        < 3e-7 rel; overflow to inf past
               reduction, degree-6 polynomial, 2^k in two     88.72, gradual underflow to 0
               halves
@@ -57,9 +60,16 @@ I32 = ir.IntType(32)
 I64 = ir.IntType(64)
 PTR = ir.PointerType()
 VOID = ir.VoidType()
+# sums and products in reductions and GEMMs: reassociated (vectorized) like any BLAS
 FAST = ("nsz", "arcp", "contract", "afn", "reassoc")
+# the cell's own elementwise arithmetic keeps IEEE's NaN and inf (ref evaluates the graph as
+# written): no ``reassoc`` (x + x + x*h became x * (2 + h): inf * 0 = NaN vanished), no ``nsz``
+# (1/-0 is -inf), no ``arcp`` (x86 lowers x/y as x * rcp(y) refined by Newton's r (2 - y r),
+# which is 0 * inf = NaN for y = 0 or ±inf); FMA contraction stays (it can only keep a product
+# that would overflow finite when the sum cancels it)
+ELEMENTWISE = ("contract", "afn")
 # inside the approximations: no reassoc, which would undo Cody-Waite range reduction and fold
-# y * 2^k1 * 2^k2 into y * inf
+# y * 2^k1 * 2^k2 into y * inf; arcp is safe there (every divisor is finite and nonzero)
 MATH = ("nsz", "arcp", "contract", "afn")
 KINDS = ("vec", "col")
 
@@ -202,8 +212,12 @@ class Math:
         if self.dtype == "float64":
             e = self.intrinsic("llvm.exp", self.b.fneg(x))
             return self.div(self.c(1.0), self.add(self.c(1.0), e))
-        half = self.c(0.5)
-        return self.add(self.mul(half, self.tanh(self.mul(half, x))), half)
+        # e = exp(-|x|) <= 1 never overflows; sigmoid is 1/(1+e) for x >= 0 and e/(1+e) for
+        # x < 0, relative to the value in both tails (0.5 tanh(x/2) + 0.5 only reached an
+        # absolute 6e-8 and was 0 from x = -17 on, so log(sigmoid(x)) was -inf)
+        e = self.exp_neg(self.abs(x))
+        num = self.sel(self.lt(x, self.c(0.0)), e, self.c(1.0))
+        return self.div(num, self.add(self.c(1.0), e))
 
     def exp(self, x: ir.Value) -> ir.Value:
         if self.dtype == "float64":
@@ -227,6 +241,31 @@ class Math:
             bits = b.shl(b.add(kk, ir.Constant(I32, 127)), ir.Constant(I32, 23))
             y = self.mul(y, b.bitcast(bits, self.t))
         return self.sel(nan, x, y)
+
+    def exp_neg(self, a: ir.Value) -> ir.Value:
+        """exp(-a) for a >= 0 (float32), for sigmoid: ``exp`` without its NaN guard and upper
+        clamp, flushed to 0 where exp(-a) < 2^-126 (one 2^k instead of two halves); NaN gives
+        NaN. About 2 ulp where the result is a normal number."""
+        b = self.b
+        # a <= 88 keeps inf - inf out of the reduction and k >= -127; k = -127 (a > 87.68, where
+        # exp(-a) < 2^-126) puts 0 in the exponent field and 0 in the bits: the result flushes
+        # to 0 exactly
+        a = self.sel(self.gt(a, self.c(88.0)), self.c(88.0), a)
+        # k = round(-a log2 e) (rint: one constant fewer than floor(x + 0.5), which matters in
+        # an LSTM kernel, where tanh's constants already fill most vector registers)
+        fx = self.intrinsic("llvm.rint", self.mul(a, self.c(-1.44269504088896341)))
+        r = self.sub(self.sub(self.b.fneg(a), self.mul(fx, self.c(0.693359375))),
+                     self.mul(fx, self.c(-2.12194440e-4)))
+        z = self.mul(r, r)
+        y = self.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                          1.6666665459e-1, 5.0000001201e-1])
+        y = self.add(self.add(self.mul(y, z), r), self.c(1.0))
+        # 2^k: k + 127 sits in the low mantissa bits of fx + 2^23 + 127 (exact for integers k in
+        # [-127, 0]); shifting them into the exponent field needs no fptosi, which would make a
+        # NaN poison: a NaN stays NaN through y instead
+        kb = b.bitcast(self.add(fx, self.c(8388608.0 + 127.0)), I32)
+        bits = b.shl(kb, ir.Constant(I32, 23))
+        return self.mul(y, b.bitcast(bits, self.t))
 
     def log(self, x: ir.Value) -> ir.Value:
         if self.dtype == "float64":
@@ -300,9 +339,9 @@ def emit_scalar(m: Math, prog: ScalarProgram, ins: Sequence[ir.Value]) -> list[i
             v = m.c(float(const))  # type: ignore[arg-type]
         elif op in (Ops.ADD, Ops.SUB, Ops.MUL, Ops.DIV):
             fn = {Ops.ADD: b.fadd, Ops.SUB: b.fsub, Ops.MUL: b.fmul, Ops.DIV: b.fdiv}[op]
-            v = fn(a[0], a[1], flags=FAST)
+            v = fn(a[0], a[1], flags=ELEMENTWISE)
         elif op is Ops.NEG:
-            v = b.fneg(a[0], flags=FAST)
+            v = b.fneg(a[0], flags=ELEMENTWISE)
         elif op is Ops.EXP:
             v = m.exp(a[0])
         elif op is Ops.LOG:

@@ -19,7 +19,7 @@ import sympy
 from .errors import GraphError
 from .ir import Cell, IrF, Node, apply, const, input_, state, toposort
 from .ops import GroupOp, Ops
-from .scalar import TABLE, cmpgt, relu, sigmoid, step, sympy_vjp, where
+from .scalar import TABLE, cmpgt, relu, sigmoid, softplus, step, sympy_vjp, where
 
 
 def from_sympy(expr: sympy.Expr, env: dict[sympy.Symbol, Node], like: Node) -> Node:
@@ -59,7 +59,8 @@ def from_sympy(expr: sympy.Expr, env: dict[sympy.Symbol, Node], like: Node) -> N
                 return 1.0 / go(base ** (-ex))
             raise GraphError(f"cannot lower {e} to the IR")
         fn = {sympy.exp: IrF.exp, sympy.log: IrF.log, sympy.tanh: IrF.tanh,
-              sigmoid: IrF.sigmoid, step: IrF.step, relu: IrF.relu}.get(type(e))  # type: ignore
+              sigmoid: IrF.sigmoid, step: IrF.step, relu: IrF.relu,
+              softplus: lambda x: apply(Ops.SOFTPLUS, x)}.get(type(e))  # type: ignore
         if fn is not None:
             return fn(go(e.args[0]))
         if isinstance(e, cmpgt):

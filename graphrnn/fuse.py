@@ -11,9 +11,11 @@ group convex and the graph of groups acyclic: two groups merge only when no path
 or more joins them (producer/consumer pairs first, then independent siblings).
 
 **Kernel bodies** (``build_kernel``). A group becomes a ``ScalarProgram``: the sympy definitions
-(``scalar.TABLE[op].sym``) of its nodes over input symbols, simplified with ``sympy.cse`` and
-lowered to SSA over the closed scalar op set (elementwise Ops + CONST); SIGMOID and TANH stay
-primitive. Should sympy produce something outside that set, the group is lowered directly from
+(``scalar.TABLE[op].sym``) of its nodes over input symbols, built unevaluated (``sympy.evaluate
+(False)``: no automatic algebra, which assumes finite values, e.g. ``x*0 = 0``, ``(a-b)/(b-a) =
+-1``, ``log(exp(x)) = x``), shared with ``sympy.cse`` and lowered to SSA over the closed scalar op
+set (elementwise Ops + CONST); SIGMOID, TANH and SOFTPLUS stay primitive. Should sympy produce
+something outside that set, or drop an operand the nodes read, the group is lowered directly from
 the node DAG instead (hash-consing already shares common subexpressions).
 """
 
@@ -27,7 +29,7 @@ import sympy
 
 from .ir import B, Node, short_type
 from .ops import GroupOp, Ops
-from .scalar import TABLE, ScalarProgram, cmpgt, relu, sigmoid, step, where
+from .scalar import TABLE, ScalarProgram, cmpgt, relu, sigmoid, softplus, step, where
 
 FUSABLE = GroupOp.Elementwise | {Ops.EXPAND}
 
@@ -252,7 +254,7 @@ class _Lower:
         if isinstance(e, sympy.exp):
             return self.emit(Ops.EXP, (self.go(e.args[0]),))
         fn = {sympy.log: Ops.LOG, sympy.tanh: Ops.TANH, sigmoid: Ops.SIGMOID, relu: Ops.RELU,
-              step: Ops.STEP, sympy.Heaviside: Ops.STEP}.get(type(e))  # type: ignore[call-overload]
+              softplus: Ops.SOFTPLUS, step: Ops.STEP, sympy.Heaviside: Ops.STEP}.get(type(e))  # type: ignore[call-overload]
         if fn is not None and len(e.args) >= 1:
             if fn is Ops.STEP and isinstance(e, sympy.Heaviside) and len(e.args) == 2 \
                     and e.args[1] != 0:
@@ -281,12 +283,20 @@ def _is_negative(a: sympy.Basic) -> bool:
 def _sympy_program(group: Sequence[Node], spec: KernelSpec) -> ScalarProgram:
     syms = sympy.symbols(f"in0:{len(spec.inputs)}", real=True)
     ex: dict[Node, sympy.Expr] = {n: s for (n, _f), s in zip(spec.inputs, syms, strict=True)}
+    # the inputs each value reads in the group as written
+    reads: dict[Node, frozenset] = {n: frozenset([s]) for n, s in zip(ex, syms, strict=True)}
     for n in group:
         if n.op is Ops.EXPAND:
             ex[n] = ex[n.src[0]] if n.src[0].op is not Ops.CONST else _sym_const(n.src[0].arg)
+            reads[n] = reads.get(n.src[0], frozenset())
             continue
         args = [ex[s] if s in ex else _sym_const(s.arg) for s in n.src]
         ex[n] = TABLE[n.op].sym(*args)
+        reads[n] = frozenset().union(*[reads.get(s, frozenset()) for s in n.src])
+        # sympy folds x*0, x - x, x/x as if x were finite; IEEE (and ref) give NaN for inf or
+        # NaN x, so a group where sympy drops an operand is lowered from the nodes instead
+        if ex[n].free_symbols != reads[n]:
+            raise ValueError(f"sympy dropped an operand of {n.op.name}")
     outs = [ex[o] for o in spec.outputs]
     repl, reduced = sympy.cse(outs, optimizations=None)
     low = _Lower(len(spec.inputs), {s: i for i, s in enumerate(syms)})
@@ -301,7 +311,11 @@ def _sympy_program(group: Sequence[Node], spec: KernelSpec) -> ScalarProgram:
 def build_program(group: Sequence[Node], spec: KernelSpec, use_sympy: bool = True) -> ScalarProgram:
     if use_sympy:
         try:
-            return _sympy_program(group, spec)
+            # unevaluated: sympy's automatic algebra (x*0 = 0, x - x = 0, log(exp(x)) = x, and
+            # the cancellations cse's substitutions trigger) assumes finite values; IEEE and ref
+            # do not, so sympy only shares subexpressions here
+            with sympy.evaluate(False):
+                return _sympy_program(group, spec)
         except (NotImplementedError, TypeError, ValueError, RecursionError):
             pass
     return _direct(group, spec)

@@ -9,6 +9,17 @@ the forward output (``y*(1-y)``, ``1-y**2``); ``tests/test_scalar.py`` proves ea
 A VJP rule is written once against a tiny namespace ``F`` and ordinary operators, so the same rule
 runs on IR nodes (autodiff) and on sympy symbols (the proof).
 
+Kinks and ties, one convention on every backend (PyTorch's and JAX's): ``relu'(0) = step(0) = 0``;
+at a tie ``max(a, b)`` sends ``g/2`` to each operand, so ``min(a, b) = -max(-a, -b)`` does too and
+``|x| = max(x, -x)`` has derivative ``g/2 - g/2 = 0`` at 0 (sign(0) = 0). Written with ``cmpgt`` in
+both directions, the rule does not depend on operand order (simplify reorders commutative ops).
+A REDUCE max sends the whole ``g`` to every element equal to the max (``autodiff.py``).
+
+Non-finite values follow IEEE for the graph as written, on every backend: ``ref`` evaluates it
+literally and the optimizer's rewrites keep NaN and inf where they would appear (``x*0`` is folded
+only for provably finite x, see ``simplify.py``). SOFTPLUS is kept whole and lowered as
+``max(x, 0) + log1p(exp(-|x|))``, so it neither overflows nor has a NaN derivative.
+
 ``ScalarProgram`` is what a fused kernel carries: SSA over the elementwise ops plus CONST, with no
 shapes, no sympy and no nodes, so every backend can print it.
 """
@@ -40,6 +51,23 @@ class sigmoid(sympy.Function):  # noqa: N801 - sympy naming
 
     def _eval_rewrite_as_exp(self, x: sympy.Expr, **kw: Any) -> sympy.Expr:
         return 1 / (1 + sympy.exp(-x))
+
+
+class softplus(sympy.Function):  # noqa: N801 - sympy naming
+    """log(1 + exp(x)), kept whole: every backend lowers it as ``max(x, 0) + log1p(exp(-|x|))``,
+    which neither overflows for large x nor loses the tail for very negative x."""
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sigmoid(self.args[0])
+
+    @classmethod
+    def eval(cls, x: sympy.Expr) -> sympy.Expr | None:
+        if x.is_Number:
+            return sympy.log(1 + sympy.exp(x))
+        return None
+
+    def _eval_rewrite_as_exp(self, x: sympy.Expr, **kw: Any) -> sympy.Expr:
+        return sympy.log(1 + sympy.exp(x))
 
 
 class step(sympy.Function):  # noqa: N801
@@ -114,6 +142,7 @@ class SympyF:
     tanh = staticmethod(sympy.tanh)
     sqrt = staticmethod(sympy.sqrt)
     sigmoid = sigmoid
+    softplus = softplus
     step = step
     relu = relu
     cmpgt = cmpgt
@@ -127,8 +156,12 @@ class SympyF:
 # ---- numpy implementations (the reference interpreter's meaning of each op) ----
 
 def _np_sigmoid(x: np.ndarray) -> np.ndarray:
-    # exp(-log(1 + exp(-x))) keeps full relative precision in both tails
-    return np.exp(-np.logaddexp(0, -x)).astype(x.dtype, copy=False)
+    # e = exp(-|x|) never overflows: 1/(1+e) for x >= 0 and e/(1+e) for x < 0 are within 2 ulp
+    # in both tails (exp(-logaddexp(0, -x)) multiplied the log's rounding by |x|: 7 ulp at -13)
+    x = np.asarray(x)
+    with np.errstate(invalid="ignore"):   # NaN in, NaN out
+        e = np.exp(-np.abs(x))
+        return (np.where(x < 0, e, 1) / (1 + e)).astype(x.dtype, copy=False)
 
 
 def _np_step(x: np.ndarray) -> np.ndarray:
@@ -145,6 +178,13 @@ def _np_where(c: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _np_softplus(x: np.ndarray) -> np.ndarray:
     return np.logaddexp(0, x).astype(x.dtype, copy=False)
+
+
+def _max_vjp(F: Any, g: Any, y: Any, a: Any, b: Any) -> tuple[Any, Any]:
+    # at a tie the cotangent is split evenly (PyTorch's and JAX's convention), so the result does
+    # not depend on operand order, which simplify's canonical order changes
+    wa = 0.5 * (1 + F.cmpgt(a, b) - F.cmpgt(b, a))
+    return g * wa, g * (1 - wa)
 
 
 @dataclass(frozen=True)
@@ -166,16 +206,14 @@ TABLE: dict[Ops, OpDef] = {d.op: d for d in [
     OpDef(Ops.TANH, 1, sympy.tanh, np.tanh, lambda F, g, y, x: (g * (1 - y * y),)),
     OpDef(Ops.SIGMOID, 1, sigmoid, _np_sigmoid, lambda F, g, y, x: (g * (y * (1 - y)),)),
     OpDef(Ops.RELU, 1, relu, lambda x: np.maximum(x, 0), lambda F, g, y, x: (g * F.step(x),)),
-    # no hand-written rule: autodiff takes sympy.diff of log(1 + exp(x))
-    OpDef(Ops.SOFTPLUS, 1, lambda x: sympy.log(1 + sympy.exp(x)), _np_softplus, None),
+    OpDef(Ops.SOFTPLUS, 1, softplus, _np_softplus, lambda F, g, y, x: (g * F.sigmoid(x),)),
     OpDef(Ops.SQRT, 1, sympy.sqrt, np.sqrt, lambda F, g, y, x: (g * 0.5 / y,)),
     OpDef(Ops.STEP, 1, step, _np_step, lambda F, g, y, x: (None,)),
     OpDef(Ops.ADD, 2, lambda a, b: a + b, np.add, lambda F, g, y, a, b: (g, g)),
     OpDef(Ops.SUB, 2, lambda a, b: a - b, np.subtract, lambda F, g, y, a, b: (g, -g)),
     OpDef(Ops.MUL, 2, lambda a, b: a * b, np.multiply, lambda F, g, y, a, b: (g * b, g * a)),
     OpDef(Ops.DIV, 2, lambda a, b: a / b, np.divide, lambda F, g, y, a, b: (g / b, -(g * y) / b)),
-    OpDef(Ops.MAX, 2, sympy.Max, np.maximum,
-          lambda F, g, y, a, b: (g * F.cmpgt(a, b), g * (1 - F.cmpgt(a, b)))),
+    OpDef(Ops.MAX, 2, sympy.Max, np.maximum, _max_vjp),
     OpDef(Ops.CMPGT, 2, cmpgt, _np_cmpgt, lambda F, g, y, a, b: (None, None)),
     OpDef(Ops.WHERE, 3, where, _np_where,
           lambda F, g, y, c, a, b: (None, F.where(c, g, F.zeros_like(g)),

@@ -262,6 +262,10 @@ class SweepBuilder:
             if w in rd and not (units[w].kernel and all(
                     s is leaf for m in units[w].nodes for s in m.src if self.base(s) is leaf)):
                 continue
+            if w in rd and leaf not in toposort([first]):
+                # the kernel reads the old value for another output only: its outputs are
+                # noalias (llvm), so this store could move above that load (a swap of states)
+                continue
             trial = ug.copy()
             trial.add_edges_from((x, w) for x in rd if x != w)
             if nx.is_directed_acyclic_graph(trial):
@@ -282,6 +286,18 @@ class SweepBuilder:
             kind = self.bufs.items[d.buf].kind
             if kind == "carry":
                 ph = "step"
+                src = self.bound.get(r)
+                if src is not None and src != d and self.bufs.items[src.buf].kind == "carry":
+                    # the old value of another carry (a shift register, next h1 = h2, makes
+                    # d_h2 = the carried d_h1): that carry may be overwritten in this step, so
+                    # its old value is copied aside before anything else runs
+                    old = Ref(self.bufs.new(f"{self.tag}_old", "temp", int(r.shape[1]),
+                                            dtype=r.dtype))
+                    self.steps["step"].insert(0, Kernel(identity_kernel(self.bufs.dtype),
+                                                        (src,), (old,)))
+                    self.steps["step"].append(Kernel(identity_kernel(self.bufs.dtype),
+                                                     (old,), (d,)))
+                    continue
             else:
                 ph = self.phase.get(r, "step" if self.lv.get(r, STATIC) == LOOP else "pre")
                 if r.op is Ops.CONST or (r in self.bound and self.blevel[r] != LOOP):

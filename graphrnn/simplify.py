@@ -7,9 +7,11 @@ simplified):
 
 * constant folding of elementwise ops, EXPAND, SLICE, CONCAT of equal constants;
 * ``x*1``, ``x+0``, ``x-0``, ``x/1``, ``0-x -> -x``, ``-(-x) -> x``, ``matmul(x, 0) -> 0``;
-* ``x*0 -> 0``: **finite semantics**: it assumes x is finite (IEEE says inf*0 = NaN). Autodiff
-  produces many of these (zero cotangents), and a NaN in the forward pass is reported by the
-  NaN guards of the runtime anyway, so the gradient paths it removes carry no information;
+* ``x*0 -> 0`` only where x is provably finite (``_finite``: a finite constant, a step or
+  comparison, tanh/sigmoid/relu/max/neg/where of finite values), since IEEE says inf*0 = NaN and
+  ``ref`` evaluates the graph as written: an input holding inf or NaN must give the same NaN
+  pattern in every output and gradient on every backend. Every other rule here is exact in IEEE
+  arithmetic (up to the sign of a zero);
 * commutative ops (ADD, MUL, MAX) get a canonical operand order (constants last, then by a
   structural key), so ``a*b`` and ``b*a`` are one hash-consed node;
 * EXPAND to the same shape is dropped, EXPAND of EXPAND collapses, SLICE over the full width is
@@ -45,6 +47,23 @@ MAX_ROUNDS = 20
 
 def _is_const(n: Node, v: float | None = None) -> bool:
     return n.op is Ops.CONST and (v is None or n.arg == v)
+
+
+# ops whose result is finite whenever their operands are (bounded, or selecting an operand)
+_KEEPS_FINITE = frozenset({Ops.NEG, Ops.TANH, Ops.SIGMOID, Ops.RELU, Ops.MAX})
+
+
+def _finite(n: Node) -> bool:
+    """Is every element of n finite whatever the leaves hold (inf and NaN included)?"""
+    if n.op is Ops.CONST:
+        return bool(np.isfinite(n.arg))
+    if n.op in (Ops.STEP, Ops.CMPGT):   # 0 or 1, also for NaN operands
+        return True
+    if n.op is Ops.WHERE:
+        return _finite(n.src[1]) and _finite(n.src[2])
+    if n.op in _KEEPS_FINITE or n.op in (Ops.EXPAND, Ops.SLICE):
+        return all(_finite(s) for s in n.src)
+    return False
 
 
 class _Keys:
@@ -120,8 +139,8 @@ def _rewrite(n: Node, key: _Keys) -> Node:
             return src[0]
         if one(0):
             return src[1]
-        if zero(0) or zero(1):   # finite semantics, see the module docstring
-            return const(0.0, n.shape, n.dtype)
+        if (zero(0) and _finite(src[1])) or (zero(1) and _finite(src[0])):
+            return const(0.0, n.shape, n.dtype)   # inf*0 = NaN: see the module docstring
         if _is_const(src[1], -1.0):
             return apply(Ops.NEG, src[0])
         if _is_const(src[0], -1.0):

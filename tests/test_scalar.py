@@ -18,6 +18,7 @@ from graphrnn.scalar import (
     relu,
     run_scalar_program,
     sigmoid,
+    softplus,
     step,
     sympy_vjp,
     where,
@@ -32,6 +33,7 @@ def elementary(e):
     """Rewrite graphrnn's primitive sympy functions into plain sympy."""
     e = sympy.sympify(e)
     e = e.replace(sigmoid, lambda x: 1 / (1 + sympy.exp(-x)))
+    e = e.replace(softplus, lambda x: sympy.log(1 + sympy.exp(x)))
     e = e.replace(relu, lambda x: sympy.Max(x, 0))
     e = e.replace(step, lambda x: sympy.Heaviside(x, 0))
     e = e.replace(cmpgt, lambda a, b: sympy.Heaviside(a - b, 0))
@@ -66,7 +68,8 @@ def test_table_covers_every_elementwise_op():
     assert set(TABLE) == set(GroupOp.Elementwise)
     assert all(TABLE[op].arity == (1 if op in GroupOp.Unary else 2 if op in GroupOp.Binary
                                    else 3) for op in TABLE)
-    assert TABLE[Ops.SOFTPLUS].vjp is None  # proven by going through sympy.diff
+    # softplus has a hand rule (sympy.diff of log(1 + exp(x)) is inf/inf for large x)
+    assert TABLE[Ops.SOFTPLUS].vjp is not None
 
 
 @pytest.mark.parametrize("op", HAND_WRITTEN, ids=lambda o: o.name)
@@ -104,7 +107,9 @@ def test_the_proof_can_fail():
 def test_sympy_vjp_of_softplus_is_sigmoid():
     (d,) = sympy_vjp(Ops.SOFTPLUS)
     a0 = sympy.Symbol("a0", real=True)
-    assert sympy.simplify(d - 1 / (1 + sympy.exp(-a0))) == 0
+    assert sympy.simplify(elementary(d) - 1 / (1 + sympy.exp(-a0))) == 0
+    # and the definition really is log(1 + exp(x)), whose derivative that is
+    assert sympy.simplify(sympy.diff(elementary(softplus(a0)), a0) - 1 / (1 + sympy.exp(-a0))) == 0
 
 
 @pytest.mark.parametrize("op", sorted(TABLE, key=lambda o: o.name), ids=lambda o: o.name)
