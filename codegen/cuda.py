@@ -21,7 +21,7 @@ through cuBLAS, the time loop driven from Python on one stream.
   ``torch.backends.cudnn.allow_tf32`` is off. Off by default: plain float32 GEMMs.
 - ``cuda_graph=True`` captures each sweep for a given (T, B) as a CUDA graph and replays it; the
   buffers are then kept per (T, B), so residuals of a ``forward_train`` stay valid only until the
-  next forward of the same shape.
+  next forward of the same shape (``backward`` refuses older ones with ``RuntimeInputError``).
 - Export without a GPU: ``cuda_source(cell)`` (the ``.cu`` text) and ``ptx(cell, arch)`` (nvcc,
   or NVRTC where only CuPy's NVRTC is installed).
 
@@ -368,11 +368,11 @@ class CudaBackend(CompiledCell):
         bind()
         self._run_sweep("forward", arrays, T, B, bind)
         ys, hT = ex.collect_forward(arrays, T)
+        # with cuda_graph the buffers are reused by every forward of this shape (forward too):
+        # the generation lets backward refuse residuals that were overwritten since
+        self._generation[T, B] = gen = self._generation.get((T, B), 0) + 1
         if not save:
             return ys, hT, None
-        # with cuda_graph the buffers are reused by the next forward of this shape: the
-        # generation lets backward refuse residuals that were overwritten since
-        self._generation[T, B] = gen = self._generation.get((T, B), 0) + 1
         return ys, hT, self._residuals(T, B, (Residuals(arrays, T, B), gen))
 
     def _backward(self, params: dict[str, Any], residuals: Any,

@@ -327,7 +327,9 @@ class LLVMBackend(CompiledCell):
 
     # ---- buffers ----
     def _whole_param_buffers(self) -> dict[str, str]:
-        """param buffers that are exactly one user parameter: passed without a copy."""
+        """param buffers that are exactly one user parameter: bound to the caller's array
+        without a copy by an inference forward, copied by a training forward (the snapshot
+        backward checks its params against)."""
         shapes = dict(self.program.param_shapes) or self.cell.param_shapes()
         count: dict[str, int] = {}
         for pc in self.program.param_pieces:

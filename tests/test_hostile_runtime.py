@@ -315,3 +315,6 @@ def test_stale_residuals_of_a_captured_graph_are_refused(fake_cupy: Any) -> None
                                                 f"with T={T}, B={B}, got older ones"):
         cc.backward(params, old, [dy])
     cc.backward(params, new, [dy])
+    cc.forward(params, x, h0)   # an inference forward of the shape overwrites them too
+    with pytest.raises(RuntimeInputError, match="got older ones"):
+        cc.backward(params, new, [dy])
