@@ -370,6 +370,13 @@ class LLVMBackend(CompiledCell):
         if len(self._plans) > 32:   # many sequence lengths: keep the cache small
             self._plans.clear()
         self._plans[key] = plan
+        # a training loop keeps one step's residuals alive while the next forward allocates:
+        # keep twice a sweep's arrays of one shape, or the extra ones are fresh (page faults)
+        # every step (measured: +0.4 ms of a 40 ms single-thread LSTM step at H=256, B=32)
+        counts: dict[tuple[tuple[int, ...], np.dtype], int] = {}
+        for _name, shape, dt, _zero in plan:
+            counts[shape, dt] = counts.get((shape, dt), 0) + 1
+        self._pool.per_key = max([self._pool.per_key] + [2 * c for c in counts.values()])
         return plan
 
     def _pointers(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
