@@ -263,6 +263,12 @@ class LLVMBackend(CompiledCell):
         self._bufs = self.program.buffer_map
         self._input_bufs = {b for _n, b in self.program.inputs}
         self._whole_params = self._whole_param_buffers()
+        # (name, region of the parameter or None for all of it, buffer, ref): what backward
+        # compares its params with (the forward's copies)
+        self._param_checks = [
+            (pc.name, None if pc.ref.buf in self._whole_params
+             else np.s_[pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]], pc.ref.buf, pc.ref)
+            for pc in self.program.param_pieces]
         self._pool = ArrayPool()
         self._param_shapes = dict(self.program.param_shapes) or self.cell.param_shapes()
         self._grad_pieces: dict[str, list[Any]] = {}
@@ -483,8 +489,9 @@ class LLVMBackend(CompiledCell):
         T, B = residuals.T, residuals.B
         fwd = self._check_residuals(residuals)
         self._check_params_unchanged(params, [
-            (pc.name, np.s_[pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]],
-             _fixed_view(fwd[pc.ref.buf], pc.ref)) for pc in p.param_pieces])
+            (name, None, fwd[buf]) if region is None else
+            (name, region, _fixed_view(fwd[buf], ref)) for name, region, buf, ref in
+            self._param_checks])
         # what the backward writes is allocated afresh, so the arrays returned below (views
         # where possible) belong to the caller and a second backward cannot overwrite them
         arrays = dict(fwd)

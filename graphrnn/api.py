@@ -35,6 +35,8 @@ The contract every backend keeps (``tests/test_hostile_runtime.py`` checks it on
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -138,17 +140,24 @@ def same_bits(a: Any, b: Any) -> bool:
         return True
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.flags.c_contiguous \
-            and b.flags.c_contiguous:
-        # memcmp: ~4x faster than array_equal (no boolean temporary), ~15 us a megabyte
-        return bool(_memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) == 0)
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        if a.nbytes <= 1 << 16:   # small: two bytes objects compare in ~0.2 us
+            return a.tobytes() == b.tobytes()
+        if a.flags.c_contiguous and b.flags.c_contiguous:
+            # memcmp: as fast as memory (~60 us a megabyte, cold) with no boolean temporary
+            return bool(_memcmp(_address(a), _address(b), a.nbytes) == 0)
     u = np.dtype(f"u{a.dtype.itemsize}")
     return not bool((a.view(u) != b.view(u)).any())
 
 
+def _address(a: np.ndarray) -> int:
+    try:   # 3x cheaper than a.ctypes.data, but needs a writable buffer
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError, BufferError):
+        return int(a.ctypes.data)
+
+
 def _load_memcmp() -> Callable[[int, int, int], int]:
-    import ctypes
-    import ctypes.util
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
         fn = libc.memcmp
@@ -183,6 +192,8 @@ def checked_array(what: str, x: Any, expect: str, ids: bool = False) -> Any:
     """``x`` as an array (lists are read by numpy; arrays, CuPy arrays and tensors are returned
     as they are) after refusing what would be converted wrongly or not at all: None, ragged or
     object data, complex or string dtypes, and for token ids anything but integers."""
+    if type(x) is np.ndarray and x.dtype.kind in (_ID_KINDS if ids else _REAL_KINDS):
+        return x   # the common case, in ~0.1 us (sampling calls this per step)
     if x is None:
         raise RuntimeInputError(f"{what}: expected {expect}, got None")
     dt = getattr(x, "dtype", None)
@@ -300,7 +311,7 @@ class CompiledCell:
         return out
 
     def _param_items(self, params: Any) -> list[tuple[Node, Any]]:
-        if not isinstance(params, Mapping):
+        if not isinstance(params, (dict, Mapping)):   # dict first: the ABC check is slower
             raise RuntimeInputError(f"params: expected a dict name -> array "
                                     f"{sorted(self.cell.param_shapes())}, got "
                                     f"{_describe(params)}")
