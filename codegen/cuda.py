@@ -306,8 +306,9 @@ class CudaBackend(CompiledCell):
                       save: bool = True) -> tuple[list[Any], list[Any], Any]:
         with self._stream:
             xs = self._inputs(xs)
-            out = self._forward(self._params(params), xs,
-                                self._states(h0, int(xs[0].shape[1])), save)
+            out = self._stamp(self._forward(self._params(params), xs,
+                                            self._states(h0, int(xs[0].shape[1])), save),
+                              params)
         self._stream.synchronize()
         return out
 
@@ -317,7 +318,9 @@ class CudaBackend(CompiledCell):
         with self._stream:
             d_ys, d_final = self._cotangents(res, d_ys, d_final,
                                              lambda d: self._dev(d, self.dtype))
-            out = self._backward(self._params(params), res, d_ys, d_final)
+            converted = self._params(params)
+            self._note_same_params(res, params)
+            out = self._backward(converted, res, d_ys, d_final)
         self._stream.synchronize()
         return out
 
@@ -389,7 +392,7 @@ class CudaBackend(CompiledCell):
                                     "cuda_graph=True a forward reuses the buffers of its "
                                     "shape; run backward before the next forward_train)")
         ex.check_residuals(res)
-        self._check_params_unchanged(params, ex.saved_params(res))
+        self._check_params_unchanged(residuals, params, lambda: ex.saved_params(res))
         arrays = res.buffers
         def bind() -> None:
             ex.bind_backward(arrays, d_ys, d_final)

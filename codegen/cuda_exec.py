@@ -412,7 +412,7 @@ class CudaCpuBackend(CompiledCell):
             raise RuntimeInputError("backward: residuals were tampered with: their buffers "
                                     f"are not for T={residuals.T}, B={residuals.B}")
         self.executor.check_residuals(res)
-        self._check_params_unchanged(params, self.executor.saved_params(res))
+        self._check_params_unchanged(residuals, params, lambda: self.executor.saved_params(res))
         dp, dx, dh = self.executor.backward(self.device, res, d_ys, d_final,
                                             self.cell.param_shapes(), self.cell)
         return Grads(dp, dx, dh)

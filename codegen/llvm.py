@@ -488,7 +488,7 @@ class LLVMBackend(CompiledCell):
         p = self.program
         T, B = residuals.T, residuals.B
         fwd = self._check_residuals(residuals)
-        self._check_params_unchanged(params, [
+        self._check_params_unchanged(residuals, params, lambda: [
             (name, None, fwd[buf]) if region is None else
             (name, region, _fixed_view(fwd[buf], ref)) for name, region, buf, ref in
             self._param_checks])

@@ -39,7 +39,8 @@ class RefBackend(CompiledCell):
                   d_ys: Sequence[np.ndarray | None],
                   d_final: Sequence[np.ndarray | None]) -> Grads:
         xs, saved, fparams = residuals._payload
-        self._check_params_unchanged(params, [(k, None, v) for k, v in fparams.items()])
+        self._check_params_unchanged(residuals, params,
+                                     lambda: [(k, None, v) for k, v in fparams.items()])
         if len(saved) != residuals.T or any(x.shape[:2] != (residuals.T, residuals.B)
                                             for x in xs):
             raise RuntimeInputError(f"backward: residuals hold {len(saved)} steps of inputs "
@@ -164,7 +165,7 @@ class ProgramBackend(CompiledCell):
                 raise RuntimeInputError(f"backward: residual buffer {b.name}: expected shape "
                                         f"{b.shape(T, B)} for T={T}, B={B}, got "
                                         f"{None if a is None else a.shape}")
-        self._check_params_unchanged(params, [
+        self._check_params_unchanged(residuals, params, lambda: [
             (pc.name, np.s_[pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]],
              self._view(fmem, pc.ref, None)) for pc in p.param_pieces])
         mem = dict(fmem)

@@ -18,12 +18,13 @@ The contract every backend keeps (``tests/test_hostile_runtime.py`` checks it on
   (copies of) everything ``backward`` reads: after ``forward_train`` the caller may mutate or
   reuse ``xs``, ``h0``, the parameter arrays and ``ys``, and ``backward`` still returns the
   gradients of the computation ``forward_train`` ran. Likewise ``Grads`` are the caller's.
-- Parameters. ``backward`` computes the gradients at the parameters ``forward_train`` was
-  given, and its ``params`` argument must hold those same values (bit for bit): one that
-  differs (a parameter updated in place between the two calls) raises ``RuntimeInputError``
-  naming it. Update parameters after ``backward``, as every optimizer does. (Using the new
-  values instead would give each backend a different answer: ``ref`` recomputes a step from
-  the saved states, the compiled backends reuse the activations the forward saved.)
+- Parameters. ``backward`` computes the gradients at the parameter values ``forward_train``
+  ran with, read from the residuals' copies. Its ``params`` argument must be the arrays
+  ``forward_train`` was given (whatever was written into them since: an optimizer step taken
+  in place before ``backward`` changes no gradient) or arrays holding the same values (compared
+  bit for bit); other values raise ``RuntimeInputError`` naming the parameter. (Using new
+  values would give each backend a different answer: ``ref`` recomputes a step from the saved
+  states, the compiled backends reuse the activations the forward saved.)
 - Residuals are an opaque ``Residuals`` token: only the compiled cell whose ``forward_train``
   made it accepts it, its ``T`` and ``B`` are read-only, and the backends check the arrays it
   holds against them before any native code runs.
@@ -105,13 +106,17 @@ class Residuals:
     made it opens it (``CompiledCell._open``); ``T`` and ``B`` are read-only, and the backends
     check the arrays it holds against them, so a tampered token is an error, not a crash."""
 
-    __slots__ = ("_owner", "_T", "_B", "_payload", "__weakref__")
+    # _origin: the parameter arrays the caller passed to forward_train (by identity), _same:
+    # whether backward was given those very arrays (then no values need comparing)
+    __slots__ = ("_owner", "_T", "_B", "_payload", "_origin", "_same", "__weakref__")
 
     def __init__(self, owner: CompiledCell, T: int, B: int, payload: Any) -> None:
         object.__setattr__(self, "_owner", owner)
         object.__setattr__(self, "_T", int(T))
         object.__setattr__(self, "_B", int(B))
         object.__setattr__(self, "_payload", payload)
+        object.__setattr__(self, "_origin", None)
+        object.__setattr__(self, "_same", False)
 
     @property
     def T(self) -> int:   # noqa: N802 - the sequence length, named as everywhere else
@@ -164,7 +169,7 @@ def _load_memcmp() -> Callable[[int, int, int], int]:
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
         return fn  # type: ignore[no-any-return]
-    except (OSError, AttributeError):   # no C library by that name: compare in numpy
+    except (OSError, AttributeError):   # no C library by that name: compare copies as bytes
         def cmp(pa: int, pb: int, n: int) -> int:
             ta = (ctypes.c_char * n).from_address(pa)
             tb = (ctypes.c_char * n).from_address(pb)
@@ -353,18 +358,34 @@ class CompiledCell:
                                     f"{residuals!r} (from another compiled cell)")
         return residuals
 
-    def _check_params_unchanged(self, params: dict[str, Any],
-                                saved: Sequence[tuple[str, Any, Any]]) -> None:
-        """``saved``: (name, region of params[name] or None for all of it, the copy forward_train
-        ran with). backward computes the gradients at those values: refuse others."""
-        for name, region, copy in saved:
+    def _stamp(self, out: tuple[Any, Any, Any], params: Any) -> tuple[Any, Any, Any]:
+        """Remember which parameter arrays forward_train was given (their identity)."""
+        if isinstance(out[2], Residuals):
+            object.__setattr__(out[2], "_origin", tuple(params[p.arg] for p in self.cell.params))
+        return out
+
+    def _note_same_params(self, res: Residuals, params: Any) -> None:
+        """Whether backward got the very arrays forward_train did: whatever was written into
+        them since, the residuals' copies are the forward's values, so nothing to compare."""
+        origin = res._origin
+        same = origin is not None and isinstance(params, (dict, Mapping)) and all(
+            params.get(p.arg) is o for p, o in zip(self.cell.params, origin))
+        object.__setattr__(res, "_same", same)
+
+    def _check_params_unchanged(self, res: Residuals, params: dict[str, Any],
+                                saved: Callable[[], Sequence[tuple[str, Any, Any]]]) -> None:
+        """``saved()``: (name, region of params[name] or None for all of it, the copy
+        forward_train ran with). backward computes the gradients at those values: other arrays
+        must hold them too (compared bit for bit, ~60 us a megabyte)."""
+        if res._same:
+            return
+        for name, region, copy in saved():
             given = params[name] if region is None else params[name][region]
             if not same_bits(given, copy):
                 raise RuntimeInputError(
-                    f"backward: parameter {name!r}: expected the values forward_train ran with, "
-                    "got different ones (changed in place since?). backward computes the "
-                    "gradients at the forward's parameters; update parameters after backward, "
-                    "or run forward_train again")
+                    f"backward: parameter {name!r}: expected the arrays forward_train was given "
+                    "or arrays equal to them, got other values. backward computes the gradients "
+                    "at the forward's parameters; run forward_train again with these")
 
     def _cotangents(self, res: Residuals, d_ys: Any, d_final: Any,
                     convert: Callable[[Any], Any]) -> tuple[list[Any], list[Any]]:
@@ -425,14 +446,17 @@ class CompiledCell:
     def forward_train(self, params: dict[str, np.ndarray], xs: Any, h0: Any = None,
                       save: bool = True) -> tuple[list[np.ndarray], list[np.ndarray], Any]:
         xs = self._inputs(xs)
-        return self._forward(self._params(params), xs, self._states(h0, xs[0].shape[1]), save)
+        return self._stamp(self._forward(self._params(params), xs,
+                                         self._states(h0, xs[0].shape[1]), save), params)
 
     def backward(self, params: dict[str, np.ndarray], residuals: Any, d_ys: Any,
                  d_final: Any = None) -> Grads:
         res = self._open(residuals)
         d_ys, d_final = self._cotangents(res, d_ys, d_final,
                                          lambda d: np.asarray(d, self.dtype))
-        return self._backward(self._params(params), res, d_ys, d_final)
+        converted = self._params(params)
+        self._note_same_params(res, params)
+        return self._backward(converted, res, d_ys, d_final)
 
     def explain(self, batch: int = 1, kernels: bool = False) -> str:
         """The optimized plan of this cell (``graphrnn.explain``), whatever the backend."""

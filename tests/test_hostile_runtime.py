@@ -4,8 +4,9 @@ through the C shim) and ``cuda`` itself on the CuPy stand-in of ``test_cuda_fake
 
 - Ownership: writing into what ``forward_train`` returned, or into the inputs, initial states
   and parameters it was given, changes no gradient.
-- Parameters: ``backward`` computes the gradients at the forward's parameters and refuses a
-  ``params`` argument whose values changed since (the same error on every backend).
+- Parameters: ``backward`` computes the gradients at the forward's parameter values, also
+  when the arrays were updated in place since, and refuses other arrays holding other values
+  (the same answer, or the same error, on every backend).
 - Residuals are a token: read-only ``T``/``B``, checked against the arrays it holds, refused
   from another cell; cotangents are checked for count and shape.
 - Arguments of the wrong kind (None, complex, object, strings, float token ids, a list for the
@@ -127,19 +128,34 @@ def test_backward_uses_the_forwards_parameters_not_the_arrays_mutated_since(make
     _same(_flat(ys, hT, cc.backward(pristine, res, [dy], dh)), want)
 
 
-def test_parameters_changed_in_place_before_backward_are_refused(make: Build) -> None:
-    """Every backend gives the same answer: the documented error, naming the parameter."""
+def test_parameters_updated_in_place_before_backward_change_no_gradient(make: Build) -> None:
+    """An optimizer step taken in place between forward_train and backward, backward given the
+    same dict: every backend returns the gradients at the forward's values (ref used to
+    recompute with the new ones, llvm read the caller's arrays, each a different answer)."""
+    cc = _lstm(make)
+    want = _baseline(cc)
+    params, x, h0, dy, dh = _data()
+    ys, hT, res = cc.forward_train(params, x, h0)
+    for v in params.values():
+        v -= 0.1 * np.sign(v)
+    _same(_flat(ys, hT, cc.backward(params, res, [dy], dh)), want)
+
+
+def test_other_parameter_values_in_backward_are_refused(make: Build) -> None:
+    """Arrays other than the forward's, holding other values: the documented error, naming the
+    parameter; equal copies are accepted."""
     cc = _lstm(make)
     params, x, h0, dy, dh = _data()
     _, _, res = cc.forward_train(params, x, h0)
-    before = params["W_h"][1, 2]
-    params["W_h"][1, 2] += 1e-3   # an optimizer step taken before backward
-    with pytest.raises(RuntimeInputError, match=r"parameter 'W_h': expected the values "
-                                                r"forward_train ran with, got different ones"):
-        cc.backward(params, res, [dy], dh)
-    params["W_h"][1, 2] = before
-    cc.backward(params, res, [dy], dh)   # accepted again
-    cc.backward({k: v.copy() for k, v in params.items()}, res, [dy], dh)   # equal copies too
+    other = {k: v.copy() for k, v in params.items()}
+    cc.backward(other, res, [dy], dh)   # equal values in other arrays: fine
+    other["W_h"][1, 2] += 1e-3
+    with pytest.raises(RuntimeInputError, match=r"parameter 'W_h': expected the arrays "
+                                                r"forward_train was given or arrays equal to "
+                                                r"them, got other values"):
+        cc.backward(other, res, [dy], dh)
+    with pytest.raises(RuntimeInputError, match=r"parameter 'b'"):
+        cc.backward({**params, "b": params["b"] + 1}, res, [dy], dh)
 
 
 # ---- residuals ----
