@@ -21,7 +21,7 @@ through cuBLAS, the time loop driven from Python on one stream.
   ``torch.backends.cudnn.allow_tf32`` is off. Off by default: plain float32 GEMMs.
 - ``cuda_graph=True`` captures each sweep for a given (T, B) as a CUDA graph and replays it; the
   buffers are then kept per (T, B), so residuals of a ``forward_train`` stay valid only until the
-  next forward of the same shape.
+  next forward of the same shape (``backward`` refuses older ones with ``RuntimeInputError``).
 - Export without a GPU: ``cuda_source(cell)`` (the ``.cu`` text) and ``ptx(cell, arch)`` (nvcc,
   or NVRTC where only CuPy's NVRTC is installed).
 
@@ -234,6 +234,7 @@ class CudaBackend(CompiledCell):
         self.cuda_graph = cuda_graph
         self._graphs: dict[tuple[str, int, int], Any] = {}
         self._arrays: dict[tuple[int, int], dict[str, Any]] = {}
+        self._generation: dict[tuple[int, int], int] = {}
         # one stream for everything this cell does (conversions, binds, sweeps, copies out)
         self._stream = self.device.xp.cuda.Stream(non_blocking=True)
         if cuda_graph:
@@ -261,36 +262,29 @@ class CudaBackend(CompiledCell):
             x = np.from_dlpack(x) if dev_type == 1 else cp.from_dlpack(x)
         return cp.ascontiguousarray(cp.asarray(x, dtype=dtype))
 
+    # the checks of kinds and counts are CompiledCell's (``_input_list`` and the like); these
+    # only convert to the device
     def _inputs(self, xs: Any) -> list[Any]:
-        cp = self.device.xp
-        if not isinstance(xs, (list, tuple)):
-            xs = [xs]
-        if len(xs) != len(self.cell.inputs):
-            raise RuntimeInputError(f"cell {self.cell.name} takes {len(self.cell.inputs)} "
-                                    f"inputs, got {len(xs)}")
         out = []
-        for n, x in zip(self.cell.inputs, xs):
+        for n, x in zip(self.cell.inputs, self._input_list(xs)):
             x = self._dev(x, np.int64 if n.dtype == "int64" else self.dtype)
             if x.ndim != 3 or x.shape[2] != n.shape[1]:
                 raise RuntimeInputError(f"input {n.arg!r}: expected (T, B, {n.shape[1]}), got "
                                         f"{tuple(x.shape)}")
+            self._check_id_range(n, x)
             out.append(x)
         if len({tuple(x.shape[:2]) for x in out}) > 1:
-            raise RuntimeInputError("inputs disagree on (T, B)")
-        del cp
+            raise RuntimeInputError("inputs disagree on (T, B): "
+                                    + ", ".join(str(tuple(x.shape)) for x in out))
         return out
 
     def _states(self, h: Any, batch: int) -> list[Any]:
         cp = self.device.xp
-        if h is None:
+        hs = self._state_list(h)
+        if hs is None:
             return [cp.zeros((batch, int(s.shape[1])), self.dtype) for s in self.cell.states]
-        if not isinstance(h, (list, tuple)):
-            h = [h]
-        if len(h) != len(self.cell.states):
-            raise RuntimeInputError(f"cell {self.cell.name} has {len(self.cell.states)} states, "
-                                    f"got {len(h)}")
         out = []
-        for s, v in zip(self.cell.states, h):
+        for s, v in zip(self.cell.states, hs):
             v = self._dev(v, self.dtype)
             if tuple(v.shape) != (batch, s.shape[1]):
                 raise RuntimeInputError(f"state {s.arg!r}: expected ({batch}, {s.shape[1]}), "
@@ -300,11 +294,8 @@ class CudaBackend(CompiledCell):
 
     def _params(self, params: dict[str, Any]) -> dict[str, Any]:
         out = {}
-        for p in self.cell.params:
-            if p.arg not in params:
-                raise RuntimeInputError(f"missing parameter {p.arg!r}; expected "
-                                        f"{sorted(self.cell.param_shapes())}")
-            v = self._dev(params[p.arg], self.dtype)
+        for p, v in self._param_items(params):
+            v = self._dev(v, self.dtype)
             if tuple(v.shape) != p.shape:
                 raise RuntimeInputError(f"parameter {p.arg!r}: expected shape {p.shape}, got "
                                         f"{tuple(v.shape)}")
@@ -315,24 +306,21 @@ class CudaBackend(CompiledCell):
                       save: bool = True) -> tuple[list[Any], list[Any], Any]:
         with self._stream:
             xs = self._inputs(xs)
-            out = self._forward(self._params(params), xs,
-                                self._states(h0, int(xs[0].shape[1])), save)
+            out = self._stamp(self._forward(self._params(params), xs,
+                                            self._states(h0, int(xs[0].shape[1])), save),
+                              params)
         self._stream.synchronize()
         return out
 
     def backward(self, params: dict[str, Any], residuals: Any, d_ys: Any,
                  d_final: Any = None) -> Grads:
-        if d_ys is None or not isinstance(d_ys, (list, tuple)):
-            d_ys = [d_ys] * len(self.cell.outputs) if d_ys is None else [d_ys]
-        if len(d_ys) != len(self.cell.outputs):
-            raise RuntimeInputError(f"backward: {len(self.cell.outputs)} output cotangents "
-                                    f"expected, got {len(d_ys)}")
-        if d_final is None or not isinstance(d_final, (list, tuple)):
-            d_final = [d_final] * len(self.cell.states) if d_final is None else [d_final]
+        res = self._open(residuals)
         with self._stream:
-            d_ys = [None if d is None else self._dev(d, self.dtype) for d in d_ys]
-            d_final = [None if d is None else self._dev(d, self.dtype) for d in d_final]
-            out = self._backward(self._params(params), residuals, d_ys, d_final)
+            d_ys, d_final = self._cotangents(res, d_ys, d_final,
+                                             lambda d: self._dev(d, self.dtype))
+            converted = self._params(params)
+            self._note_same_params(res, params)
+            out = self._backward(converted, res, d_ys, d_final)
         self._stream.synchronize()
         return out
 
@@ -383,15 +371,29 @@ class CudaBackend(CompiledCell):
         bind()
         self._run_sweep("forward", arrays, T, B, bind)
         ys, hT = ex.collect_forward(arrays, T)
-        return ys, hT, (Residuals(arrays, T, B) if save else None)
+        # with cuda_graph the buffers are reused by every forward of this shape (forward too):
+        # the generation lets backward refuse residuals that were overwritten since
+        self._generation[T, B] = gen = self._generation.get((T, B), 0) + 1
+        if not save:
+            return ys, hT, None
+        return ys, hT, self._residuals(T, B, (Residuals(arrays, T, B), gen))
 
     def _backward(self, params: dict[str, Any], residuals: Any,
                   d_ys: Sequence[Any | None], d_final: Sequence[Any | None]) -> Grads:
-        if not isinstance(residuals, Residuals):
-            raise RuntimeInputError("backward: residuals must come from this cell's "
-                                    "forward_train")
         ex = self.executor
-        arrays, T, B = residuals.buffers, residuals.T, residuals.B
+        res, gen = residuals._payload
+        T, B = residuals.T, residuals.B
+        if not isinstance(res, Residuals) or (res.T, res.B) != (T, B):
+            raise RuntimeInputError("backward: residuals were tampered with: their buffers "
+                                    f"are not for T={T}, B={B}")
+        if self.cuda_graph and gen != self._generation.get((T, B)):
+            raise RuntimeInputError(f"backward: residuals: expected those of the latest "
+                                    f"forward_train with T={T}, B={B}, got older ones (with "
+                                    "cuda_graph=True a forward reuses the buffers of its "
+                                    "shape; run backward before the next forward_train)")
+        ex.check_residuals(res)
+        self._check_params_unchanged(residuals, params, lambda: ex.saved_params(res))
+        arrays = res.buffers
         def bind() -> None:
             ex.bind_backward(arrays, d_ys, d_final)
 

@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from graphrnn.api import CompiledCell, Grads
-from graphrnn.errors import BackendError
+from graphrnn.api import Residuals as ResidualToken
+from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
 from graphrnn.program import Buffer, Gather, Gemm, Kernel, Program, Reduce, Ref, Scatter, Sweep
 
@@ -353,6 +354,23 @@ class ProgramExecutor:
         ys, hT = self.collect_forward(arrays, T)
         return ys, hT, Residuals(arrays, T, B)
 
+    def check_residuals(self, res: Residuals) -> None:
+        """Kernels trust T, B and every buffer's size: check the arrays against them."""
+        for b in self.p.buffers:
+            a = res.buffers.get(b.name)
+            shape = tuple(b.shape(res.T, res.B))
+            if a is None or tuple(a.shape) != shape or a.dtype != np.dtype(b.dtype):
+                got = "nothing" if a is None else f"{tuple(a.shape)} {a.dtype}"
+                raise RuntimeInputError(f"backward: residual buffer {b.name}: expected {shape} "
+                                        f"{b.dtype} for T={res.T}, B={res.B}, got {got}")
+
+    def saved_params(self, res: Residuals) -> list[tuple[str, Any, Any]]:
+        """(name, region, the forward's copy) per parameter piece, for
+        ``CompiledCell._check_params_unchanged``."""
+        return [(pc.name, np.s_[pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]],
+                 self.view(res.buffers, pc.ref, "pre", 0, res.T, res.B))
+                for pc in self.p.param_pieces]
+
     def backward(self, dev: Device, res: Residuals, d_ys: Sequence[Any | None],
                  d_final: Sequence[Any | None], param_shapes: dict[str, tuple[int, int]],
                  cell: Any) -> tuple[dict[str, Any], list[Any], list[Any]]:
@@ -382,12 +400,19 @@ class CudaCpuBackend(CompiledCell):
     def _forward(self, params: dict[str, np.ndarray], xs: list[np.ndarray],
                  h0: list[np.ndarray], save: bool) -> tuple[list[np.ndarray],
                                                             list[np.ndarray], Any]:
+        # the executor copies xs, h0 and params into its own buffers and ys, hT out of them
         ys, hT, res = self.executor.forward(self.device, params, xs, h0)
-        return ys, hT, (res if save else None)
+        return ys, hT, (self._residuals(res.T, res.B, res) if save else None)
 
-    def _backward(self, params: dict[str, np.ndarray], residuals: Any,
+    def _backward(self, params: dict[str, np.ndarray], residuals: ResidualToken,
                   d_ys: Sequence[np.ndarray | None],
                   d_final: Sequence[np.ndarray | None]) -> Grads:
-        dp, dx, dh = self.executor.backward(self.device, residuals, d_ys, d_final,
+        res = residuals._payload
+        if not isinstance(res, Residuals) or (res.T, res.B) != (residuals.T, residuals.B):
+            raise RuntimeInputError("backward: residuals were tampered with: their buffers "
+                                    f"are not for T={residuals.T}, B={residuals.B}")
+        self.executor.check_residuals(res)
+        self._check_params_unchanged(residuals, params, lambda: self.executor.saved_params(res))
+        dp, dx, dh = self.executor.backward(self.device, res, d_ys, d_final,
                                             self.cell.param_shapes(), self.cell)
         return Grads(dp, dx, dh)

@@ -39,7 +39,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from graphrnn.api import CompiledCell, Grads
+from graphrnn.api import CompiledCell, Grads, Residuals
 from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
 from graphrnn.program import Gather, Program, Ref, Scatter, _reads_writes
@@ -214,22 +214,6 @@ def _written_whole_first(sweep: Any, bufs: dict[str, Any]) -> frozenset[str]:
     return frozenset(out)
 
 
-class LLVMResiduals:
-    """What forward_train leaves for backward: every buffer of the program, alive."""
-
-    def __init__(self, owner: int, T: int, B: int, arrays: dict[str, np.ndarray],
-                 pool: ArrayPool | None = None, pooled: Sequence[str] = ()) -> None:
-        self.owner = owner
-        self.T = T
-        self.B = B
-        self.arrays = arrays
-        if pool is not None:   # hand the scratch arrays back for the next forward
-            weakref.finalize(self, pool.give, [arrays[n] for n in pooled])
-
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
-
-
 class LLVMBackend(CompiledCell):
     backend_name = "llvm"
     # below these a call runs on one thread / without packing the weights: handing work to a
@@ -284,9 +268,13 @@ class LLVMBackend(CompiledCell):
         self._bufs = self.program.buffer_map
         self._input_bufs = {b for _n, b in self.program.inputs}
         self._whole_params = self._whole_param_buffers()
+        # (name, region of the parameter or None for all of it, buffer, ref): what backward
+        # compares its params with (the forward's copies)
+        self._param_checks = [
+            (pc.name, None if pc.ref.buf in self._whole_params
+             else np.s_[pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]], pc.ref.buf, pc.ref)
+            for pc in self.program.param_pieces]
         self._pool = ArrayPool()
-        # arrays the caller sees views of are never recycled
-        self._fwd_exported = {r.buf for _n, r in self.program.outputs}
         self._param_shapes = dict(self.program.param_shapes) or self.cell.param_shapes()
         self._grad_pieces: dict[str, list[Any]] = {}
         for pc in self.program.grad_pieces:
@@ -296,6 +284,11 @@ class LLVMBackend(CompiledCell):
             self._grad_pieces.setdefault(pc.name, []).append(pc)
         fw_written = _written(self.program.forward)
         self._bwd_written = _written(self.program.backward)
+        bwd_read = {r.buf for _ph, steps in self.program.backward.phases() for st in steps
+                    for r in _reads_writes(st)[0]}
+        # inputs the backward reads are copied by a training forward (the residuals own them;
+        # the caller may reuse its array), the others are bound to the caller's array
+        self._inputs_read = frozenset(b for _n, b in self.program.inputs if b in bwd_read)
         fixed_in = {b for _n, b in self.program.inputs} | {b for _n, b in self.program.states}
         d_out = {n for _o, n in self.program.d_outputs}
         # buffers the forward sweep never touches get a placeholder in the forward; the
@@ -312,8 +305,11 @@ class LLVMBackend(CompiledCell):
                 or b.name in self._fwd_unused)
             and b.name not in fw_written and b.name not in fixed_in and b.name not in d_out)
         self._placeholder = np.zeros(1, np.float64)
-        # bound to user arrays (no allocation) in the forward
+        # bound to user arrays (no allocation) in the inference forward; a training forward
+        # copies the inputs the backward reads and every parameter (into pooled arrays: the
+        # residuals own them, and backward checks the parameters it is given against them)
         self._fwd_bound = self._input_bufs | set(self._whole_params)
+        self._train_bound = self._input_bufs - self._inputs_read
         self._buf_names = [b.name for b in self.program.buffers]
         self._plans: dict[tuple[int, int, str], list[Any]] = {}
         # zeroing them cost 2-3% of a training step at H <= 256 (memset in the profiles)
@@ -342,7 +338,9 @@ class LLVMBackend(CompiledCell):
 
     # ---- buffers ----
     def _whole_param_buffers(self) -> dict[str, str]:
-        """param buffers that are exactly one user parameter: passed without a copy."""
+        """param buffers that are exactly one user parameter: bound to the caller's array
+        without a copy by an inference forward, copied by a training forward (the snapshot
+        backward checks its params against)."""
         shapes = dict(self.program.param_shapes) or self.cell.param_shapes()
         count: dict[str, int] = {}
         for pc in self.program.param_pieces:
@@ -368,8 +366,9 @@ class LLVMBackend(CompiledCell):
         if which == "backward":
             names = sorted(self._bwd_fresh)
         else:
+            bound = self._fwd_bound if which == "infer" else self._train_bound
             names = [b.name for b in self.program.buffers
-                     if b.name not in self._fwd_unused and b.name not in self._fwd_bound]
+                     if b.name not in self._fwd_unused and b.name not in bound]
         plan = []
         for name in names:
             buf = self._bufs[name]
@@ -382,6 +381,13 @@ class LLVMBackend(CompiledCell):
         if len(self._plans) > 32:   # many sequence lengths: keep the cache small
             self._plans.clear()
         self._plans[key] = plan
+        # a training loop keeps one step's residuals alive while the next forward allocates:
+        # keep twice a sweep's arrays of one shape, or the extra ones are fresh (page faults)
+        # every step (measured: +0.4 ms of a 40 ms single-thread LSTM step at H=256, B=32)
+        counts: dict[tuple[tuple[int, ...], np.dtype], int] = {}
+        for _name, shape, dt, _zero in plan:
+            counts[shape, dt] = counts.get((shape, dt), 0) + 1
+        self._pool.per_key = max([self._pool.per_key] + [2 * c for c in counts.values()])
         return plan
 
     def _pointers(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -415,18 +421,23 @@ class LLVMBackend(CompiledCell):
         p = self.program
         T, B = int(xs[0].shape[0]), int(xs[0].shape[1])
         arrays: dict[str, np.ndarray] = dict.fromkeys(self._fwd_unused, self._placeholder)
-        for (_name, bname), x in zip(p.inputs, xs):
-            arrays[bname] = np.ascontiguousarray(x, dtype=self._bufs[bname].dtype)
-        for bname, pname in self._whole_params.items():
-            arrays[bname] = np.ascontiguousarray(params[pname], dtype=self.dtype)
-        owned = []
         take = self._pool.take
-        for name, shape, dt, zero in self._alloc_plan(T, B, "forward" if save else "infer"):
+        plan = self._alloc_plan(T, B, "forward" if save else "infer")
+        for name, shape, dt, zero in plan:
             arrays[name] = take(shape, dt, zero)
-            if name not in self._fwd_exported:
-                owned.append(name)
+        for (_name, bname), x in zip(p.inputs, xs):
+            if bname in arrays:   # a training forward's own copy
+                np.copyto(arrays[bname], x, casting="unsafe")
+            else:
+                arrays[bname] = np.ascontiguousarray(x, dtype=self._bufs[bname].dtype)
+        whole = self._whole_params
+        if not save:
+            for bname, pname in whole.items():
+                arrays[bname] = np.ascontiguousarray(params[pname], dtype=self.dtype)
         for pc in p.param_pieces:
-            if pc.ref.buf in self._whole_params:
+            if pc.ref.buf in whole:
+                if save:
+                    np.copyto(arrays[pc.ref.buf], params[pc.name], casting="unsafe")
                 continue
             _fixed_view(arrays[pc.ref.buf], pc.ref)[...] = \
                 params[pc.name][pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]]
@@ -435,26 +446,60 @@ class LLVMBackend(CompiledCell):
         # the forward's ids were checked with the other arguments (CompiledCell._inputs)
         ptrs = self._pointers(arrays)
         self._run(self._fwd if save else self._inf, "forward", T, B, ptrs)
-        ys = [_seq_view(arrays[r.buf], r, T) for _n, r in p.outputs]
+        # copies: the backward reads these buffers (an output is often the state it saves),
+        # so the caller must get arrays of its own to write into (~0.5% of an LSTM step)
+        ys = [_seq_view(arrays[r.buf], r, T).copy() for _n, r in p.outputs]
         hT = [arrays[bname][T].copy() for _n, bname in p.states]
+        owned = [arrays[name] for name, _s, _d, _z in plan]
         if save:
-            res = LLVMResiduals(id(self), T, B, arrays, self._pool, owned)
+            res = self._residuals(T, B, arrays)
+            # the residuals' arrays go back to the pool for the next forward when they die
+            weakref.finalize(res, self._pool.give, owned)
         else:
             res = None
-            self._pool.give([arrays[n] for n in owned])
+            self._pool.give(owned)
         return ys, hT, res
 
-    def _backward(self, params: dict[str, np.ndarray], residuals: Any,
+    def _residual_shapes(self, T: int, B: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        key = (T, B, "residuals")
+        shapes = self._plans.get(key)
+        if shapes is None:
+            shapes = {b.name: (tuple(b.shape(T, B)), np.dtype(b.dtype))
+                      for b in self.program.buffers if b.name not in self._fwd_unused}
+            self._plans[key] = shapes  # type: ignore[assignment]
+        return shapes  # type: ignore[return-value]
+
+    def _check_residuals(self, res: Residuals) -> dict[str, np.ndarray]:
+        """Native code trusts T, B and every buffer's size: check the token's arrays against
+        them (a few microseconds) rather than read or write out of bounds."""
+        arrays = res._payload
+        if not isinstance(arrays, dict):
+            raise RuntimeInputError("backward: residuals were tampered with: expected the "
+                                    f"buffers of this cell, got {type(arrays).__name__}")
+        for name, (shape, dt) in self._residual_shapes(res.T, res.B).items():
+            a = arrays.get(name)
+            if (not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dt
+                    or not a.flags.c_contiguous):
+                got = (f"{a.shape} {a.dtype}" if isinstance(a, np.ndarray)
+                       else type(a).__name__)
+                raise RuntimeInputError(f"backward: residual buffer {name}: expected "
+                                        f"{shape} {dt} (C-contiguous) for T={res.T}, "
+                                        f"B={res.B}, got {got}")
+        return arrays
+
+    def _backward(self, params: dict[str, np.ndarray], residuals: Residuals,
                   d_ys: Sequence[np.ndarray | None],
                   d_final: Sequence[np.ndarray | None]) -> Grads:
-        if not isinstance(residuals, LLVMResiduals) or residuals.owner != id(self):
-            raise RuntimeInputError("backward: residuals must come from forward_train of this "
-                                    f"llvm-compiled cell, got {type(residuals).__name__}")
         p = self.program
         T, B = residuals.T, residuals.B
+        fwd = self._check_residuals(residuals)
+        self._check_params_unchanged(residuals, params, lambda: [
+            (name, None, fwd[buf]) if region is None else
+            (name, region, _fixed_view(fwd[buf], ref)) for name, region, buf, ref in
+            self._param_checks])
         # what the backward writes is allocated afresh, so the arrays returned below (views
         # where possible) belong to the caller and a second backward cannot overwrite them
-        arrays = dict(residuals.arrays)
+        arrays = dict(fwd)
         take = self._pool.take
         for name, shape, dt, zero in self._alloc_plan(T, B, "backward"):
             arrays[name] = take(shape, dt, zero)

@@ -9,8 +9,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from graphrnn.api import CompiledCell, Grads
+from graphrnn.api import CompiledCell, Grads, Residuals
 from graphrnn.autodiff import backward_cell
+from graphrnn.errors import RuntimeInputError
 from graphrnn.interp import run_backward, run_sequence
 from graphrnn.ir import Cell
 
@@ -25,14 +26,27 @@ class RefBackend(CompiledCell):
     def _forward(self, params: dict[str, np.ndarray], xs: list[np.ndarray],
                  h0: list[np.ndarray], save: bool) -> tuple[list[np.ndarray],
                                                             list[np.ndarray], Any]:
-        ys, hT, saved = run_sequence(self.cell, params, xs, h0)
-        return ys, hT, ((xs, saved) if save else None)
+        if not save:
+            ys, hT, _ = run_sequence(self.cell, params, xs, h0)
+            return ys, hT, None
+        # the residuals own what the backward reads: the caller may reuse xs, h0 and params
+        xs = [x.copy() for x in xs]
+        params = {k: v.copy() for k, v in params.items()}
+        ys, hT, saved = run_sequence(self.cell, params, xs, [h.copy() for h in h0])
+        return ys, hT, self._residuals(xs[0].shape[0], xs[0].shape[1], (xs, saved, params))
 
-    def _backward(self, params: dict[str, np.ndarray], residuals: Any,
+    def _backward(self, params: dict[str, np.ndarray], residuals: Residuals,
                   d_ys: Sequence[np.ndarray | None],
                   d_final: Sequence[np.ndarray | None]) -> Grads:
-        xs, saved = residuals
-        dp, dx, dh = run_backward(self.bw, params, xs, saved, d_ys, d_final)
+        xs, saved, fparams = residuals._payload
+        self._check_params_unchanged(residuals, params,
+                                     lambda: [(k, None, v) for k, v in fparams.items()])
+        if len(saved) != residuals.T or any(x.shape[:2] != (residuals.T, residuals.B)
+                                            for x in xs):
+            raise RuntimeInputError(f"backward: residuals hold {len(saved)} steps of inputs "
+                                    f"{[x.shape for x in xs]}, not T={residuals.T}, "
+                                    f"B={residuals.B}")
+        dp, dx, dh = run_backward(self.bw, fparams, xs, saved, d_ys, d_final)
         return Grads(dp, dx, dh)
 
 
@@ -125,8 +139,8 @@ class ProgramBackend(CompiledCell):
         p = self.program
         T, B = xs[0].shape[:2]
         mem: dict[str, np.ndarray] = {}
-        for (_n, b), x in zip(p.inputs, xs, strict=True):
-            mem[b] = np.ascontiguousarray(x, dtype=p.buffer(b).dtype)
+        for (_n, b), x in zip(p.inputs, xs, strict=True):   # a copy: the residuals own it
+            mem[b] = np.array(x, dtype=p.buffer(b).dtype, order="C")
         self._alloc(mem, T, B, ("param", "mat", "seq", "temp"))
         for pc in p.param_pieces:
             self._view(mem, pc.ref, None)[...] = \
@@ -136,13 +150,24 @@ class ProgramBackend(CompiledCell):
         self._sweep(mem, p.forward, T)
         ys = [self._view(mem, r, None).reshape(T, B, -1).copy() for _n, r in p.outputs]
         hT = [mem[b][T].copy() for _n, b in p.states]
-        return ys, hT, ((mem, T, B) if save else None)
+        return ys, hT, (self._residuals(T, B, mem) if save else None)
 
-    def _backward(self, params: dict[str, np.ndarray], residuals: Any,
+    def _backward(self, params: dict[str, np.ndarray], residuals: Residuals,
                   d_ys: Sequence[np.ndarray | None],
                   d_final: Sequence[np.ndarray | None]) -> Grads:
         p = self.program
-        fmem, T, B = residuals
+        fmem, T, B = residuals._payload, residuals.T, residuals.B
+        for b in p.buffers:
+            if b.kind not in ("param", "mat", "seq", "temp"):   # the backward's own
+                continue
+            a = fmem.get(b.name)
+            if a is None or a.shape != b.shape(T, B):
+                raise RuntimeInputError(f"backward: residual buffer {b.name}: expected shape "
+                                        f"{b.shape(T, B)} for T={T}, B={B}, got "
+                                        f"{None if a is None else a.shape}")
+        self._check_params_unchanged(residuals, params, lambda: [
+            (pc.name, np.s_[pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]],
+             self._view(fmem, pc.ref, None)) for pc in p.param_pieces])
         mem = dict(fmem)
         self._alloc(mem, T, B, ("grad", "carry"))
         for b in p.buffers:   # backward scratch is fresh on every call

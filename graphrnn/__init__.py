@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .api import CompiledCell, Grads, compile, init_params
+from .api import CompiledCell, Grads, Residuals, compile, init_params
 from .autodiff import BackwardCell, backward_cell, vjp
 from .errors import (
     BackendError,
@@ -49,5 +49,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["B", "BackendError", "explain", "BackwardCell", "Cell", "CompiledCell", "EquationError",
            "GraphError", "GraphRNNError", "Grads", "GroupOp", "ModuleUsageError", "Node", "Ops",
-           "RuntimeInputError", "ShapeError", "apply", "backward_cell", "compile", "const",
-           "init_params", "input_", "param", "state", "vjp", "__version__"]
+           "Residuals", "RuntimeInputError", "ShapeError", "apply", "backward_cell", "compile",
+           "const", "init_params", "input_", "param", "state", "vjp", "__version__"]

@@ -10,13 +10,37 @@ sequence API:
     ys, hT, res = cc.forward_train(params, xs, h0)     # also the residuals backward needs
     g = cc.backward(params, res, d_ys, d_hT)           # Grads(params, inputs, states)
     y, h = cc.step(params, x_t, h)                     # one step, for sampling
+
+The contract every backend keeps (``tests/test_hostile_runtime.py`` checks it on each):
+
+- Ownership. What ``forward_train`` returns belongs to the caller: ``ys`` and ``hT`` are
+  arrays no backend reads again, so writing into them changes nothing else. The residuals own
+  (copies of) everything ``backward`` reads: after ``forward_train`` the caller may mutate or
+  reuse ``xs``, ``h0``, the parameter arrays and ``ys``, and ``backward`` still returns the
+  gradients of the computation ``forward_train`` ran. Likewise ``Grads`` are the caller's.
+- Parameters. ``backward`` computes the gradients at the parameter values ``forward_train``
+  ran with, read from the residuals' copies. Its ``params`` argument must be the arrays
+  ``forward_train`` was given (whatever was written into them since: an optimizer step taken
+  in place before ``backward`` changes no gradient) or arrays holding the same values (compared
+  bit for bit); other values raise ``RuntimeInputError`` naming the parameter. (Using new
+  values would give each backend a different answer: ``ref`` recomputes a step from the saved
+  states, the compiled backends reuse the activations the forward saved.)
+- Residuals are an opaque ``Residuals`` token: only the compiled cell whose ``forward_train``
+  made it accepts it, its ``T`` and ``B`` are read-only, and the backends check the arrays it
+  holds against them before any native code runs.
+- Every argument is checked before any backend runs (``CompiledCell``): counts, shapes and
+  dtype kinds of inputs, states, parameters and cotangents; ``None`` where an array is needed;
+  complex, object or string arrays; token ids that are not integers. Each failure is a
+  ``RuntimeInputError`` naming the argument, what was expected and what was received.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -77,6 +101,129 @@ def _orthogonal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+class Residuals:
+    """What ``forward_train`` hands to ``backward``: an opaque token. Only the compiled cell that
+    made it opens it (``CompiledCell._open``); ``T`` and ``B`` are read-only, and the backends
+    check the arrays it holds against them, so a tampered token is an error, not a crash."""
+
+    # _origin: the parameter arrays the caller passed to forward_train (by identity), _same:
+    # whether backward was given those very arrays (then no values need comparing)
+    __slots__ = ("_owner", "_T", "_B", "_payload", "_origin", "_same", "__weakref__")
+
+    def __init__(self, owner: CompiledCell, T: int, B: int, payload: Any) -> None:
+        object.__setattr__(self, "_owner", owner)
+        object.__setattr__(self, "_T", int(T))
+        object.__setattr__(self, "_B", int(B))
+        object.__setattr__(self, "_payload", payload)
+        object.__setattr__(self, "_origin", None)
+        object.__setattr__(self, "_same", False)
+
+    @property
+    def T(self) -> int:   # noqa: N802 - the sequence length, named as everywhere else
+        return self._T  # type: ignore[no-any-return]
+
+    @property
+    def B(self) -> int:   # noqa: N802
+        return self._B  # type: ignore[no-any-return]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"residuals are read-only (tried to set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"residuals are read-only (tried to delete {name!r})")
+
+    def __repr__(self) -> str:
+        owner = self._owner
+        return (f"<Residuals of {owner.backend_name} cell {owner.cell.name!r}, T={self._T}, "
+                f"B={self._B}>")
+
+
+def same_bits(a: Any, b: Any) -> bool:
+    """Whether two arrays of one shape and dtype hold the same bits (NaNs compare equal to
+    themselves, -0.0 differs from 0.0: "the values the forward ran with", exactly)."""
+    if a is b:
+        return True
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        if a.nbytes <= 1 << 16:   # small: two bytes objects compare in ~0.2 us
+            return a.tobytes() == b.tobytes()
+        if a.flags.c_contiguous and b.flags.c_contiguous:
+            # memcmp: as fast as memory (~60 us a megabyte, cold) with no boolean temporary
+            return bool(_memcmp(_address(a), _address(b), a.nbytes) == 0)
+    u = np.dtype(f"u{a.dtype.itemsize}")
+    return not bool((a.view(u) != b.view(u)).any())
+
+
+def _address(a: np.ndarray) -> int:
+    try:   # 3x cheaper than a.ctypes.data, but needs a writable buffer
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError, BufferError):
+        return int(a.ctypes.data)
+
+
+def _load_memcmp() -> Callable[[int, int, int], int]:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        fn = libc.memcmp
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        return fn  # type: ignore[no-any-return]
+    except (OSError, AttributeError):   # no C library by that name: compare copies as bytes
+        def cmp(pa: int, pb: int, n: int) -> int:
+            ta = (ctypes.c_char * n).from_address(pa)
+            tb = (ctypes.c_char * n).from_address(pb)
+            return 0 if bytes(ta) == bytes(tb) else 1
+        return cmp
+
+
+_memcmp = _load_memcmp()
+
+# dtype kinds accepted where a float array is expected (converted to the cell's dtype) and
+# where token ids are: complex would lose its imaginary part, floats their fraction, silently
+_REAL_KINDS = "fiub"
+_ID_KINDS = "iu"
+
+
+def _describe(x: Any) -> str:
+    dt = getattr(x, "dtype", None)
+    shape = getattr(x, "shape", None)
+    if dt is not None and shape is not None:
+        return f"{type(x).__name__} of dtype {dt} and shape {tuple(shape)}"
+    return f"{type(x).__name__} {x!r}"[:120]
+
+
+def checked_array(what: str, x: Any, expect: str, ids: bool = False) -> Any:
+    """``x`` as an array (lists are read by numpy; arrays, CuPy arrays and tensors are returned
+    as they are) after refusing what would be converted wrongly or not at all: None, ragged or
+    object data, complex or string dtypes, and for token ids anything but integers."""
+    if type(x) is np.ndarray and x.dtype.kind in (_ID_KINDS if ids else _REAL_KINDS):
+        return x   # the common case, in ~0.1 us (sampling calls this per step)
+    if x is None:
+        raise RuntimeInputError(f"{what}: expected {expect}, got None")
+    dt = getattr(x, "dtype", None)
+    if dt is None or not hasattr(x, "shape"):
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as e:   # ragged nested lists, unconvertible objects
+            raise RuntimeInputError(f"{what}: expected {expect}, got a {type(x).__name__} "
+                                    f"numpy cannot read as one array ({e})") from None
+        dt = x.dtype
+    try:
+        kind = np.dtype(dt).kind
+    except TypeError:   # a tensor's own dtype object: its DLPack conversion checks it
+        return x
+    if ids and kind not in _ID_KINDS:
+        hint = (" (round and convert them with .astype(np.int64) if they are whole numbers)"
+                if kind == "f" else "")
+        raise RuntimeInputError(f"{what}: expected {expect} of an integer dtype (token ids), "
+                                f"got {_describe(x)}{hint}")
+    if not ids and kind not in _REAL_KINDS:
+        raise RuntimeInputError(f"{what}: expected {expect} of a real number dtype, got "
+                                f"{_describe(x)}")
+    return x
+
+
 class CompiledCell:
     """Shared argument handling; backends implement ``_forward``, ``_backward``."""
 
@@ -96,42 +243,71 @@ class CompiledCell:
                 self._id_rows[n.src[1]] = min(rows, self._id_rows.get(n.src[1], rows))
 
     # ---- argument checking, one place for every backend ----
-    def _inputs(self, xs: Any) -> list[np.ndarray]:
-        if isinstance(xs, np.ndarray) or hasattr(xs, "__array__") and not isinstance(xs, list):
+    def _input_list(self, xs: Any) -> list[Any]:
+        if xs is None:
+            raise RuntimeInputError(f"xs: expected {len(self.cell.inputs)} input array(s) "
+                                    f"{[n.arg for n in self.cell.inputs]}, got None")
+        if isinstance(xs, (list, tuple)):
+            xs = list(xs)
+        elif isinstance(xs, np.ndarray) or hasattr(xs, "__array__") \
+                or hasattr(xs, "__dlpack__"):
             xs = [xs]
-        xs = list(xs)
+        else:
+            raise RuntimeInputError(f"xs: expected an array (T, B, n) or a list of them, one "
+                                    f"per input {[n.arg for n in self.cell.inputs]}, got "
+                                    f"{_describe(xs)}")
         if len(xs) != len(self.cell.inputs):
             names = [n.arg for n in self.cell.inputs]
             raise RuntimeInputError(f"cell {self.cell.name} takes {len(names)} inputs {names}, "
                                     f"got {len(xs)}")
+        return [checked_array(f"input {n.arg!r}", x, f"an array (T, B, {n.shape[1]})",
+                              ids=n.dtype == "int64")
+                for n, x in zip(self.cell.inputs, xs)]
+
+    def _inputs(self, xs: Any) -> list[np.ndarray]:
         out = []
-        for n, x in zip(self.cell.inputs, xs):
+        for n, x in zip(self.cell.inputs, self._input_list(xs)):
             dt = np.int64 if n.dtype == "int64" else self.dtype
             x = np.asarray(x, dtype=dt)
             if x.ndim != 3 or x.shape[2] != n.shape[1]:
                 raise RuntimeInputError(f"input {n.arg!r}: expected (T, B, {n.shape[1]}), got "
                                         f"{x.shape}")
-            rows = self._id_rows.get(n)
-            if rows is not None and x.size and (x.min() < 0 or x.max() >= rows):
-                raise RuntimeInputError(f"input {n.arg!r}: token ids must be in [0, {rows}), "
-                                        f"got values in [{x.min()}, {x.max()}]")
+            self._check_id_range(n, x)
             out.append(x)
         if len({x.shape[:2] for x in out}) > 1:
             raise RuntimeInputError("inputs disagree on (T, B): "
                                     + ", ".join(str(x.shape) for x in out))
         return out
 
-    def _states(self, h: Any, batch: int) -> list[np.ndarray]:
+    def _check_id_range(self, n: Node, x: Any) -> None:
+        rows = self._id_rows.get(n)
+        if rows is not None and x.size and (x.min() < 0 or x.max() >= rows):
+            raise RuntimeInputError(f"input {n.arg!r}: token ids must be in [0, {rows}), "
+                                    f"got values in [{x.min()}, {x.max()}]")
+
+    def _state_list(self, h: Any) -> list[Any] | None:
         if h is None:
-            return [np.zeros((batch, int(s.shape[1])), self.dtype) for s in self.cell.states]
-        if isinstance(h, np.ndarray):
+            return None
+        if isinstance(h, (list, tuple)):
+            h = list(h)
+        elif isinstance(h, np.ndarray) or hasattr(h, "__array__") or hasattr(h, "__dlpack__"):
             h = [h]
-        h = list(h)
+        else:
+            raise RuntimeInputError(f"h0: expected None, an array (B, n) or a list of them, one "
+                                    f"per state {[s.arg for s in self.cell.states]}, got "
+                                    f"{_describe(h)}")
         if len(h) != len(self.cell.states):
             raise RuntimeInputError(f"cell {self.cell.name} has {len(self.cell.states)} states, "
                                     f"got {len(h)}")
+        return [checked_array(f"state {s.arg!r}", v, f"an array (B, {s.shape[1]})")
+                for s, v in zip(self.cell.states, h)]
+
+    def _states(self, h: Any, batch: int) -> list[np.ndarray]:
+        hs = self._state_list(h)
+        if hs is None:
+            return [np.zeros((batch, int(s.shape[1])), self.dtype) for s in self.cell.states]
         out = []
-        for s, v in zip(self.cell.states, h):
+        for s, v in zip(self.cell.states, hs):
             v = np.asarray(v, dtype=self.dtype)
             if v.shape != (batch, s.shape[1]):
                 raise RuntimeInputError(f"state {s.arg!r}: expected ({batch}, {s.shape[1]}), "
@@ -139,18 +315,123 @@ class CompiledCell:
             out.append(v)
         return out
 
-    def _params(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {}
+    def _param_items(self, params: Any) -> list[tuple[Node, Any]]:
+        if not isinstance(params, (dict, Mapping)):   # dict first: the ABC check is slower
+            raise RuntimeInputError(f"params: expected a dict name -> array "
+                                    f"{sorted(self.cell.param_shapes())}, got "
+                                    f"{_describe(params)}")
+        out = []
         for p in self.cell.params:
             if p.arg not in params:
                 raise RuntimeInputError(f"missing parameter {p.arg!r}; expected "
                                         f"{sorted(self.cell.param_shapes())}")
-            v = np.asarray(params[p.arg], dtype=self.dtype)
+            out.append((p, checked_array(f"parameter {p.arg!r}", params[p.arg],
+                                         f"an array {p.shape}")))
+        return out
+
+    def _params(self, params: Any) -> dict[str, np.ndarray]:
+        out = {}
+        for p, v in self._param_items(params):
+            v = np.asarray(v, dtype=self.dtype)
             if v.shape != p.shape:
                 raise RuntimeInputError(f"parameter {p.arg!r}: expected shape {p.shape}, got "
                                         f"{v.shape}")
             out[p.arg] = v
         return out
+
+    # ---- residuals: an opaque token only this cell opens ----
+    def _residuals(self, T: int, B: int, payload: Any) -> Residuals:
+        return Residuals(self, T, B, payload)
+
+    def _open(self, residuals: Any) -> Residuals:
+        if residuals is None:
+            raise RuntimeInputError("backward: residuals: expected what forward_train returned "
+                                    "third, got None (forward and forward_train(save=False) "
+                                    "keep none)")
+        if not isinstance(residuals, Residuals):
+            raise RuntimeInputError(f"backward: residuals must come from forward_train of "
+                                    f"this cell: expected its Residuals, got "
+                                    f"{_describe(residuals)}")
+        if residuals._owner is not self:
+            raise RuntimeInputError(f"backward: residuals must come from forward_train of "
+                                    f"this {self.backend_name} cell {self.cell.name!r}, got "
+                                    f"{residuals!r} (from another compiled cell)")
+        return residuals
+
+    def _stamp(self, out: tuple[Any, Any, Any], params: Any) -> tuple[Any, Any, Any]:
+        """Remember which parameter arrays forward_train was given (their identity)."""
+        if isinstance(out[2], Residuals):
+            object.__setattr__(out[2], "_origin", tuple(params[p.arg] for p in self.cell.params))
+        return out
+
+    def _note_same_params(self, res: Residuals, params: Any) -> None:
+        """Whether backward got the very arrays forward_train did: whatever was written into
+        them since, the residuals' copies are the forward's values, so nothing to compare."""
+        origin = res._origin
+        same = origin is not None and isinstance(params, (dict, Mapping)) and all(
+            params.get(p.arg) is o for p, o in zip(self.cell.params, origin))
+        object.__setattr__(res, "_same", same)
+
+    def _check_params_unchanged(self, res: Residuals, params: dict[str, Any],
+                                saved: Callable[[], Sequence[tuple[str, Any, Any]]]) -> None:
+        """``saved()``: (name, region of params[name] or None for all of it, the copy
+        forward_train ran with). backward computes the gradients at those values: other arrays
+        must hold them too (compared bit for bit, ~60 us a megabyte)."""
+        if res._same:
+            return
+        for name, region, copy in saved():
+            given = params[name] if region is None else params[name][region]
+            if not same_bits(given, copy):
+                raise RuntimeInputError(
+                    f"backward: parameter {name!r}: expected the arrays forward_train was given "
+                    "or arrays equal to them, got other values. backward computes the gradients "
+                    "at the forward's parameters; run forward_train again with these")
+
+    def _cotangents(self, res: Residuals, d_ys: Any, d_final: Any,
+                    convert: Callable[[Any], Any]) -> tuple[list[Any], list[Any]]:
+        """d_ys and d_final checked against the residuals' T and B, as arrays of this dtype
+        (``convert``: to numpy, or to the device)."""
+        T, B = res.T, res.B
+        outs, states = self.cell.outputs, self.cell.states
+        if d_ys is None:
+            d_ys = [None] * len(outs)
+        elif isinstance(d_ys, (list, tuple)):
+            d_ys = list(d_ys)
+        else:
+            d_ys = [d_ys]
+        if len(d_ys) != len(outs):
+            raise RuntimeInputError(f"backward: {len(outs)} output cotangents expected, got "
+                                    f"{len(d_ys)} (d_ys: one per output, None for zero)")
+        if d_final is None:
+            d_final = [None] * len(states)
+        elif isinstance(d_final, (list, tuple)):
+            d_final = list(d_final)
+        else:
+            d_final = [d_final]
+        if len(d_final) != len(states):
+            raise RuntimeInputError(f"backward: {len(states)} final-state cotangents expected, "
+                                    f"got {len(d_final)} (d_final: one per state "
+                                    f"{[s.arg for s in states]}, None for zero)")
+        out_ys = []
+        for i, (o, d) in enumerate(zip(outs, d_ys)):
+            if d is not None:
+                want = (T, B, int(o.shape[1]))
+                d = convert(checked_array(f"backward: d_ys[{i}]", d, f"an array {want}"))
+                if tuple(d.shape) != want:
+                    raise RuntimeInputError(f"backward: d_ys[{i}]: expected shape {want} "
+                                            f"(T, B, n), got {tuple(d.shape)}")
+            out_ys.append(d)
+        out_final = []
+        for s, d in zip(states, d_final):
+            if d is not None:
+                want = (B, int(s.shape[1]))
+                d = convert(checked_array(f"backward: d_final for state {s.arg!r}", d,
+                                          f"an array {want}"))
+                if tuple(d.shape) != want:
+                    raise RuntimeInputError(f"backward: d_final for state {s.arg!r}: expected "
+                                            f"shape {want}, got {tuple(d.shape)}")
+            out_final.append(d)
+        return out_ys, out_final
 
     def init_params(self, seed: int = 0, scheme: str = "uniform", scale: float = 0.08,
                     overrides: dict[str, float] | None = None) -> dict[str, np.ndarray]:
@@ -165,23 +446,17 @@ class CompiledCell:
     def forward_train(self, params: dict[str, np.ndarray], xs: Any, h0: Any = None,
                       save: bool = True) -> tuple[list[np.ndarray], list[np.ndarray], Any]:
         xs = self._inputs(xs)
-        return self._forward(self._params(params), xs, self._states(h0, xs[0].shape[1]), save)
+        return self._stamp(self._forward(self._params(params), xs,
+                                         self._states(h0, xs[0].shape[1]), save), params)
 
     def backward(self, params: dict[str, np.ndarray], residuals: Any, d_ys: Any,
                  d_final: Any = None) -> Grads:
-        if isinstance(d_ys, np.ndarray):
-            d_ys = [d_ys]
-        d_ys = list(d_ys) if d_ys is not None else [None] * len(self.cell.outputs)
-        if len(d_ys) != len(self.cell.outputs):
-            raise RuntimeInputError(f"backward: {len(self.cell.outputs)} output cotangents "
-                                    f"expected, got {len(d_ys)}")
-        if d_final is None:
-            d_final = [None] * len(self.cell.states)
-        elif isinstance(d_final, np.ndarray):
-            d_final = [d_final]
-        d_ys = [None if d is None else np.asarray(d, self.dtype) for d in d_ys]
-        d_final = [None if d is None else np.asarray(d, self.dtype) for d in d_final]
-        return self._backward(self._params(params), residuals, d_ys, list(d_final))
+        res = self._open(residuals)
+        d_ys, d_final = self._cotangents(res, d_ys, d_final,
+                                         lambda d: np.asarray(d, self.dtype))
+        converted = self._params(params)
+        self._note_same_params(res, params)
+        return self._backward(converted, res, d_ys, d_final)
 
     def explain(self, batch: int = 1, kernels: bool = False) -> str:
         """The optimized plan of this cell (``graphrnn.explain``), whatever the backend."""
@@ -201,9 +476,10 @@ class CompiledCell:
                                                             list[np.ndarray], Any]:
         raise NotImplementedError
 
-    def _backward(self, params: dict[str, np.ndarray], residuals: Any,
+    def _backward(self, params: dict[str, np.ndarray], residuals: Residuals,
                   d_ys: Sequence[np.ndarray | None],
                   d_final: Sequence[np.ndarray | None]) -> Grads:
+        """``residuals`` is opened (this cell's); d_ys and d_final are checked."""
         raise NotImplementedError
 
 
