@@ -106,6 +106,10 @@ _HEADER = re.compile(r"^(input|inputs|state|states|param|params|output|outputs|n
                      r"\s+([^\W\d].*)$")
 _CELL_COMMENT = re.compile(r"^#\s*cell\s*:\s*(\S+)\s*$")
 _TYPO_CUTOFF = 0.8
+# Up to this many defined names a free name is compared with every one of them (difflib);
+# beyond it only with the names one edit away (``_NearNames``), which keeps a generated file of
+# 10,000 equations linear instead of 10,000 x 10,000 comparisons.
+_TYPO_EXHAUSTIVE = 1000
 
 # what the common rejected constructs are called in messages, with a hint
 _REJECTED: dict[type, tuple[str, str]] = {
@@ -199,6 +203,33 @@ class _Dims:
         self.parent[rb] = ra
         self.value[ra] = va if va is not None else vb
         return None
+
+
+class _NearNames:
+    """The candidates of the typo check. Each name is filed under itself and under every
+    one-character deletion of itself, so two names one insertion, deletion, substitution or
+    adjacent transposition apart share a key (symmetric deletion, as in SymSpell)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(dict.fromkeys(names))
+        self.index: dict[str, list[str]] = {}
+        if len(self.names) > _TYPO_EXHAUSTIVE:
+            for nm in self.names:
+                for key in self._keys(nm):
+                    self.index.setdefault(key, []).append(nm)
+
+    @staticmethod
+    def _keys(nm: str) -> set[str]:
+        return {nm} | {nm[:i] + nm[i + 1:] for i in range(len(nm))}
+
+    def close(self, nm: str) -> list[str]:
+        """The defined name most like ``nm`` (difflib ratio >= _TYPO_CUTOFF), if any."""
+        if len(self.names) <= _TYPO_EXHAUSTIVE:
+            cands = self.names
+        else:
+            # get_close_matches breaks ties by the names themselves, so order is irrelevant
+            cands = list({c for key in self._keys(nm) for c in self.index.get(key, ())})
+        return difflib.get_close_matches(nm, cands, n=1, cutoff=_TYPO_CUTOFF)
 
 
 def _check_size(kind: str, name: str, size: Any, filename: str) -> int:
@@ -432,6 +463,8 @@ class _Checker:
         self.params: dict[str, _Param] = {}
         self.concats: list[_Expr] = []
         self.defined_at: dict[str, int] = {}    # assigned name -> line number, once checked
+        # every defined name is known before pass 1 starts: index them once
+        self.near = _NearNames(list(p.inputs) + list(p.states) + list(p.assigned))
         for nm, size in list(p.inputs.items()) + list(p.states.items()):
             self.vars[nm] = self.dims.new(size)
         self.trees: list[tuple[str, _Line, _Expr]] = []
@@ -446,10 +479,11 @@ class _Checker:
             self.defined_at[nm] = line.lineno
             self.trees.append((nm, line, e))
 
-    def unify(self, a: int, b: int, line: _Line, node: ast.AST, what: str) -> None:
+    def unify(self, a: int, b: int, line: _Line, node: ast.AST, what: Callable[[], str]) -> None:
+        # the message is built only on a conflict: source segments cost a scan of the line
         bad = self.dims.unify(a, b)
         if bad is not None:
-            raise self.p.err(line, f"shape mismatch in '{line.segment(node)}': {what}", node)
+            raise self.p.err(line, f"shape mismatch in '{line.segment(node)}': {what()}", node)
 
     def expr(self, node: ast.AST, line: _Line, target: str) -> _Expr:
         try:
@@ -530,8 +564,7 @@ class _Checker:
             raise self.p.err(line, f"{nm!r} is not an input or a state, but {nm}_next is "
                                    f"assigned: declare the state ('state {nm}: SIZE' or "
                                    f"states={{{nm!r}: SIZE}})", node)
-        known = list(self.p.inputs) + list(self.p.states) + list(self.p.assigned)
-        close = difflib.get_close_matches(nm, known, n=1, cutoff=_TYPO_CUTOFF)
+        close = self.near.close(nm)
         if close:
             raise self.p.err(line, f"undefined name {nm!r}; did you mean {close[0]!r}? (if "
                                    f"{nm!r} is a parameter, declare it: 'param {nm}: SIZE' or "
@@ -602,7 +635,7 @@ class _Checker:
                                   "per-example value, not a number", node.right)
             assert prm.inn is not None
             self.unify(prm.inn, v.dim, line, node,
-                       f"{prm.name} takes {self._show(prm.inn)} but "
+                       lambda: f"{prm.name} takes {self._show(prm.inn)} but "
                        f"'{line.segment(node.right)}' has {self._show(v.dim)}")
             w = _Expr("name", node.left, line, None, prm.name)
             return _Expr("matmul", node, line, prm.out, None, [w, v])
@@ -629,7 +662,7 @@ class _Checker:
             return _Expr("num", node, line, None, val)
         if a.dim is not None and b.dim is not None:
             self.unify(a.dim, b.dim, line, node,
-                       f"'{line.segment(node.left)}' has {self._show(a.dim)} but "
+                       lambda: f"'{line.segment(node.left)}' has {self._show(a.dim)} but "
                        f"'{line.segment(node.right)}' has {self._show(b.dim)}")
         dim = a.dim if a.dim is not None else b.dim
         return _Expr("bin", node, line, dim, op, [a, b])
@@ -665,7 +698,7 @@ class _Checker:
         for a in args[1:]:
             if a.dim is not None and args[0].dim is not None:
                 self.unify(args[0].dim, a.dim, line, node,
-                           f"the arguments of {fn}() differ in size")
+                           lambda: f"the arguments of {fn}() differ in size")
         return _Expr("call", node, line, dims[0], fn, args)
 
     def _show(self, dim: int) -> str:
@@ -789,7 +822,9 @@ class _Builder:
         for nm, line, e in c.trees:
             node = self.build(e)
             self.values[nm] = node
-            for n in toposort([node]):
+            # a claimed node's sources are claimed already: stop there, so claiming the sites
+            # of N chained equations is linear in the graph, not a walk of it per equation
+            for n in toposort([node], stop=self.claimed):
                 self._claim(n, line)
 
     def _claim(self, n: Node, line: _Line) -> None:
