@@ -76,6 +76,7 @@ from graphrnn.errors import (
 )
 from graphrnn.ir import (
     FLOATS,
+    B,
     Cell,
     Node,
     Site,
@@ -130,7 +131,7 @@ MAX_NESTING = 200
 # Up to this many defined names a free name is compared with every one of them (difflib);
 # beyond it only with the names one edit away (``_NearNames``), which keeps a generated file of
 # 10,000 equations linear instead of 10,000 x 10,000 comparisons.
-_TYPO_EXHAUSTIVE = 1000
+_TYPO_EXHAUSTIVE = 200
 
 # what the common rejected constructs are called in messages, with a hint
 _REJECTED: dict[type, tuple[str, str]] = {
@@ -166,11 +167,11 @@ class _Line:
             col = self.indent + node.col_offset
         return EquationError(msg, filename, self.lineno, col, self.text)
 
-    def segment(self, node: ast.AST) -> str:
+    def segment(self, node: ast.AST, whole: bool = False) -> str:
         seg = ast.get_source_segment(self.text[self.indent:], node)
         seg = seg if seg is not None else ast.dump(node)
         # messages quote the token, not a 100 kB expression
-        return seg if len(seg) <= 80 else f"{seg[:50]} ... {seg[-20:]}"
+        return seg if whole or len(seg) <= 80 else f"{seg[:50]} ... {seg[-20:]}"
 
 
 @dataclass
@@ -285,8 +286,9 @@ class _NearNames:
 
 
 def _nfkc(name: Any) -> Any:
-    """Names as Python's parser reads them: it NFKC-normalizes identifiers (``h₁`` is ``h1``,
-    ``ﬁ`` is ``fi``), so header and argument names are normalized the same way to match."""
+    """Names as Python's parser reads them: it NFKC-normalizes identifiers (``ℎ`` is ``h``,
+    ``ﬁ`` is ``fi``), so header and argument names are normalized the same way to match. (It
+    rejects ``h₁``: subscript digits are not identifier characters, here neither.)"""
     return unicodedata.normalize("NFKC", name) if isinstance(name, str) else name
 
 
@@ -317,7 +319,7 @@ def _digits(val: str) -> int | None:
 
 def _show_literal(text: str) -> str:
     """A literal for a message: long ones shortened (a 400-digit number is not worth echoing)."""
-    return text if len(text) <= 24 else f"{text[:12]}...{text[-6:]} ({len(text)} characters)"
+    return text if len(text) <= 40 else f"{text[:12]}...{text[-6:]} ({len(text)} characters)"
 
 
 class _Parser:
@@ -338,11 +340,11 @@ class _Parser:
         self.assigned: dict[str, _Line] = {}
 
         for k, v in inputs.items():
-            k = _nfkc(k)
-            self._declare(self.inputs, "input", k, _check_size("input", k, v, filename), None)
+            size = _check_size("input", k, v, filename)
+            self._declare(self.inputs, "input", _nfkc(k), size, None)
         for k, v in states.items():
-            k = _nfkc(k)
-            self._declare(self.states, "state", k, _check_size("state", k, v, filename), None)
+            size = _check_size("state", k, v, filename)
+            self._declare(self.states, "state", _nfkc(k), size, None)
         for k, v in (params or {}).items():
             self._declare_param(_nfkc(k), v, None)
         if outputs is not None:
@@ -351,6 +353,7 @@ class _Parser:
         for s, n in (next_states or {}).items():
             self.next_states[_nfkc(s)] = (_nfkc(n), None)
         self._split_lines(text)
+        self._check_assigned_leaves()
 
     # ---- errors ----
     def err(self, line: _Line | None, msg: str, node: ast.AST | None = None,
@@ -442,7 +445,7 @@ class _Parser:
         for it in items:
             # [^\s:] rather than \w: identifiers may hold characters \w does not match (h₁)
             m = re.fullmatch(r"([^\s:]+)\s*:\s*(.+)", it)
-            if not m or not _nfkc(m.group(1)).isidentifier():
+            if not m or not m.group(1).isidentifier():
                 example = {"next": "next h: hn", "param": "param W: 20 x 10",
                            "params": "param W: 20 x 10"}.get(kw, f"{kw.rstrip('s')} x: 10")
                 raise self.err(line, f"malformed {kw} line: expected NAME: SIZE items, got "
@@ -492,6 +495,11 @@ class _Parser:
                      "ₜ": "drop the time subscript: a state is "
                      "h_{t-1}, its next value h_next"}
             hint = next((f" ({h})" for ch, h in hints.items() if ch in src), "")
+            if "too many nested parentheses" in e.msg:
+                raise self.err(line, "expression is too deeply nested: expected at most "
+                                     f"{MAX_NESTING} levels, got more parentheses, brackets or "
+                                     "calls than Python's parser accepts (about 200); split it "
+                                     "over several equations", col=col) from None
             if "integer string conversion" in e.msg:
                 # Python refuses int literals of 4300+ digits; say it in this file's terms
                 raise self.err(line, "number out of range: expected a finite number of "
@@ -534,16 +542,26 @@ class _Parser:
         if nm in FUNCTIONS:
             raise self.err(line, f"'{nm}' is a function name and cannot be assigned", target)
         if nm in self.inputs or nm in self.states:
-            kind = "input" if nm in self.inputs else "state"
-            hint = f"; name its next value {nm}_next" if kind == "state" else ""
-            raise self.err(line, f"cannot assign to {kind} {nm!r}: inputs and states are "
-                                 f"given each step{hint}", target)
+            raise self._assigned_leaf(nm, line, target)
         if nm in self.assigned:
             raise self.err(line, f"reassignment of {nm!r} (first assigned on line "
                                  f"{self.assigned[nm].lineno}); each name is assigned once "
                                  "per step: use a new name", target)
         self.assigned[nm] = line
         self.equations.append((line, stmt))
+
+    def _assigned_leaf(self, nm: str, line: _Line, target: ast.AST) -> EquationError:
+        kind = "input" if nm in self.inputs else "state"
+        hint = f"; name its next value {nm}_next" if kind == "state" else ""
+        return self.err(line, f"cannot assign to {kind} {nm!r}: inputs and states are "
+                              f"given each step{hint}", target)
+
+    def _check_assigned_leaves(self) -> None:
+        """Headers may come anywhere: 'h = x' above 'state h: 4' is caught once all are read."""
+        for line, stmt in self.equations:
+            nm = stmt.targets[0].id  # type: ignore[attr-defined]
+            if nm in self.inputs or nm in self.states:
+                raise self._assigned_leaf(nm, line, stmt.targets[0])
 
 
 def _split_top(s: str) -> list[str]:
@@ -831,7 +849,7 @@ class _Checker:
         if not abs(f) <= MAX_CONSTANT:  # also nan, which a literal cannot be, but be sure
             raise self.p.err(line, "number out of range: expected a finite number of magnitude "
                                    f"at most {MAX_CONSTANT:.8g} (float32's largest), got "
-                                   f"{_show_literal(line.segment(node))}", node)
+                                   f"{_show_literal(line.segment(node, whole=True))}", node)
         return f
 
     def folded(self, v: float, line: _Line, node: ast.AST) -> float:
@@ -894,7 +912,7 @@ class _Checker:
                     shape = f"({out if out is not None else 'out'}, " \
                             f"{inn if inn is not None else 'in'})"
                 else:
-                    which, shape = "size", "n"
+                    which, shape = "vector", "n"
                 raise p.err(line, f"cannot infer the {which} size of parameter {prm.name!r}: no "
                                   f"equation fixes it; pass params={{{prm.name!r}: {shape}}} or "
                                   f"a line 'param {prm.name}: ...'", node)
@@ -1127,6 +1145,17 @@ def cell_from_equations(text: str, inputs: Mapping[str, int] | None = None,
             if o not in c.vars:
                 raise c.undefined(o, line, "output")
         b = _Builder(c, dtype)
+        roles = [(nxt[s][0], f"next value of state {s!r}") for s in p.states] + \
+            [(o, "output") for o in out_names]
+        for nm, role in roles:
+            if b.value(nm).shape[0] != B:
+                # an intermediate value may be per-parameter (broadcast where it is used), but
+                # what leaves the step must have one row per example
+                line = p.assigned.get(nm) or p.leaf_line.get(nm)
+                raise p.err(line, f"{nm!r} is the {role} but is computed from parameters and "
+                                  f"numbers only: expected a per-example value (B, n), got "
+                                  f"{b.value(nm).shape}; combine it with an input or a state",
+                            col=line.indent if line else None)
         cell = Cell.make([b.leaves[n] for n in p.inputs], [b.leaves[n] for n in p.states],
                          [b.value(o) for o in out_names],
                          [b.value(nxt[s][0]) for s in p.states], p.name or "cell", out_names)
