@@ -295,16 +295,17 @@ def _nfkc(name: Any) -> Any:
 def _too_big(size: int) -> str | None:
     """Why a positive size is out of bounds, or None."""
     if size > MAX_SIZE:
-        return f"expected at most {MAX_SIZE} (2**31 - 1) features, got {_show_literal(str(size))}"
+        return f"expected at most {MAX_SIZE} (2**31 - 1) features, got {_show_int(size)}"
     return None
 
 
 def _check_size(kind: str, name: str, size: Any, filename: str) -> int:
     if not isinstance(name, str) or not name.isidentifier():
-        raise EquationError(f"{kind} name must be an identifier, got {name!r}", filename)
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise EquationError(f"{kind} {name!r}: size must be a positive int, got {size!r}",
+        raise EquationError(f"{kind} name must be an identifier, got {_show_literal(name)!r}",
                             filename)
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise EquationError(f"{kind} {name!r}: size must be a positive int, got "
+                            f"{_show_value(size)}", filename)
     why = _too_big(size)
     if why:
         raise EquationError(f"{kind} {name!r}: size too large: {why}", filename)
@@ -317,8 +318,24 @@ def _digits(val: str) -> int | None:
     return int(val) if re.fullmatch(r"[0-9]+", val) else None
 
 
-def _show_literal(text: str) -> str:
+def _show_int(n: int) -> str:
+    """An int for a message; str() of one past 4300 digits raises ValueError."""
+    digits = int(n.bit_length() * 0.30103) + 1
+    return _show_literal(str(n)) if digits < 4000 else f"an integer of about {digits} digits"
+
+
+def _show_value(v: Any) -> str:
+    """repr() of a user-given value for a message, shortened; repr of a 5000-digit int raises."""
+    try:
+        return str(_show_literal(repr(v)))
+    except ValueError:
+        return "an integer of thousands of digits"
+
+
+def _show_literal(text: Any) -> Any:
     """A literal for a message: long ones shortened (a 400-digit number is not worth echoing)."""
+    if not isinstance(text, str):
+        return text
     return text if len(text) <= 40 else f"{text[:12]}...{text[-6:]} ({len(text)} characters)"
 
 
@@ -388,7 +405,7 @@ class _Parser:
               and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape))
         if not isinstance(name, str) or not name.isidentifier() or not ok:
             raise self.err(line, f"param {name!r}: shape must be (out, in) of positive ints or "
-                                 f"an int n for a vector (1, n), got {shape!r}")
+                                 f"an int n for a vector (1, n), got {_show_value(shape)}")
         shape = (int(shape[0]), int(shape[1]))
         why = next((w for w in map(_too_big, shape) if w), None)
         if why is None and shape[0] * shape[1] > MAX_PARAM_ELEMENTS:
@@ -424,7 +441,7 @@ class _Parser:
     def _set_name(self, name: str, line: _Line) -> None:
         name = _nfkc(name)
         if not name.isidentifier():
-            raise self.err(line, f"cell name must be an identifier, got {name!r}",
+            raise self.err(line, f"cell name must be an identifier, got {_show_literal(name)!r}",
                            col=line.text.find(name))
         if self.name is None:
             self.name = name
@@ -439,7 +456,8 @@ class _Parser:
             for it in items:
                 it = _nfkc(it)
                 if not it.isidentifier():
-                    raise self.err(line, f"output: expected a name, got {it!r}", col=col)
+                    raise self.err(line, f"output: expected a name, got {_show_literal(it)!r}",
+                                   col=col)
                 self.outputs.append((it, line))
             return
         for it in items:
@@ -449,7 +467,7 @@ class _Parser:
                 example = {"next": "next h: hn", "param": "param W: 20 x 10",
                            "params": "param W: 20 x 10"}.get(kw, f"{kw.rstrip('s')} x: 10")
                 raise self.err(line, f"malformed {kw} line: expected NAME: SIZE items, got "
-                                     f"{it!r}; e.g. '{example}'", col=col)
+                                     f"{_show_literal(it)!r}; e.g. '{example}'", col=col)
             nm, val = _nfkc(m.group(1)), m.group(2).strip()
             if len(val) > 1000 and kw != "next":
                 # int() refuses 4300+ digits (ValueError) and no size needs this many
@@ -459,7 +477,7 @@ class _Parser:
                 val = _nfkc(val)
                 if not val.isidentifier():
                     raise self.err(line, f"next {nm}: expected the name of its next value, got "
-                                         f"{val!r}", col=col)
+                                         f"{_show_literal(val)!r}", col=col)
                 self.next_states[nm] = (val, line)
             elif kw in ("input", "inputs", "state", "states"):
                 size = _digits(val)
@@ -632,7 +650,8 @@ class _Checker:
         if isinstance(node, ast.Constant):
             v = node.value
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise p.err(line, f"only numbers are allowed as constants, got {v!r}", node)
+                raise p.err(line, f"only numbers are allowed as constants, got {_show_value(v)}",
+                            node)
             return _Expr("num", node, line, None, self.number(v, line, node))
         if isinstance(node, ast.Name):
             return self.name(node, line, target)
