@@ -379,3 +379,13 @@ def test_a_clean_cell_gives_no_warning():
     # the warnings can stay silent: Greek names alone, with no Latin twin, are fine
     assert caught("α = tanh(W @ x + h)\nh_next = α * h") == []
     assert caught("r = sigmoid(W_r @ x + U_r @ h)\nh_next = r * h + (1 - r) * tanh(V @ x)") == []
+
+
+def test_cli_reads_header_sizes_as_the_frontend_does():
+    # the CLI's own scan of header lines did int('²') (ValueError: '²'.isdigit() is True)
+    from graphrnn.cli_tools import equations_cell
+    for size in ("²", "9" * 5000):
+        # the CLI's error (CellSpecError) carries the frontend's message, on one line
+        with pytest.raises(graphrnn.GraphRNNError, match=r"cell\.eq:1: state h: (size must be a "
+                                                         r"positive integer|expected a size)"):
+            equations_cell(f"state h: {size}\nh_next = tanh(W @ x + h)", "cell.eq", 3, 4)
