@@ -236,7 +236,7 @@ class _Dims:
 _LOOKALIKE = str.maketrans({
     # Cyrillic
     "а": "a", "в": "B", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "һ": "h",
-    "і": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l", "ɡ": "g",
+    "і": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l",
     "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C",
     "Т": "T", "Х": "X", "У": "Y", "І": "I", "Ј": "J", "Ѕ": "S", "Ԛ": "Q", "Ԝ": "W", "Ү": "Y",
     # Greek
@@ -244,7 +244,7 @@ _LOOKALIKE = str.maketrans({
     "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
     "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
     # Latin lookalikes of Latin letters
-    "ı": "i", "ȷ": "j",
+    "ı": "i", "ȷ": "j", "ɡ": "g",
 })
 
 
@@ -461,7 +461,8 @@ class _Parser:
                 self.outputs.append((it, line))
             return
         for it in items:
-            # [^\s:] rather than \w: identifiers may hold characters \w does not match (h₁)
+            # [^\s:] rather than \w: identifiers may hold characters \w does not match, such as
+            # the combining accent of an 'état' typed decomposed (e + U+0301); NFKC composes it
             m = re.fullmatch(r"([^\s:]+)\s*:\s*(.+)", it)
             if not m or not m.group(1).isidentifier():
                 example = {"next": "next h: hn", "param": "param W: 20 x 10",
