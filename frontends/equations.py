@@ -634,8 +634,8 @@ class _Checker:
             raise self.p.err(line, f"shape mismatch in '{line.segment(node)}': {what()}", node)
 
     def expr(self, node: ast.AST, line: _Line, target: str) -> _Expr:
-        depth = _depth(node, MAX_NESTING)
-        if depth > MAX_NESTING:
+        # every level of nesting takes at least one character: short lines need no count
+        if len(line.text) > MAX_NESTING and _depth(node, MAX_NESTING) > MAX_NESTING:
             raise self.p.err(line, f"expression is too deeply nested: expected at most "
                                    f"{MAX_NESTING} levels (a sum of n terms is n levels), got "
                                    f"more than {MAX_NESTING}; split it over several equations",
