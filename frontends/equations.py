@@ -50,6 +50,22 @@ access, subscripts, lambdas, imports, keyword arguments, comparisons, unknown fu
 names, reassignment, use of a name before its assignment and shape mismatches are rejected with an
 ``EquationError`` naming the file, the line, the column of the token, and a hint.
 
+Limits, each a declaration error naming the line, what was expected and what was received:
+numbers are finite and at most float32's largest (3.4028235e38) in magnitude, also after folding
+(``2 * 1e38``); no division by a number that is (or folds to) zero; every feature size and each
+side of a parameter is at most 2**31 - 1 (``MAX_SIZE``), a parameter holds at most 2**48
+elements; an expression is at most 200 levels deep (``MAX_NESTING``; a sum of n terms is n
+levels); outputs and next values must be per-example (not computed from parameters alone).
+Parsing is linear in the text (10,000 equations in about 1.5 s).
+
+Names are read as Python reads identifiers, NFKC-normalized (``ℎ`` is ``h``), in equations,
+header lines and arguments alike. Non-ASCII names are fine (backends mangle symbol names,
+``codegen/mangle.py``). Two warnings (``graphrnn.errors.EquationWarning`` subclasses, reported at
+the equation's file and line) catch what parses but is probably not meant: ``UnusedNameWarning``
+for an input or state nothing depends on, and ``ConfusableNameWarning`` for names that differ
+only by lookalike letters of other scripts (Cyrillic ``һ`` and Latin ``h``, Greek ``α`` and
+``a``), which would otherwise make a learned parameter of a misspelt state.
+
 Every IR node built from an equation records that equation's line as its creation site, so later
 errors (in autodiff, a backend, the interpreter) point back to the equation text.
 """
