@@ -1,8 +1,8 @@
 """Symbol names from user names: ASCII C identifiers, deterministic and collision-free.
 
-Cell, parameter and state names may be any Python identifier (``état``, ``h₁`` after NFKC is
-``h1``, Greek letters), but LLVM's JIT looks symbols up as ASCII, and the exported C header and
-CUDA's ``extern "C"`` kernels need plain C identifiers.
+Cell, parameter and state names may be any Python identifier (``état``, ``Wα``, ``日本``; the
+equations frontend reads them NFKC-normalized, as Python does), but LLVM's JIT looks symbols up
+as ASCII, and the exported C header and CUDA's ``extern "C"`` kernels need plain C identifiers.
 
 The scheme is injective (two different names never give the same symbol):
 
