@@ -31,6 +31,8 @@ from graphrnn.errors import BackendError
 from graphrnn.ops import Ops
 from graphrnn.scalar import ScalarProgram
 
+from .mangle import mangle
+
 CTYPE = {"float32": "float", "float64": "double"}
 DEFAULT_BLOCK = 256
 
@@ -271,8 +273,8 @@ def c_const(value: float, dtype: str) -> str:
 
 def kernel_name(prefix: str, spec_key: str) -> str:
     """A C identifier unique to what the kernel computes (so equal kernels dedupe)."""
-    safe = "".join(ch if ch.isalnum() else "_" for ch in prefix)
-    return f"grnn_{safe}_{hashlib.sha1(spec_key.encode()).hexdigest()[:10]}"
+    # ASCII (C identifiers, cuModuleGetFunction's name); the hash keeps equal kernels one
+    return f"grnn_{mangle(prefix)}_{hashlib.sha1(spec_key.encode()).hexdigest()[:10]}"
 
 
 def _body(program: ScalarProgram, dtype: str, indent: str) -> list[str]:

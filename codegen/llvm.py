@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import weakref
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -49,6 +50,7 @@ from .llvm_blas import blas_info
 from .llvm_gemm import helper_module, tile_for
 from .llvm_program import collapsed_buffers, diagonal_loop, emit_program, workspace_bytes
 from .llvm_threads import ENTRY, TEAM, default_threads
+from .mangle import mangle
 
 _preload: threading.Thread | None = None
 _preload_lock = threading.Lock()
@@ -127,8 +129,9 @@ def compile_program(cell: Cell) -> Program:
 
 
 def module_prefix(cell_name: str, dtype: str) -> str:
-    base = re.sub(r"\W", "_", cell_name) or "cell"
-    return f"grnn_{base}_f{dtype[-2:]}"
+    # mangled, not "non-word characters to _": the JIT looks symbols up as ASCII, and two cell
+    # names (a-b, a_b) must not share a symbol (codegen/mangle.py)
+    return f"grnn_{mangle(cell_name)}_f{dtype[-2:]}"
 
 
 def _seq_view(arr: np.ndarray, ref: Ref, T: int) -> np.ndarray:
@@ -630,8 +633,12 @@ def _header(p: Program, prefix: str) -> str:
               f"#define {up}_NBUFS {len(p.buffers)}",
               f"#define {up}_WORKSPACE_BYTES {workspace_bytes(p)}", ""]
     lines.append("enum {")
-    for i, b in enumerate(p.buffers):
-        lines.append(f"    {up}_BUF_{re.sub(r'[^0-9A-Za-z_]', '_', b.name).upper()} = {i},")
+    enum = [re.sub(r"[^0-9A-Za-z_]", "_", b.name).upper() for b in p.buffers]
+    # non-ASCII or case-only differences (hα, hβ; W, w) would give one constant twice, which
+    # C rejects: those take their buffer index as a suffix
+    seen = Counter(enum)
+    for i, e in enumerate(enum):
+        lines.append(f"    {up}_BUF_{e if seen[e] == 1 else f'{e}_{i}'} = {i},")
     lines.append("};")
     kinds = {"param": 0, "grad": 0, "mat": 0, "seq": 1, "carry": 2, "temp": 2}
     lines += ["",

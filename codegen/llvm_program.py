@@ -54,6 +54,7 @@ from .llvm_kernels import (
     ftype,
     load_function_pointer,
 )
+from .mangle import mangle
 
 ENTRY_TYPE = ir.FunctionType(VOID, [I64, I64, PTR, PTR])
 SYNC_STRIDE = 8   # int64s between the barrier's two counters: separate cache lines
@@ -377,7 +378,7 @@ class ProgramEmitter:
         key = (k.name, kinds, noalias)
         fn = self.kernels.get(key)
         if fn is None:
-            base = "".join(ch if ch.isalnum() else "_" for ch in k.name)
+            base = mangle(k.name)  # ASCII: the JIT looks symbols up as ASCII
             name = f"{self.prefix}_k{len(self.kernels)}_{base}"
             fn = emit_kernel(self.module, name, k.program, k.dtype, kinds, linkage="internal")
             # optimized once, not again inside every sweep that calls it (forward and infer

@@ -50,6 +50,22 @@ access, subscripts, lambdas, imports, keyword arguments, comparisons, unknown fu
 names, reassignment, use of a name before its assignment and shape mismatches are rejected with an
 ``EquationError`` naming the file, the line, the column of the token, and a hint.
 
+Limits, each a declaration error naming the line, what was expected and what was received:
+numbers are finite and at most float32's largest (3.4028235e38) in magnitude, also after folding
+(``2 * 1e38``); no division by a number that is (or folds to) zero; every feature size and each
+side of a parameter is at most 2**31 - 1 (``MAX_SIZE``), a parameter holds at most 2**48
+elements; an expression is at most 200 levels deep (``MAX_NESTING``; a sum of n terms is n
+levels); outputs and next values must be per-example (not computed from parameters alone).
+Parsing is linear in the text (10,000 equations in about 1.5 s).
+
+Names are read as Python reads identifiers, NFKC-normalized (``ℎ`` is ``h``), in equations,
+header lines and arguments alike. Non-ASCII names are fine (backends mangle symbol names,
+``codegen/mangle.py``). Two warnings (``graphrnn.errors.EquationWarning`` subclasses, reported at
+the equation's file and line) catch what parses but is probably not meant: ``UnusedNameWarning``
+for an input or state nothing depends on, and ``ConfusableNameWarning`` for names that differ
+only by lookalike letters of other scripts (Cyrillic ``һ`` and Latin ``h``, Greek ``α`` and
+``a``), which would otherwise make a learned parameter of a misspelt state.
+
 Every IR node built from an equation records that equation's line as its creation site, so later
 errors (in autodiff, a backend, the interpreter) point back to the equation text.
 """
@@ -58,15 +74,25 @@ from __future__ import annotations
 
 import ast
 import difflib
+import math
 import re
+import unicodedata
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from graphrnn.errors import EquationError, GraphRNNError, ShapeError
+from graphrnn.errors import (
+    ConfusableNameWarning,
+    EquationError,
+    GraphRNNError,
+    ShapeError,
+    UnusedNameWarning,
+)
 from graphrnn.ir import (
     FLOATS,
+    B,
     Cell,
     Node,
     Site,
@@ -106,6 +132,22 @@ _HEADER = re.compile(r"^(input|inputs|state|states|param|params|output|outputs|n
                      r"\s+([^\W\d].*)$")
 _CELL_COMMENT = re.compile(r"^#\s*cell\s*:\s*(\S+)\s*$")
 _TYPO_CUTOFF = 0.8
+# The largest feature size (and each side of a parameter): 2**31 - 1, the int32 sizes BLAS,
+# cuBLAS and the CUDA kernels take. A parameter also holds at most 2**48 elements, so its byte
+# count fits an int64 with room to spare. Anything larger is a typo, not a model.
+MAX_SIZE = 2**31 - 1
+MAX_PARAM_ELEMENTS = 2**48
+# The largest magnitude of a number in an equation: float32's largest finite value, since a
+# cell declared once may be compiled at float32 (1e39 there would silently be inf).
+MAX_CONSTANT = 3.4028234663852886e38
+# The deepest expression one equation may hold (a sum of n terms is n levels deep). The checker
+# and the IR builder recurse a few frames per level; 200 levels stay well inside Python's
+# default recursion limit wherever the parser is called from. Deeper is rejected up front.
+MAX_NESTING = 200
+# Up to this many defined names a free name is compared with every one of them (difflib);
+# beyond it only with the names one edit away (``_NearNames``), which keeps a generated file of
+# 10,000 equations linear instead of 10,000 x 10,000 comparisons.
+_TYPO_EXHAUSTIVE = 200
 
 # what the common rejected constructs are called in messages, with a hint
 _REJECTED: dict[type, tuple[str, str]] = {
@@ -141,9 +183,11 @@ class _Line:
             col = self.indent + node.col_offset
         return EquationError(msg, filename, self.lineno, col, self.text)
 
-    def segment(self, node: ast.AST) -> str:
+    def segment(self, node: ast.AST, whole: bool = False) -> str:
         seg = ast.get_source_segment(self.text[self.indent:], node)
-        return seg if seg is not None else ast.dump(node)
+        seg = seg if seg is not None else ast.dump(node)
+        # messages quote the token, not a 100 kB expression
+        return seg if whole or len(seg) <= 80 else f"{seg[:50]} ... {seg[-20:]}"
 
 
 @dataclass
@@ -201,13 +245,114 @@ class _Dims:
         return None
 
 
+# Letters of other scripts that look like Latin ones (the common cases of Unicode's
+# confusables.txt for Cyrillic and Greek); a name's skeleton replaces them, so two names with one
+# skeleton look alike. Compatibility forms (ℎ, h₁, ﬁ) need no entry: Python's parser already
+# NFKC-normalizes identifiers, and so do header lines and arguments here.
+_LOOKALIKE = str.maketrans({
+    # Cyrillic
+    "а": "a", "в": "B", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "һ": "h",
+    "і": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ӏ": "l",
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C",
+    "Т": "T", "Х": "X", "У": "Y", "І": "I", "Ј": "J", "Ѕ": "S", "Ԛ": "Q", "Ԝ": "W", "Ү": "Y",
+    # Greek
+    "α": "a", "ο": "o", "ν": "v", "ι": "i", "κ": "k", "ρ": "p", "υ": "u", "χ": "x", "ϲ": "c",
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
+    "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
+    # Latin lookalikes of Latin letters
+    "ı": "i", "ȷ": "j", "ɡ": "g",
+})
+
+
+def _skeleton(name: str) -> str:
+    return name.translate(_LOOKALIKE)
+
+
+def _foreign_letters(name: str) -> str:
+    """The characters of ``name`` that the skeleton replaces, named (for the warning)."""
+    odd = [ch for ch in dict.fromkeys(name) if ch.translate(_LOOKALIKE) != ch]
+    return ", ".join(f"{ch!r} U+{ord(ch):04X} {unicodedata.name(ch, '?')}" for ch in odd)
+
+
+class _NearNames:
+    """The candidates of the typo check. Each name is filed under itself and under every
+    one-character deletion of itself, so two names one insertion, deletion, substitution or
+    adjacent transposition apart share a key (symmetric deletion, as in SymSpell)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(dict.fromkeys(names))
+        self.index: dict[str, list[str]] = {}
+        if len(self.names) > _TYPO_EXHAUSTIVE:
+            for nm in self.names:
+                for key in self._keys(nm):
+                    self.index.setdefault(key, []).append(nm)
+
+    @staticmethod
+    def _keys(nm: str) -> set[str]:
+        return {nm} | {nm[:i] + nm[i + 1:] for i in range(len(nm))}
+
+    def close(self, nm: str) -> list[str]:
+        """The defined name most like ``nm`` (difflib ratio >= _TYPO_CUTOFF), if any."""
+        if len(self.names) <= _TYPO_EXHAUSTIVE:
+            cands = self.names
+        else:
+            # get_close_matches breaks ties by the names themselves, so order is irrelevant
+            cands = list({c for key in self._keys(nm) for c in self.index.get(key, ())})
+        return difflib.get_close_matches(nm, cands, n=1, cutoff=_TYPO_CUTOFF)
+
+
+def _nfkc(name: Any) -> Any:
+    """Names as Python's parser reads them: it NFKC-normalizes identifiers (``ℎ`` is ``h``,
+    ``ﬁ`` is ``fi``), so header and argument names are normalized the same way to match. (It
+    rejects ``h₁``: subscript digits are not identifier characters, here neither.)"""
+    return unicodedata.normalize("NFKC", name) if isinstance(name, str) else name
+
+
+def _too_big(size: int) -> str | None:
+    """Why a positive size is out of bounds, or None."""
+    if size > MAX_SIZE:
+        return f"expected at most {MAX_SIZE} (2**31 - 1) features, got {_show_int(size)}"
+    return None
+
+
 def _check_size(kind: str, name: str, size: Any, filename: str) -> int:
     if not isinstance(name, str) or not name.isidentifier():
-        raise EquationError(f"{kind} name must be an identifier, got {name!r}", filename)
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-        raise EquationError(f"{kind} {name!r}: size must be a positive int, got {size!r}",
+        raise EquationError(f"{kind} name must be an identifier, got {_show_literal(name)!r}",
                             filename)
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise EquationError(f"{kind} {name!r}: size must be a positive int, got "
+                            f"{_show_value(size)}", filename)
+    why = _too_big(size)
+    if why:
+        raise EquationError(f"{kind} {name!r}: size too large: {why}", filename)
     return size
+
+
+def _digits(val: str) -> int | None:
+    """An ASCII decimal literal as an int, None if it is not one (``\\d`` and str.isdigit take
+    other scripts' digits, and '²'.isdigit() is True but int('²') fails)."""
+    return int(val) if re.fullmatch(r"[0-9]+", val) else None
+
+
+def _show_int(n: int) -> str:
+    """An int for a message; str() of one past 4300 digits raises ValueError."""
+    digits = int(n.bit_length() * 0.30103) + 1
+    return _show_literal(str(n)) if digits < 4000 else f"an integer of about {digits} digits"
+
+
+def _show_value(v: Any) -> str:
+    """repr() of a user-given value for a message, shortened; repr of a 5000-digit int raises."""
+    try:
+        return str(_show_literal(repr(v)))
+    except ValueError:
+        return "an integer of thousands of digits"
+
+
+def _show_literal(text: Any) -> Any:
+    """A literal for a message: long ones shortened (a 400-digit number is not worth echoing)."""
+    if not isinstance(text, str):
+        return text
+    return text if len(text) <= 40 else f"{text[:12]}...{text[-6:]} ({len(text)} characters)"
 
 
 class _Parser:
@@ -228,17 +373,20 @@ class _Parser:
         self.assigned: dict[str, _Line] = {}
 
         for k, v in inputs.items():
-            self._declare(self.inputs, "input", k, _check_size("input", k, v, filename), None)
+            size = _check_size("input", k, v, filename)
+            self._declare(self.inputs, "input", _nfkc(k), size, None)
         for k, v in states.items():
-            self._declare(self.states, "state", k, _check_size("state", k, v, filename), None)
+            size = _check_size("state", k, v, filename)
+            self._declare(self.states, "state", _nfkc(k), size, None)
         for k, v in (params or {}).items():
-            self._declare_param(k, v, None)
+            self._declare_param(_nfkc(k), v, None)
         if outputs is not None:
             for o in [outputs] if isinstance(outputs, str) else list(outputs):
-                self.outputs.append((o, None))
+                self.outputs.append((_nfkc(o), None))
         for s, n in (next_states or {}).items():
-            self.next_states[s] = (n, None)
+            self.next_states[_nfkc(s)] = (_nfkc(n), None)
         self._split_lines(text)
+        self._check_assigned_leaves()
 
     # ---- errors ----
     def err(self, line: _Line | None, msg: str, node: ast.AST | None = None,
@@ -273,8 +421,15 @@ class _Parser:
               and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape))
         if not isinstance(name, str) or not name.isidentifier() or not ok:
             raise self.err(line, f"param {name!r}: shape must be (out, in) of positive ints or "
-                                 f"an int n for a vector (1, n), got {shape!r}")
+                                 f"an int n for a vector (1, n), got {_show_value(shape)}")
         shape = (int(shape[0]), int(shape[1]))
+        why = next((w for w in map(_too_big, shape) if w), None)
+        if why is None and shape[0] * shape[1] > MAX_PARAM_ELEMENTS:
+            why = (f"expected at most {MAX_PARAM_ELEMENTS} (2**48) elements, got {shape[0]} x "
+                   f"{shape[1]} = {shape[0] * shape[1]}")
+        if why:
+            raise self.err(line, f"param {name!r}: shape too large: {why}",
+                           col=line.text.find(name) if line else None)
         if name in self.param_shapes and self.param_shapes[name] != shape:
             raise self.err(line, f"param {name!r} is declared twice with different shapes "
                                  f"{self.param_shapes[name]} and {shape}")
@@ -300,8 +455,9 @@ class _Parser:
             self._equation(line)
 
     def _set_name(self, name: str, line: _Line) -> None:
+        name = _nfkc(name)
         if not name.isidentifier():
-            raise self.err(line, f"cell name must be an identifier, got {name!r}",
+            raise self.err(line, f"cell name must be an identifier, got {_show_literal(name)!r}",
                            col=line.text.find(name))
         if self.name is None:
             self.name = name
@@ -314,37 +470,52 @@ class _Parser:
         items = [s.strip() for s in _split_top(rest)]
         if kw in ("output", "outputs"):
             for it in items:
+                it = _nfkc(it)
                 if not it.isidentifier():
-                    raise self.err(line, f"output: expected a name, got {it!r}", col=col)
+                    raise self.err(line, f"output: expected a name, got {_show_literal(it)!r}",
+                                   col=col)
                 self.outputs.append((it, line))
             return
         for it in items:
-            m = re.fullmatch(r"(\w+)\s*:\s*(.+)", it)
+            # [^\s:] rather than \w: identifiers may hold characters \w does not match, such as
+            # the combining accent of an 'état' typed decomposed (e + U+0301); NFKC composes it
+            m = re.fullmatch(r"([^\s:]+)\s*:\s*(.+)", it)
             if not m or not m.group(1).isidentifier():
                 example = {"next": "next h: hn", "param": "param W: 20 x 10",
                            "params": "param W: 20 x 10"}.get(kw, f"{kw.rstrip('s')} x: 10")
                 raise self.err(line, f"malformed {kw} line: expected NAME: SIZE items, got "
-                                     f"{it!r}; e.g. '{example}'", col=col)
-            nm, val = m.group(1), m.group(2).strip()
+                                     f"{_show_literal(it)!r}; e.g. '{example}'", col=col)
+            nm, val = _nfkc(m.group(1)), m.group(2).strip()
+            if len(val) > 1000 and kw != "next":
+                # int() refuses 4300+ digits (ValueError) and no size needs this many
+                raise self.err(line, f"{kw} {nm}: expected a size, got "
+                                     f"{_show_literal(val)!r}", col=line.text.find(val, col))
             if kw == "next":
+                val = _nfkc(val)
                 if not val.isidentifier():
                     raise self.err(line, f"next {nm}: expected the name of its next value, got "
-                                         f"{val!r}", col=col)
+                                         f"{_show_literal(val)!r}", col=col)
                 self.next_states[nm] = (val, line)
             elif kw in ("input", "inputs", "state", "states"):
-                if not val.isdigit() or int(val) <= 0:
+                size = _digits(val)
+                if size is None or size <= 0:
                     raise self.err(line, f"{kw} {nm}: size must be a positive integer, got "
-                                         f"{val!r}", col=line.text.find(val, col))
+                                         f"{_show_literal(val)!r}", col=line.text.find(val, col))
+                why = _too_big(size)
+                if why:
+                    raise self.err(line, f"{kw} {nm}: size too large: {why}",
+                                   col=line.text.find(val, col))
                 table = self.inputs if kw.startswith("input") else self.states
-                self._declare(table, kw.rstrip("s"), nm, int(val), line)
+                self._declare(table, kw.rstrip("s"), nm, size, line)
             else:
-                pm = re.fullmatch(r"\(?\s*(\d+)\s*(?:[,x×]\s*(\d+))?\s*\)?", val)
+                # ASCII digits only: \d would take other scripts' digits too
+                pm = re.fullmatch(r"\(?\s*([0-9]+)\s*(?:[,x×]\s*([0-9]+))?\s*\)?", val)
                 if not pm:
                     raise self.err(line, f"param {nm}: expected a shape like '20 x 10', "
-                                         f"'(20, 10)' or '20', got {val!r}",
+                                         f"'(20, 10)' or '20', got {_show_literal(val)!r}",
                                    col=line.text.find(val, col))
-                shape: Any = (int(pm.group(1)), int(pm.group(2))) if pm.group(2) else \
-                    int(pm.group(1))
+                dims = [_digits(g) for g in pm.groups() if g is not None]
+                shape: Any = tuple(dims) if len(dims) == 2 else dims[0]
                 self._declare_param(nm, shape, line)
 
     def _equation(self, line: _Line) -> None:
@@ -359,11 +530,25 @@ class _Parser:
                      "ₜ": "drop the time subscript: a state is "
                      "h_{t-1}, its next value h_next"}
             hint = next((f" ({h})" for ch, h in hints.items() if ch in src), "")
+            if "too many nested parentheses" in e.msg:
+                raise self.err(line, "expression is too deeply nested: expected at most "
+                                     f"{MAX_NESTING} levels, got more parentheses, brackets or "
+                                     "calls than Python's parser accepts (about 200); split it "
+                                     "over several equations", col=col) from None
+            if "integer string conversion" in e.msg:
+                # Python refuses int literals of 4300+ digits; say it in this file's terms
+                raise self.err(line, "number out of range: expected a finite number of "
+                                     f"magnitude at most {MAX_CONSTANT:.8g} (float32's "
+                                     "largest), got an integer literal of thousands of digits",
+                               col=col) from None
             raise self.err(line, f"syntax error: {e.msg}{hint}; expected NAME = EXPRESSION",
                            col=col) from None
         except (RecursionError, MemoryError, ValueError) as e:
-            raise self.err(line, f"cannot parse this line ({type(e).__name__}); it is too "
-                                 "deeply nested or malformed", col=line.indent) from None
+            # Python's own parser gives up on very deep expressions this way
+            raise self.err(line, f"cannot parse this line ({type(e).__name__} in Python's "
+                                 f"parser): expected an expression at most {MAX_NESTING} levels "
+                                 "deep, got one nested too deeply or malformed; split it over "
+                                 "several equations", col=line.indent) from None
         if len(tree.body) != 1:
             raise self.err(line, "one equation per line: found "
                                  f"{len(tree.body)} statements", tree.body[1]
@@ -392,16 +577,26 @@ class _Parser:
         if nm in FUNCTIONS:
             raise self.err(line, f"'{nm}' is a function name and cannot be assigned", target)
         if nm in self.inputs or nm in self.states:
-            kind = "input" if nm in self.inputs else "state"
-            hint = f"; name its next value {nm}_next" if kind == "state" else ""
-            raise self.err(line, f"cannot assign to {kind} {nm!r}: inputs and states are "
-                                 f"given each step{hint}", target)
+            raise self._assigned_leaf(nm, line, target)
         if nm in self.assigned:
             raise self.err(line, f"reassignment of {nm!r} (first assigned on line "
                                  f"{self.assigned[nm].lineno}); each name is assigned once "
                                  "per step: use a new name", target)
         self.assigned[nm] = line
         self.equations.append((line, stmt))
+
+    def _assigned_leaf(self, nm: str, line: _Line, target: ast.AST) -> EquationError:
+        kind = "input" if nm in self.inputs else "state"
+        hint = f"; name its next value {nm}_next" if kind == "state" else ""
+        return self.err(line, f"cannot assign to {kind} {nm!r}: inputs and states are "
+                              f"given each step{hint}", target)
+
+    def _check_assigned_leaves(self) -> None:
+        """Headers may come anywhere: 'h = x' above 'state h: 4' is caught once all are read."""
+        for line, stmt in self.equations:
+            nm = stmt.targets[0].id  # type: ignore[attr-defined]
+            if nm in self.inputs or nm in self.states:
+                raise self._assigned_leaf(nm, line, stmt.targets[0])
 
 
 def _split_top(s: str) -> list[str]:
@@ -432,6 +627,8 @@ class _Checker:
         self.params: dict[str, _Param] = {}
         self.concats: list[_Expr] = []
         self.defined_at: dict[str, int] = {}    # assigned name -> line number, once checked
+        # every defined name is known before pass 1 starts: index them once
+        self.near = _NearNames(list(p.inputs) + list(p.states) + list(p.assigned))
         for nm, size in list(p.inputs.items()) + list(p.states.items()):
             self.vars[nm] = self.dims.new(size)
         self.trees: list[tuple[str, _Line, _Expr]] = []
@@ -446,24 +643,33 @@ class _Checker:
             self.defined_at[nm] = line.lineno
             self.trees.append((nm, line, e))
 
-    def unify(self, a: int, b: int, line: _Line, node: ast.AST, what: str) -> None:
+    def unify(self, a: int, b: int, line: _Line, node: ast.AST, what: Callable[[], str]) -> None:
+        # the message is built only on a conflict: source segments cost a scan of the line
         bad = self.dims.unify(a, b)
         if bad is not None:
-            raise self.p.err(line, f"shape mismatch in '{line.segment(node)}': {what}", node)
+            raise self.p.err(line, f"shape mismatch in '{line.segment(node)}': {what()}", node)
 
     def expr(self, node: ast.AST, line: _Line, target: str) -> _Expr:
+        # every level of nesting takes at least one character: short lines need no count
+        if len(line.text) > MAX_NESTING and _depth(node, MAX_NESTING) > MAX_NESTING:
+            raise self.p.err(line, f"expression is too deeply nested: expected at most "
+                                   f"{MAX_NESTING} levels (a sum of n terms is n levels), got "
+                                   f"more than {MAX_NESTING}; split it over several equations",
+                             node)
         try:
             return self._expr(node, line, target)
-        except RecursionError:
-            raise self.p.err(line, "expression is too deeply nested", node) from None
+        except RecursionError:  # a caller already deep in its own stack
+            raise self.p.err(line, "expression is too deeply nested for the current stack; "
+                                   "split it over several equations", node) from None
 
     def _expr(self, node: ast.AST, line: _Line, target: str) -> _Expr:
         p = self.p
         if isinstance(node, ast.Constant):
             v = node.value
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise p.err(line, f"only numbers are allowed as constants, got {v!r}", node)
-            return _Expr("num", node, line, None, float(v))
+                raise p.err(line, f"only numbers are allowed as constants, got {_show_value(v)}",
+                            node)
+            return _Expr("num", node, line, None, self.number(v, line, node))
         if isinstance(node, ast.Name):
             return self.name(node, line, target)
         if isinstance(node, ast.UnaryOp):
@@ -474,7 +680,7 @@ class _Checker:
             if isinstance(node.op, ast.UAdd):
                 return a
             if a.dim is None:
-                return _Expr("num", node, line, None, -a.value)
+                return _Expr("num", node, line, None, -a.value)  # same magnitude: in bounds
             return _Expr("neg", node, line, a.dim, None, [a])
         if isinstance(node, ast.BinOp):
             return self.binop(node, line, target)
@@ -530,8 +736,7 @@ class _Checker:
             raise self.p.err(line, f"{nm!r} is not an input or a state, but {nm}_next is "
                                    f"assigned: declare the state ('state {nm}: SIZE' or "
                                    f"states={{{nm!r}: SIZE}})", node)
-        known = list(self.p.inputs) + list(self.p.states) + list(self.p.assigned)
-        close = difflib.get_close_matches(nm, known, n=1, cutoff=_TYPO_CUTOFF)
+        close = self.near.close(nm)
         if close:
             raise self.p.err(line, f"undefined name {nm!r}; did you mean {close[0]!r}? (if "
                                    f"{nm!r} is a parameter, declare it: 'param {nm}: SIZE' or "
@@ -602,7 +807,7 @@ class _Checker:
                                   "per-example value, not a number", node.right)
             assert prm.inn is not None
             self.unify(prm.inn, v.dim, line, node,
-                       f"{prm.name} takes {self._show(prm.inn)} but "
+                       lambda: f"{prm.name} takes {self._show(prm.inn)} but "
                        f"'{line.segment(node.right)}' has {self._show(v.dim)}")
             w = _Expr("name", node.left, line, None, prm.name)
             return _Expr("matmul", node, line, prm.out, None, [w, v])
@@ -626,10 +831,14 @@ class _Checker:
                 raise p.err(line, "division by the number zero", node)
             val = {Ops.ADD: a.value + b.value, Ops.SUB: a.value - b.value,
                    Ops.MUL: a.value * b.value}.get(op, a.value / b.value if b.value else 0.0)
-            return _Expr("num", node, line, None, val)
+            return _Expr("num", node, line, None, self.folded(val, line, node))
+        if op is Ops.DIV and b.dim is None and b.value == 0:
+            # h / 0 would be a constant 0 in the IR and inf (or nan) at every element
+            raise p.err(line, f"division by the number zero in '{line.segment(node)}': expected "
+                              "a nonzero divisor", node.right)
         if a.dim is not None and b.dim is not None:
             self.unify(a.dim, b.dim, line, node,
-                       f"'{line.segment(node.left)}' has {self._show(a.dim)} but "
+                       lambda: f"'{line.segment(node.left)}' has {self._show(a.dim)} but "
                        f"'{line.segment(node.right)}' has {self._show(b.dim)}")
         dim = a.dim if a.dim is not None else b.dim
         return _Expr("bin", node, line, dim, op, [a, b])
@@ -665,8 +874,28 @@ class _Checker:
         for a in args[1:]:
             if a.dim is not None and args[0].dim is not None:
                 self.unify(args[0].dim, a.dim, line, node,
-                           f"the arguments of {fn}() differ in size")
+                           lambda: f"the arguments of {fn}() differ in size")
         return _Expr("call", node, line, dims[0], fn, args)
+
+    def number(self, v: int | float, line: _Line, node: ast.AST) -> float:
+        """A literal as a float within MAX_CONSTANT (float(10**400) raises OverflowError, 1e999
+        is inf, and 1e39 is inf once compiled at float32)."""
+        big = isinstance(v, int) and abs(v) > MAX_CONSTANT
+        f = v if isinstance(v, float) else (math.inf if big else float(v))
+        if not abs(f) <= MAX_CONSTANT:  # also nan, which a literal cannot be, but be sure
+            raise self.p.err(line, "number out of range: expected a finite number of magnitude "
+                                   f"at most {MAX_CONSTANT:.8g} (float32's largest), got "
+                                   f"{_show_literal(line.segment(node, whole=True))}", node)
+        return f
+
+    def folded(self, v: float, line: _Line, node: ast.AST) -> float:
+        """A folded constant (2 * 0.5) within MAX_CONSTANT: 1e300 * 1e300 is inf."""
+        if not abs(v) <= MAX_CONSTANT:
+            raise self.p.err(line, f"the numbers in '{_show_literal(line.segment(node))}' "
+                                   "fold to a value out of range: expected a finite number of "
+                                   f"magnitude at most {MAX_CONSTANT:.8g} (float32's "
+                                   f"largest), got {v}", node)
+        return v
 
     def _show(self, dim: int) -> str:
         v = self.dims.get(dim)
@@ -719,17 +948,38 @@ class _Checker:
                     shape = f"({out if out is not None else 'out'}, " \
                             f"{inn if inn is not None else 'in'})"
                 else:
-                    which, shape = "size", "n"
+                    which, shape = "vector", "n"
                 raise p.err(line, f"cannot infer the {which} size of parameter {prm.name!r}: no "
                                   f"equation fixes it; pass params={{{prm.name!r}: {shape}}} or "
                                   f"a line 'param {prm.name}: ...'", node)
         for name, line, e in self.trees:
             if self.dims.get(e.dim) is None:  # type: ignore[arg-type]
                 raise p.err(line, f"cannot infer the size of {name!r}", col=line.indent)
+        self.check_bounds()
         unused = set(p.param_shapes) - set(self.params)
         if unused:
             raise EquationError(f"shapes given for parameters {sorted(unused)} that no equation "
                                 "uses", p.filename)
+
+    def check_bounds(self) -> None:
+        """Inferred sizes within MAX_SIZE: declared ones are checked where they are read, but a
+        concatenation adds sizes up ([h, h] of two 2**30 states)."""
+        p = self.p
+        for e in self.concats:
+            why = _too_big(self.dims.get(e.dim) or 0)  # type: ignore[arg-type]
+            if why:
+                raise p.err(e.line, f"size too large in '{_show_literal(e.line.segment(e.node))}'"
+                                    f": {why}", e.node)
+        for prm in self.params.values():
+            out = self.dims.get(prm.out) or 1
+            inn = (self.dims.get(prm.inn) if prm.inn is not None else 1) or 1
+            why = _too_big(out) or _too_big(inn)
+            if why is None and out * inn > MAX_PARAM_ELEMENTS:
+                why = (f"expected at most {MAX_PARAM_ELEMENTS} (2**48) elements, got {out} x "
+                       f"{inn} = {out * inn}")
+            if why:
+                line, node = prm.first
+                raise p.err(line, f"parameter {prm.name!r} is too large: {why}", node)
 
     def next_map(self) -> dict[str, tuple[str, _Line | None]]:
         p = self.p
@@ -756,6 +1006,19 @@ class _Checker:
         hint = f"; did you mean {close[0]!r}?" if close else f"; defined names: {known}"
         col = line.text.find(nm) if line else None
         return self.p.err(line, f"undefined name {nm!r} given as the {role}{hint}", col=col)
+
+
+def _depth(node: ast.AST, limit: int) -> int:
+    """The nesting depth of an expression, without recursion; stops counting past ``limit``."""
+    best, stack = 0, [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        best = max(best, d)
+        if best > limit:
+            break
+        stack.extend((c, d + 1) for c in ast.iter_child_nodes(n)
+                     if not isinstance(c, (ast.expr_context, ast.operator, ast.unaryop)))
+    return best
 
 
 def _op_text(op: ast.AST) -> str:
@@ -789,7 +1052,9 @@ class _Builder:
         for nm, line, e in c.trees:
             node = self.build(e)
             self.values[nm] = node
-            for n in toposort([node]):
+            # a claimed node's sources are claimed already: stop there, so claiming the sites
+            # of N chained equations is linear in the graph, not a walk of it per equation
+            for n in toposort([node], stop=self.claimed):
                 self._claim(n, line)
 
     def _claim(self, n: Node, line: _Line) -> None:
@@ -831,6 +1096,57 @@ class _Builder:
         raise AssertionError(k)
 
 
+def _warn(msg: str, category: type[Warning], filename: str, line: _Line | None) -> None:
+    # warn_explicit: the warning is reported at the equation's file and line, not at ours
+    where = f"{filename}:{line.lineno}" if line else filename
+    warnings.warn_explicit(f"{where}: {msg}", category, filename, line.lineno if line else 0)
+
+
+def _warn_unused(p: _Parser, cell: Cell) -> None:
+    """An input or state nothing depends on: usually a name that was meant to be it was spelt
+    differently (another script's letter) and became a parameter."""
+    used = set(cell.nodes())
+    for kind, leaves in (("input", cell.inputs), ("state", cell.states)):
+        for n in leaves:
+            if n in used:
+                continue
+            line = p.leaf_line.get(n.arg)
+            declared = (f"declared on line {line.lineno}" if line else
+                        f"declared by the {kind}s= argument")
+            _warn(f"{kind} {n.arg!r} ({declared}) is never used: expected the equations to read "
+                  f"it, got no equation that does (is it spelt differently where it is used?)",
+                  UnusedNameWarning, p.filename, line)
+
+
+def _warn_confusable(p: _Parser, c: _Checker) -> None:
+    """Names that differ only by lookalike letters of other scripts."""
+    where: dict[str, tuple[str, _Line | None]] = {}
+    for nm in p.inputs:
+        where[nm] = ("input", p.leaf_line.get(nm))
+    for nm in p.states:
+        where[nm] = ("state", p.leaf_line.get(nm))
+    for nm, line in p.assigned.items():
+        where[nm] = ("value", line)
+    for nm, prm in c.params.items():
+        where[nm] = ("parameter", prm.first[0])
+    groups: dict[str, list[str]] = {}
+    for nm in where:
+        groups.setdefault(_skeleton(nm), []).append(nm)
+    for names in groups.values():
+        if len(names) < 2:
+            continue
+        # report at the name with foreign letters (usually the mistake), else the last one
+        odd = [n for n in names if _skeleton(n) != n] or names[-1:]
+        culprit = odd[-1]
+        kind, line = where[culprit]
+        others = ", ".join(f"{where[n][0]} {n!r}"
+                           + (f" (line {where[n][1].lineno})" if where[n][1] else "")
+                           for n in names if n != culprit)
+        _warn(f"{kind} {culprit!r} looks like {others} but is a different name: expected one "
+              f"script per name, got {_foreign_letters(culprit) or 'lookalike letters'}",
+              ConfusableNameWarning, p.filename, line)
+
+
 def cell_from_equations(text: str, inputs: Mapping[str, int] | None = None,
                         states: Mapping[str, int] | None = None,
                         outputs: Sequence[str] | str | None = None,
@@ -865,9 +1181,22 @@ def cell_from_equations(text: str, inputs: Mapping[str, int] | None = None,
             if o not in c.vars:
                 raise c.undefined(o, line, "output")
         b = _Builder(c, dtype)
+        roles = [(nxt[s][0], f"next value of state {s!r}") for s in p.states] + \
+            [(o, "output") for o in out_names]
+        for nm, role in roles:
+            if b.value(nm).shape[0] != B:
+                # an intermediate value may be per-parameter (broadcast where it is used), but
+                # what leaves the step must have one row per example
+                line = p.assigned.get(nm) or p.leaf_line.get(nm)
+                raise p.err(line, f"{nm!r} is the {role} but is computed from parameters and "
+                                  f"numbers only: expected a per-example value (B, n), got "
+                                  f"{b.value(nm).shape}; combine it with an input or a state",
+                            col=line.indent if line else None)
         cell = Cell.make([b.leaves[n] for n in p.inputs], [b.leaves[n] for n in p.states],
                          [b.value(o) for o in out_names],
                          [b.value(nxt[s][0]) for s in p.states], p.name or "cell", out_names)
+        _warn_unused(p, cell)
+        _warn_confusable(p, c)
     return cell
 
 

@@ -18,6 +18,7 @@ from .autodiff import BackwardCell, backward_cell, vjp
 from .errors import (
     BackendError,
     EquationError,
+    EquationWarning,
     GraphError,
     GraphRNNError,
     ModuleUsageError,
@@ -48,6 +49,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["B", "BackendError", "explain", "BackwardCell", "Cell", "CompiledCell", "EquationError",
-           "GraphError", "GraphRNNError", "Grads", "GroupOp", "ModuleUsageError", "Node", "Ops",
-           "Residuals", "RuntimeInputError", "ShapeError", "apply", "backward_cell", "compile",
-           "const", "init_params", "input_", "param", "state", "vjp", "__version__"]
+           "EquationWarning", "GraphError", "GraphRNNError", "Grads", "GroupOp",
+           "ModuleUsageError", "Node", "Ops", "Residuals", "RuntimeInputError", "ShapeError",
+           "apply", "backward_cell", "compile", "const", "init_params", "input_", "param", "state",
+           "vjp", "__version__"]

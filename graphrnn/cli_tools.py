@@ -163,8 +163,11 @@ def _headers(text: str) -> tuple[list[tuple[str, int | None, int]],
         for item in m.group(2).split(","):
             nm, _, size = item.partition(":")
             if nm.strip().isidentifier():
-                table.append((nm.strip(), int(size) if size.strip().isdigit() else None,
-                              lineno))
+                # ASCII digits, a bounded count: '²'.isdigit() is True but int('²') raises, and
+                # int() refuses 4300+ digits; the frontend reports a bad size with its line
+                digits = size.strip()
+                table.append((nm.strip(), int(digits) if re.fullmatch(r"[0-9]{1,18}", digits)
+                              else None, lineno))
     return inputs, states, named
 
 

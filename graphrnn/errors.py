@@ -20,6 +20,9 @@ class ModuleUsageError(GraphRNNError, TypeError):
     """A frontend object was used the wrong way (a Module where a Node is expected, ...)."""
 
 
+_SHOWN = 120  # characters of the offending line an EquationError shows
+
+
 class EquationError(GraphRNNError, SyntaxError):
     """A text equation could not be accepted; names the line and the token."""
 
@@ -32,11 +35,30 @@ class EquationError(GraphRNNError, SyntaxError):
         where = self.filename or "<equations>"
         if self.lineno is not None:
             where += f":{self.lineno}"
-        line = f"\n    {self.text.rstrip()}" if self.text else ""
+        text, offset = (self.text or "").rstrip(), self.offset or 0
+        if len(text) > _SHOWN:
+            # a window around the caret: a generated line can be megabytes long
+            start = max(0, min(offset - 1 - _SHOWN // 2, len(text) - _SHOWN))
+            end = start + _SHOWN
+            text = ("..." if start else "") + text[start:end] + ("..." if end < len(text) else "")
+            offset = offset - start + (3 if start else 0)
+        line = f"\n    {text}" if text else ""
         caret = ""
-        if self.text and self.offset:
-            caret = "\n    " + " " * (self.offset - 1) + "^"
+        if text and offset > 0:
+            caret = "\n    " + " " * (offset - 1) + "^"
         return f"{where}: {self.msg}{line}{caret}"
+
+
+class EquationWarning(UserWarning):
+    """A text equation was accepted but probably does not say what was meant; names the line."""
+
+
+class UnusedNameWarning(EquationWarning):
+    """A declared input or state that no output or next state depends on."""
+
+
+class ConfusableNameWarning(EquationWarning):
+    """Two different names of a cell that look alike (Cyrillic 'һ' and Latin 'h')."""
 
 
 class BackendError(GraphRNNError, RuntimeError):

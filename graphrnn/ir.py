@@ -16,6 +16,7 @@ import dataclasses
 import os
 import sys
 import weakref
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -496,7 +497,8 @@ class Cell:
                     raise GraphError(f"cell {self.name}: {kind}s must be {op.name} nodes, got "
                                      f"{n!r}")
         names = [n.arg for n in self.inputs + self.states]
-        dup = {x for x in names if names.count(x) > 1}
+        # Counter, not list.count: a generated cell may have thousands of names (quadratic)
+        dup = {x for x, k in Counter(names).items() if k > 1}
         if dup:
             raise GraphError(f"cell {self.name}: duplicate input/state names {sorted(dup)}")
         if not self.outputs and not self.next_states:
@@ -523,7 +525,7 @@ class Cell:
         elif set(self.params) != set(found):
             raise GraphError(f"cell {self.name}: declared params differ from the params used")
         pnames = [p.arg for p in self.params]
-        dup = {x for x in pnames if pnames.count(x) > 1}
+        dup = {x for x, k in Counter(pnames).items() if k > 1}
         if dup:
             raise GraphError(f"cell {self.name}: two parameters share the names {sorted(dup)} "
                              "with different shapes")

@@ -50,8 +50,10 @@ def compile_cell(cell: Cell, backend: str = DEFAULT_BACKEND, dtype: str | None =
     try:
         return compile(cell, "llvm", dtype, **options)
     except Exception as e:  # noqa: BLE001 - any failure of the fast path falls back, loudly
-        warnings.warn(f"llvm backend unavailable ({type(e).__name__}: {e}); using the slow "
-                      "'ref' backend", RuntimeWarning, stacklevel=2)
+        # on stderr through warnings; it names the cell and how to get the error instead
+        warnings.warn(f"cell {cell.name!r}: llvm backend unavailable ({type(e).__name__}: {e});"
+                      " using the slow 'ref' backend (pass backend='llvm', or --backend llvm, "
+                      "to get the error instead)", RuntimeWarning, stacklevel=2)
         return compile(cell, "ref", dtype, **options)
 
 
