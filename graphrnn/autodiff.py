@@ -101,12 +101,16 @@ def _vjp(n: Node, g: Node) -> list[Node | None]:
         return [da, db]
     if op is Ops.REDUCE:
         (x,) = n.src
-        kind, _axis = n.arg
+        kind, axis = n.arg
         ge = apply(Ops.EXPAND, g, arg=x.shape)
         if kind == "sum":
             return [ge]
-        # max: the cotangent goes where x equals the max (x <= max everywhere)
-        return [ge * (1.0 - IrF.cmpgt(apply(Ops.EXPAND, n, arg=x.shape), x))]
+        # max: the cotangent goes where x equals the max (x <= max everywhere), split evenly
+        # between tied elements as the elementwise max does (scalar.py's convention, PyTorch's
+        # and JAX's): giving each tie the whole of g would not be a subgradient
+        hit = 1.0 - IrF.cmpgt(apply(Ops.EXPAND, n, arg=x.shape), x)
+        ties = apply(Ops.EXPAND, apply(Ops.REDUCE, hit, arg=("sum", axis)), arg=x.shape)
+        return [ge * hit / ties]
     if op is Ops.EXPAND:
         (x,) = n.src
         out = g

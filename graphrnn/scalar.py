@@ -13,7 +13,7 @@ Kinks and ties, one convention on every backend (PyTorch's and JAX's): ``relu'(0
 at a tie ``max(a, b)`` sends ``g/2`` to each operand, so ``min(a, b) = -max(-a, -b)`` does too and
 ``|x| = max(x, -x)`` has derivative ``g/2 - g/2 = 0`` at 0 (sign(0) = 0). Written with ``cmpgt`` in
 both directions, the rule does not depend on operand order (simplify reorders commutative ops).
-A REDUCE max sends the whole ``g`` to every element equal to the max (``autodiff.py``).
+A REDUCE max splits ``g`` evenly between the elements equal to the max (``autodiff.py``).
 
 Non-finite values follow IEEE for the graph as written, on every backend: ``ref`` evaluates it
 literally and the optimizer's rewrites keep NaN and inf where they would appear (``x*0`` is folded

@@ -298,6 +298,23 @@ def test_ties_split_the_cotangent_evenly_on_every_backend(expr: str, dtype: str,
         np.testing.assert_array_equal(g.states[0][0], want_h, err_msg=f"{backend} d/dh")
 
 
+@needs_gxx
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_reduce_max_splits_the_cotangent_between_ties(dtype: str, tmp_path: Any) -> None:
+    """A row max sends g/k to each of its k tied elements (a subgradient), not g to each."""
+    cb = CellBuilder("rowmax", dtype=dtype)
+    x, h = cb.input("x", 4), cb.state("h", 1)
+    nxt = call(Ops.ADD, graphrnn.apply(Ops.REDUCE, x, arg=("max", 1)), h)
+    cell = cb.build(outputs=[nxt], next_states=[nxt])
+    xs = np.array([[[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0], [0.0, -1.0, 5.0, 4.0]]], dtype)
+    want = [[0, 0.5, 0.5, 0], [0.25, 0.25, 0.25, 0.25], [0, 0, 1, 0]]
+    for backend in BACKENDS:
+        cc = compiled(cell, backend, dtype, tmp_path)
+        _ys, _hT, res = cc.forward_train({}, [xs], [np.zeros((3, 1), dtype)])
+        g = cc.backward({}, res, [np.ones((1, 3, 1), dtype)])
+        np.testing.assert_array_equal(g.inputs[0][0], want, err_msg=f"{backend} d/dx")
+
+
 # ---- 4. random cells with non-finite inputs and ties, every backend against ref ----
 
 UNARY = (Ops.TANH, Ops.SIGMOID, Ops.RELU, Ops.EXP, Ops.LOG, Ops.SOFTPLUS, Ops.SQRT, Ops.NEG,
