@@ -326,8 +326,7 @@ class CudaBackend(CompiledCell):
 
     def step(self, params: dict[str, Any], x: Any, h: Any = None) -> tuple[list[Any], list[Any]]:
         with self._stream:   # conversions on this cell's stream, like everything else
-            xs = [self._dev(v, None)[None] for v in (x if isinstance(x, (list, tuple))
-                                                     else [x])]
+            xs = [self._dev(v, None)[None] for v in self._step_inputs(x)]
         ys, hT = self.forward(params, xs, h)
         return [y[0] for y in ys], hT
 

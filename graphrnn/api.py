@@ -465,11 +465,18 @@ class CompiledCell:
 
     def step(self, params: dict[str, np.ndarray], x: Any,
              h: Any = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        if isinstance(x, np.ndarray) or not isinstance(x, (list, tuple)):
-            x = [x]
-        xs = [np.asarray(v)[None] for v in x]
+        xs = [np.asarray(v)[None] for v in self._step_inputs(x)]
         ys, hT = self.forward(params, xs, h)
         return [y[0] for y in ys], hT
+
+    def _step_inputs(self, x: Any) -> list[Any]:
+        """``step``'s inputs, one array or a list, checked before they are indexed (so a ragged
+        list is a RuntimeInputError naming the input, not numpy's ValueError)."""
+        if isinstance(x, np.ndarray) or not isinstance(x, (list, tuple)):
+            x = [x]
+        names = [n.arg for n in self.cell.inputs] + [str(i) for i in range(len(x))]
+        return [checked_array(f"step: input {names[i]!r}", v, "an array (B, n)")
+                for i, v in enumerate(x)]
 
     def _forward(self, params: dict[str, np.ndarray], xs: list[np.ndarray],
                  h0: list[np.ndarray], save: bool) -> tuple[list[np.ndarray],

@@ -306,6 +306,14 @@ def test_arguments_of_the_wrong_kind_are_refused_by_name(make: Build, what: str)
         _bad_call(cc, what)
 
 
+def test_step_names_a_ragged_input(make: Build) -> None:
+    cc = _lstm(make)
+    params, _x, h0, _, _ = _data()
+    with pytest.raises(RuntimeInputError, match=r"step: input 'x': expected an array \(B, n\), "
+                                                r"got a list numpy cannot read"):
+        cc.step(params, [[[1.0, 2.0, 3.0], [1.0]]], h0)
+
+
 @pytest.mark.parametrize("ids", [np.float64, np.float32])
 def test_float_token_ids_are_refused_even_when_whole(make: Build, ids: type) -> None:
     """Floats used to be truncated to ids without a word (2.7 -> row 2)."""
