@@ -12,6 +12,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+# what the CLI tests train on (the ``corpus`` fixture): few distinct characters, repeated
+CORPUS_TEXT = "the cat sat on the mat. the dog sat on the log.\n" * 40
+
 # compiled backends against ref, per dtype (the cuda tests' bar: every value of a training call)
 TOL = {"float64": dict(rtol=1e-9, atol=1e-9), "float32": dict(rtol=1e-4, atol=1e-4)}
 

@@ -39,11 +39,6 @@ TOL = {"float32": dict(rtol=1e-4, atol=1e-5), "float64": dict(rtol=1e-9, atol=1e
 ORDERS = ("forward", "reversed", "shuffled")
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cuda_program")
-
-
 def rnn_program(I: int, H: int, dtype: str) -> Program:  # noqa: E741
     """h' = tanh(x W_x + h W_h + b), y = h'."""
     fwd = KernelDef("rnn_fwd", ScalarProgram(3, ((Ops.ADD, (0, 1), None),
