@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import sympy
+from helpers import assert_all_close
 
 import graphrnn
 from frontends import trace as tr
@@ -408,8 +409,7 @@ def _compare(c_eq, c_tr, p_eq, p_tr, I, seed=0):
     h0 = [rng.standard_normal((3, int(s.shape[1]))) for s in c_eq.states]
     a = graphrnn.compile(c_eq, "ref", dtype="float64").forward(p_eq, xs, h0)
     b = graphrnn.compile(c_tr, "ref", dtype="float64").forward(p_tr, xs, h0)
-    for u, v in zip(a[0] + a[1], b[0] + b[1], strict=True):
-        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+    assert_all_close(a[0] + a[1], b[0] + b[1], rtol=1e-12, atol=1e-12)
 
 
 def test_lstm_equations_equal_trace_lstm():
