@@ -1,5 +1,6 @@
-"""What the tests share to say "this backend equals ref": random sequences and cotangents for a
-cell, every result of a training call as one flat list, and the comparisons.
+"""What the tests share to say "this backend equals ref" and "these gradients are right":
+random sequences and cotangents for a cell, every result of a training call as one flat list,
+the comparisons, and a directional derivative by finite differences next to the backward's.
 
 Imported by name (``from helpers import ...``): pytest puts this directory on ``sys.path`` for
 the test files, and ``conftest.py`` itself cannot be imported by name. Fixtures are in
@@ -66,3 +67,30 @@ def close_to_scale(a: np.ndarray, b: np.ndarray, rtol: float, what: str) -> None
     cancel to near zero in places)."""
     scale = float(np.abs(b).max()) if b.size else 0.0
     np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * max(scale, 1e-6), err_msg=what)
+
+
+def fd_and_backward(cc: Any, params: dict[str, np.ndarray], xs: Sequence[np.ndarray],
+                    h0: Sequence[np.ndarray], dys: Sequence[np.ndarray],
+                    dhT: Sequence[np.ndarray], g: Any, dp: dict[str, np.ndarray] | None = None,
+                    dx: Sequence[np.ndarray] | None = None, dh: Sequence[np.ndarray] | None = None,
+                    eps: float = 1e-6) -> tuple[float, float]:
+    """The derivative of the loss ``<ys, dys> + <h_T, dhT>`` along the direction (dp, dx, dh)
+    (None: zero) twice: by central finite differences of ``cc.forward`` and from ``g``, the
+    gradients ``cc.backward`` gave for these cotangents. Token-id inputs are never moved."""
+    def loss(s: float) -> float:
+        p = {k: v + s * dp[k] for k, v in params.items()} if dp is not None else params
+        x = xs if dx is None else [v if v.dtype == np.int64 else v + s * d
+                                   for v, d in zip(xs, dx, strict=True)]
+        h = h0 if dh is None else [v + s * d for v, d in zip(h0, dh, strict=True)]
+        ys, hT = cc.forward(p, x, h)
+        return sum(float(np.vdot(a, b)) for a, b in zip([*ys, *hT], [*dys, *dhT], strict=True))
+
+    fd = (loss(eps) - loss(-eps)) / (2 * eps)
+    an = 0.0
+    if dp is not None:
+        an += sum(float(np.vdot(g.params[k], dp[k])) for k in params)
+    if dx is not None:
+        an += sum(float(np.vdot(a, d)) for a, d in zip(g.inputs, dx, strict=True))
+    if dh is not None:
+        an += sum(float(np.vdot(a, d)) for a, d in zip(g.states, dh, strict=True))
+    return fd, an

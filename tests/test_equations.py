@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import sympy
-from helpers import assert_all_close
+from helpers import assert_all_close, fd_and_backward
 
 import graphrnn
 from frontends import trace as tr
@@ -463,25 +463,12 @@ def adjoint_check(cell, T_=4, batch=2, seed=0, tol=1e-6):
     cy = [rng.standard_normal(y.shape) for y in ys]
     ch = [rng.standard_normal(h.shape) for h in hT]
     g = cc.backward(ps, res, cy, ch)
-
-    def loss(p, x, h):
-        ys, hT = cc.forward(p, x, h)
-        return sum(float((a * b).sum()) for a, b in zip(ys + hT, cy + ch, strict=True))
-
     tp = {k: rng.standard_normal(v.shape) for k, v in ps.items()}
     tx = [rng.standard_normal(x.shape) for x in xs]
     th = [rng.standard_normal(h.shape) for h in h0]
-    eps = 1e-6
-    checks = {
-        "params": (lambda s: ({k: ps[k] + s * tp[k] for k in ps}, xs, h0),
-                   sum(float((g.params[k] * tp[k]).sum()) for k in ps)),
-        "inputs": (lambda s: (ps, [x + s * t for x, t in zip(xs, tx, strict=True)], h0),
-                   sum(float((a * b).sum()) for a, b in zip(g.inputs, tx, strict=True))),
-        "states": (lambda s: (ps, xs, [h + s * t for h, t in zip(h0, th, strict=True)]),
-                   sum(float((a * b).sum()) for a, b in zip(g.states, th, strict=True))),
-    }
-    for what, (shift, analytic) in checks.items():
-        fd = (loss(*shift(eps)) - loss(*shift(-eps))) / (2 * eps)
+    for what, direction in {"params": dict(dp=tp), "inputs": dict(dx=tx),
+                            "states": dict(dh=th)}.items():
+        fd, analytic = fd_and_backward(cc, ps, xs, h0, cy, ch, g, **direction)
         assert abs(fd - analytic) <= tol * max(1.0, abs(analytic)), (what, fd, analytic)
 
 

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 from helpers import close_to_scale as close
-from helpers import cotangents, sequences
+from helpers import cotangents, fd_and_backward, sequences
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -76,22 +76,10 @@ def test_finite_differences_through_native_float64(name: str) -> None:
     ys, hT, res = cc.forward_train(params, xs, h0)
     d_ys = [rng.standard_normal(y.shape) for y in ys]
     d_hT = [rng.standard_normal(h.shape) for h in hT]
-
-    def loss(p: dict, x: list) -> float:
-        ys_, hT_ = cc.forward(p, x, h0)
-        return sum(float(np.sum(a * b)) for a, b in zip(ys_ + hT_, d_ys + d_hT))
-
     g = cc.backward(params, res, d_ys, d_hT)
     vp = {k: rng.standard_normal(v.shape) for k, v in params.items()}
     vx = [rng.standard_normal(x.shape) for x in xs]
-    eps = 1e-6
-    plus = loss({k: params[k] + eps * vp[k] for k in params}, [x + eps * v for x, v in
-                                                               zip(xs, vx)])
-    minus = loss({k: params[k] - eps * vp[k] for k in params}, [x - eps * v for x, v in
-                                                                zip(xs, vx)])
-    fd = (plus - minus) / (2 * eps)
-    an = sum(float(np.sum(g.params[k] * vp[k])) for k in params) + \
-        sum(float(np.sum(a * b)) for a, b in zip(g.inputs, vx))
+    fd, an = fd_and_backward(cc, params, xs, h0, d_ys, d_hT, g, dp=vp, dx=vx)
     assert fd == pytest.approx(an, rel=1e-6, abs=1e-8)
 
 
