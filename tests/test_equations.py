@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import sympy
-from helpers import assert_all_close, fd_and_backward
+from helpers import assert_all_close, cotangents, fd_and_backward, sequences
 
 import graphrnn
 from frontends import trace as tr
@@ -457,11 +457,9 @@ def adjoint_check(cell, T_=4, batch=2, seed=0, tol=1e-6):
     cc = graphrnn.compile(cell, "ref", dtype="float64")
     rng = np.random.default_rng(seed)
     ps = {k: v + 0.0 for k, v in cc.init_params(seed, scale=0.5).items()}
-    xs = [rng.standard_normal((T_, batch, int(n.shape[1]))) for n in cc.cell.inputs]
-    h0 = [0.5 * rng.standard_normal((batch, int(s.shape[1]))) for s in cc.cell.states]
-    ys, hT, res = cc.forward_train(ps, xs, h0)
-    cy = [rng.standard_normal(y.shape) for y in ys]
-    ch = [rng.standard_normal(h.shape) for h in hT]
+    xs, h0 = sequences(cc, T_, batch, rng)
+    _ys, _hT, res = cc.forward_train(ps, xs, h0)
+    cy, ch = cotangents(cc, T_, batch, rng)
     g = cc.backward(ps, res, cy, ch)
     tp = {k: rng.standard_normal(v.shape) for k, v in ps.items()}
     tx = [rng.standard_normal(x.shape) for x in xs]
