@@ -48,12 +48,12 @@ All loops go through ``for_range`` (the numba ``cgutils.for_range`` idea).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from llvmlite import ir
 
 from graphrnn.errors import BackendError
-from graphrnn.ops import Ops
+from graphrnn.ops import GroupOp, Ops
 from graphrnn.scalar import ScalarProgram
 
 I32 = ir.IntType(32)
@@ -326,47 +326,48 @@ class Math:
         return self.intrinsic("llvm.sqrt", x)
 
 
+def _cmp(m: Math, cond: ir.Value) -> ir.Value:
+    """1.0 where cond holds, else 0.0."""
+    return m.sel(cond, m.c(1.0), m.c(0.0))
+
+
+# op -> LLVM for one scalar value from its operand values: one row per op, the same rows as
+# ``cuda_render.OP_TABLE``. The cell's own arithmetic carries ``ELEMENTWISE`` flags; the
+# functions (``Math``'s methods) carry ``MATH`` inside their approximations.
+Emitter = Callable[[Math, Sequence[ir.Value]], ir.Value]
+OP_TABLE: dict[Ops, Emitter] = {
+    Ops.NEG: lambda m, a: m.b.fneg(a[0], flags=ELEMENTWISE),
+    Ops.EXP: lambda m, a: m.exp(a[0]),
+    Ops.LOG: lambda m, a: m.log(a[0]),
+    Ops.TANH: lambda m, a: m.tanh(a[0]),
+    Ops.SIGMOID: lambda m, a: m.sigmoid(a[0]),
+    Ops.RELU: lambda m, a: m.relu(a[0]),
+    Ops.SOFTPLUS: lambda m, a: m.softplus(a[0]),
+    Ops.SQRT: lambda m, a: m.sqrt(a[0]),
+    Ops.STEP: lambda m, a: _cmp(m, m.gt(a[0], m.c(0.0))),
+    Ops.ADD: lambda m, a: m.b.fadd(a[0], a[1], flags=ELEMENTWISE),
+    Ops.SUB: lambda m, a: m.b.fsub(a[0], a[1], flags=ELEMENTWISE),
+    Ops.MUL: lambda m, a: m.b.fmul(a[0], a[1], flags=ELEMENTWISE),
+    Ops.DIV: lambda m, a: m.b.fdiv(a[0], a[1], flags=ELEMENTWISE),
+    Ops.MAX: lambda m, a: m.maximum(a[0], a[1]),
+    Ops.CMPGT: lambda m, a: _cmp(m, m.gt(a[0], a[1])),
+    Ops.WHERE: lambda m, a: m.sel(m.b.fcmp_unordered("!=", a[0], m.c(0.0)), a[1], a[2]),
+}
+assert set(OP_TABLE) == GroupOp.Elementwise, "every elementwise op needs one llvm row"
+
+
 def emit_scalar(m: Math, prog: ScalarProgram, ins: Sequence[ir.Value]) -> list[ir.Value]:
     """The program's outputs, computed from the input values at the builder's position."""
     if len(ins) != prog.n_inputs:
         raise BackendError(f"llvm: kernel takes {prog.n_inputs} inputs, got {len(ins)}")
     vals: list[ir.Value] = list(ins)
-    b = m.b
-    one, zero = m.c(1.0), m.c(0.0)
     for op, args, const in prog.instrs:
-        a = [vals[i] for i in args]
         if op is Ops.CONST:
-            v = m.c(float(const))  # type: ignore[arg-type]
-        elif op in (Ops.ADD, Ops.SUB, Ops.MUL, Ops.DIV):
-            fn = {Ops.ADD: b.fadd, Ops.SUB: b.fsub, Ops.MUL: b.fmul, Ops.DIV: b.fdiv}[op]
-            v = fn(a[0], a[1], flags=ELEMENTWISE)
-        elif op is Ops.NEG:
-            v = b.fneg(a[0], flags=ELEMENTWISE)
-        elif op is Ops.EXP:
-            v = m.exp(a[0])
-        elif op is Ops.LOG:
-            v = m.log(a[0])
-        elif op is Ops.TANH:
-            v = m.tanh(a[0])
-        elif op is Ops.SIGMOID:
-            v = m.sigmoid(a[0])
-        elif op is Ops.RELU:
-            v = m.relu(a[0])
-        elif op is Ops.SOFTPLUS:
-            v = m.softplus(a[0])
-        elif op is Ops.SQRT:
-            v = m.sqrt(a[0])
-        elif op is Ops.STEP:
-            v = m.sel(m.gt(a[0], zero), one, zero)
-        elif op is Ops.MAX:
-            v = m.maximum(a[0], a[1])
-        elif op is Ops.CMPGT:
-            v = m.sel(m.gt(a[0], a[1]), one, zero)
-        elif op is Ops.WHERE:
-            v = m.sel(b.fcmp_unordered("!=", a[0], zero), a[1], a[2])
+            vals.append(m.c(float(const)))  # type: ignore[arg-type]
+        elif op in OP_TABLE:
+            vals.append(OP_TABLE[op](m, [vals[i] for i in args]))
         else:
             raise BackendError(f"llvm: no scalar lowering for {op.name}")
-        vals.append(v)
     return [vals[o] for o in prog.outputs]
 
 

@@ -1,8 +1,10 @@
-"""Reverse-mode autodiff over the IR: one rule per op, fan-out accumulated.
+"""Reverse-mode autodiff over the IR: one rule per op in one table (``VJP``), fan-out accumulated.
 
 Elementwise rules come from ``scalar.TABLE`` (hand-written, reusing the output) or, where an op
-has none, from ``sympy.diff`` of its definition turned back into IR. The result is IR again, so
-the backward cell is simplified, split in time and fused exactly like the forward one.
+has none, from ``sympy.diff`` of its definition turned back into IR; the contraction, reduction
+and layout ops have a rule each in ``VJP``, and a rule must return one cotangent per source.
+The result is IR again, so the backward cell is simplified, split in time and fused exactly like
+the forward one.
 
 ``backward_cell`` builds the per-step backward of a Cell: given the step's inputs and states and
 the cotangents of its outputs and next states, it yields the cotangents of the states (carried to
@@ -12,7 +14,7 @@ step t-1), of the inputs, and this step's contribution to each parameter gradien
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import sympy
 
@@ -86,69 +88,108 @@ def _zeros(like: Node) -> Node:
     return const(0.0, like.shape, like.dtype)
 
 
+def _matmul_vjp(n: Node, g: Node) -> list[Node | None]:
+    a, b = n.src
+    ta, tb = n.arg
+    da = apply(Ops.MATMUL, b, g, arg=(tb, True)) if ta else \
+        apply(Ops.MATMUL, g, b, arg=(False, not tb))
+    db = apply(Ops.MATMUL, g, a, arg=(True, ta)) if tb else \
+        apply(Ops.MATMUL, a, g, arg=(not ta, False))
+    return [da, db]
+
+
+def _reduce_vjp(n: Node, g: Node) -> list[Node | None]:
+    (x,) = n.src
+    kind, axis = n.arg
+    ge = apply(Ops.EXPAND, g, arg=x.shape)
+    if kind == "sum":
+        return [ge]
+    # max: the cotangent goes where x equals the max (x <= max everywhere), split evenly
+    # between tied elements as the elementwise max does (scalar.py's convention, PyTorch's
+    # and JAX's): giving each tie the whole of g would not be a subgradient
+    hit = 1.0 - IrF.cmpgt(apply(Ops.EXPAND, n, arg=x.shape), x)
+    ties = apply(Ops.EXPAND, apply(Ops.REDUCE, hit, arg=("sum", axis)), arg=x.shape)
+    return [ge * hit / ties]
+
+
+def _expand_vjp(n: Node, g: Node) -> list[Node | None]:
+    (x,) = n.src
+    out = g
+    for axis, (d, e) in enumerate(zip(x.shape, n.shape)):
+        if d != e:
+            out = apply(Ops.REDUCE, out, arg=("sum", axis))
+    return [out]
+
+
+def _slice_vjp(n: Node, g: Node) -> list[Node | None]:
+    (x,) = n.src
+    start, stop = n.arg
+    parts = []
+    if start > 0:
+        parts.append(const(0.0, (x.shape[0], start), x.dtype))
+    parts.append(g)
+    if stop < x.shape[1]:
+        parts.append(const(0.0, (x.shape[0], int(x.shape[1]) - stop), x.dtype))
+    return [apply(Ops.CONCAT, *parts) if len(parts) > 1 else g]
+
+
+def _concat_vjp(n: Node, g: Node) -> list[Node | None]:
+    out: list[Node | None] = []
+    off = 0
+    for s in n.src:
+        w = int(s.shape[1])
+        out.append(apply(Ops.SLICE, g, arg=(off, off + w)))
+        off += w
+    return out
+
+
+def _gather_vjp(n: Node, g: Node) -> list[Node | None]:
+    table, ids = n.src
+    return [apply(Ops.SCATTER, ids, g, arg=int(table.shape[0])), None]
+
+
+def _scatter_vjp(n: Node, g: Node) -> list[Node | None]:
+    ids, _vals = n.src
+    return [None, apply(Ops.GATHER, g, ids)]
+
+
+# op -> rule(node, cotangent of the node) -> one cotangent per source (None = zero), in the
+# order of ``node.src``; elementwise ops share one rule that reads ``scalar.TABLE``
+Rule = Callable[[Node, Node], list[Node | None]]
+VJP: dict[Ops, Rule] = {
+    **{op: _elementwise_vjp for op in GroupOp.Elementwise},
+    Ops.MATMUL: _matmul_vjp,
+    Ops.REDUCE: _reduce_vjp,
+    Ops.EXPAND: _expand_vjp,
+    Ops.SLICE: _slice_vjp,
+    Ops.CONCAT: _concat_vjp,
+    Ops.GATHER: _gather_vjp,
+    Ops.SCATTER: _scatter_vjp,
+}
+# leaves end the walk; FUSED/GET/SINK only exist after fusion, and autodiff runs before it
+NO_RULE = GroupOp.Leaf | {Ops.FUSED, Ops.GET, Ops.SINK}
+assert set(VJP) == set(Ops) - NO_RULE, "every op needs a VJP rule or a place in NO_RULE"
+
+
 def _vjp(n: Node, g: Node) -> list[Node | None]:
-    """Cotangents of n.src given the cotangent g of n."""
-    op = n.op
-    if op in GroupOp.Elementwise:
-        return _elementwise_vjp(n, g)
-    if op is Ops.MATMUL:
-        a, b = n.src
-        ta, tb = n.arg
-        da = apply(Ops.MATMUL, b, g, arg=(tb, True)) if ta else \
-            apply(Ops.MATMUL, g, b, arg=(False, not tb))
-        db = apply(Ops.MATMUL, g, a, arg=(True, ta)) if tb else \
-            apply(Ops.MATMUL, a, g, arg=(not ta, False))
-        return [da, db]
-    if op is Ops.REDUCE:
-        (x,) = n.src
-        kind, axis = n.arg
-        ge = apply(Ops.EXPAND, g, arg=x.shape)
-        if kind == "sum":
-            return [ge]
-        # max: the cotangent goes where x equals the max (x <= max everywhere), split evenly
-        # between tied elements as the elementwise max does (scalar.py's convention, PyTorch's
-        # and JAX's): giving each tie the whole of g would not be a subgradient
-        hit = 1.0 - IrF.cmpgt(apply(Ops.EXPAND, n, arg=x.shape), x)
-        ties = apply(Ops.EXPAND, apply(Ops.REDUCE, hit, arg=("sum", axis)), arg=x.shape)
-        return [ge * hit / ties]
-    if op is Ops.EXPAND:
-        (x,) = n.src
-        out = g
-        for axis, (d, e) in enumerate(zip(x.shape, n.shape)):
-            if d != e:
-                out = apply(Ops.REDUCE, out, arg=("sum", axis))
-        return [out]
-    if op is Ops.SLICE:
-        (x,) = n.src
-        start, stop = n.arg
-        parts = []
-        if start > 0:
-            parts.append(const(0.0, (x.shape[0], start), x.dtype))
-        parts.append(g)
-        if stop < x.shape[1]:
-            parts.append(const(0.0, (x.shape[0], int(x.shape[1]) - stop), x.dtype))
-        return [apply(Ops.CONCAT, *parts) if len(parts) > 1 else g]
-    if op is Ops.CONCAT:
-        out: list[Node | None] = []
-        off = 0
-        for s in n.src:
-            w = int(s.shape[1])
-            out.append(apply(Ops.SLICE, g, arg=(off, off + w)))
-            off += w
-        return out
-    if op is Ops.GATHER:
-        table, ids = n.src
-        return [apply(Ops.SCATTER, ids, g, arg=int(table.shape[0])), None]
-    if op is Ops.SCATTER:
-        ids, _vals = n.src
-        return [None, apply(Ops.GATHER, g, ids)]
-    raise GraphError(f"autodiff: no rule for {op.name}; differentiate before fusing")
+    """Cotangents of n.src given the cotangent g of n: one per source, or an error (a rule
+    returning too few would otherwise drop the gradient of the sources past its end)."""
+    rule = VJP.get(n.op)
+    if rule is None:
+        raise GraphError(f"autodiff: no rule for {n.op.name}; differentiate before fusing")
+    cots = rule(n, g)
+    if len(cots) != len(n.src):
+        raise GraphError(f"autodiff: the {n.op.name} rule returned {len(cots)} cotangents for "
+                         f"{len(n.src)} sources")
+    return cots
 
 
 def vjp(roots: Sequence[Node], cotangents: Sequence[Node | None],
         wrt: Sequence[Node]) -> list[Node]:
     """Cotangents of ``wrt`` given the cotangents of ``roots`` (None = zero). Nodes in ``wrt``
     that the roots do not depend on get explicit zeros."""
+    if len(roots) != len(cotangents):
+        raise GraphError(f"autodiff: {len(roots)} roots but {len(cotangents)} cotangents")
     grads: dict[Node, Node] = {}
     for r, c in zip(roots, cotangents):
         if c is not None:

@@ -219,6 +219,22 @@ def test_no_rule_for_fused_nodes():
         vjp([fake], [x], [x])
 
 
+def test_every_op_has_a_rule_or_is_excluded():
+    assert set(ad.VJP) | ad.NO_RULE == set(Ops)
+    assert not set(ad.VJP) & ad.NO_RULE
+
+
+@pytest.mark.parametrize("n_cots", [1, 3])
+def test_rule_with_the_wrong_number_of_cotangents_raises(monkeypatch, n_cots):
+    # zip(n.src, cotangents) would drop b's gradient (1) or ignore the extra one (3) silently
+    a, b = input_("a", 2, F64), param("W", (3, 2), F64)
+    y = apply(Ops.MATMUL, a, b, arg=(False, True))
+    monkeypatch.setitem(ad.VJP, Ops.MATMUL, lambda n, g: [g] * n_cots)
+    with pytest.raises(GraphError, match=f"MATMUL rule returned {n_cots} cotangents for 2 "
+                                         "sources"):
+        vjp([y], [input_("ct", 3, F64)], [a, b])
+
+
 def test_backward_cell_shapes_and_names():
     x, h = input_("x", 2, F64), state("h", 3, F64)
     w, u = param("W", (3, 2), F64), param("U", (3, 3), F64)

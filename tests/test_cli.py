@@ -7,11 +7,11 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import CORPUS_TEXT
 
 from graphrnn import checkpoint as ckpt
 from graphrnn.cli import COMMANDS, build_parser, main
 
-TEXT = "the cat sat on the mat. the dog sat on the log.\n" * 40
 TINY = ["--steps", "3", "--hidden", "8", "--layers", "1", "--batch", "2", "--seq-len", "8",
         "--backend", "ref", "--no-progress", "--sample-length", "10", "--eval-every", "0"]
 
@@ -35,13 +35,6 @@ def make(input_size, hidden_size):
 def cell(input_size, hidden_size):
     return make(input_size, hidden_size).to_cell(inputs=[0], states=[1], next_states=[0])
 """
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    p = tmp_path / "text.txt"
-    p.write_text(TEXT)
-    return p
 
 
 @pytest.fixture()
@@ -72,7 +65,7 @@ def test_train_then_sample(tmp_path, corpus, capsys):
     ck = out / "checkpoint.npz"
     arrays, meta = ckpt.load(ck)
     assert meta["options"]["cell"] == "gru" and meta["step"] == 3
-    assert "".join(meta["vocab"]["tokens"]) == "".join(sorted(set(TEXT)))
+    assert "".join(meta["vocab"]["tokens"]) == "".join(sorted(set(CORPUS_TEXT)))
     assert (out / "loss.png").exists() or "matplotlib" in text
     rc = main(["sample", str(ck), "--length", "30", "--prime", "the ", "--seed", "1"])
     s1 = capsys.readouterr().out
@@ -111,7 +104,7 @@ def test_train_equations_file_then_sample_after_the_file_moved(tmp_path, corpus,
                "--steps", "2"])
     text, err = capsys.readouterr()
     assert rc == 0, err
-    V = len(set(TEXT))
+    V = len(set(CORPUS_TEXT))
     # the layer's real sizes: the one-hot vocabulary in, --hidden for the state; named after
     # the file
     assert f"model: 1 x gru (input {V}, hidden 8)" in text and "trained 2 steps" in text

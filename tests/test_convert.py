@@ -8,6 +8,7 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import assert_all_close
 
 import graphrnn
 from graphrnn import cells, convert
@@ -36,9 +37,7 @@ def lstm_params(seed=0):
 
 
 def assert_same(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-13)
+    assert_all_close(a, b, rtol=1e-12, atol=1e-13)
 
 
 def test_reorder_gates_moves_blocks():

@@ -30,6 +30,7 @@ import types
 
 import numpy as np
 import pytest
+from helpers import TOL, assert_all_close, cotangents, flat, sequences
 from numpy.lib.stride_tricks import as_strided
 
 import graphrnn
@@ -289,26 +290,17 @@ def _check(cell, dtype, T, B, graph, tol, xs=None):
     cc = graphrnn.compile(cell, "cuda", dtype, cuda_graph=graph)
     params = ref.init_params(seed=3, scale=0.5)
     rng = np.random.default_rng(4)
-    if xs is None:
-        xs = [rng.standard_normal((T, B, int(n.shape[1]))).astype(dtype)
-              for n in ref.cell.inputs]
-    h0 = [0.5 * rng.standard_normal((B, int(s.shape[1]))).astype(dtype)
-          for s in ref.cell.states]
-    dys = [rng.standard_normal((T, B, int(o.shape[1]))).astype(dtype) for o in ref.cell.outputs]
+    drawn, h0 = sequences(ref, T, B, rng)
+    xs = drawn if xs is None else xs
+    dys, _dhT = cotangents(ref, T, B, rng)
     ys, hT, res = ref.forward_train(params, xs, h0)
-    g = ref.backward(params, res, dys)
-    want = ys + hT + [g.params[k] for k in sorted(g.params)] + g.inputs + g.states
+    want = flat(ys, hT, ref.backward(params, res, dys))   # no final-state cotangent: None path
     for _ in range(2):   # the second time a captured graph replays
         ys2, hT2, res2 = cc.forward_train(params, xs, h0)
-        g2 = cc.backward(params, res2, dys)
-        got = ys2 + hT2 + [g2.params[k] for k in sorted(g2.params)] + g2.inputs + g2.states
+        got = flat(ys2, hT2, cc.backward(params, res2, dys), to_numpy=lambda v: v)
         assert all(isinstance(v, FakeDev) for v in got)
-        for a, b in zip(got, want):
-            np.testing.assert_allclose(np.asarray(a), b, **tol)
+        assert_all_close(got, want, **tol)
     return cc
-
-
-TOL = {"float64": dict(rtol=1e-9, atol=1e-9), "float32": dict(rtol=1e-4, atol=1e-4)}
 
 
 @pytest.mark.parametrize("graph", [False, True])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import TOL, assert_all_close, assert_all_equal, cotangents, flat, sequences
 
 import graphrnn
 from graphrnn.cells import SQUARE_INPUT, ZOO, zoo_cell
@@ -23,23 +24,11 @@ def _gpu_or_skip():
 
 
 pytestmark = pytest.mark.gpu
-TOL = {"float64": dict(rtol=1e-9, atol=1e-9), "float32": dict(rtol=1e-4, atol=1e-4)}
-
-
-def _data(cc, T, B, seed):
-    rng = np.random.default_rng(seed)
-    dt = cc.dtype
-    xs = [rng.standard_normal((T, B, int(n.shape[1]))).astype(dt) for n in cc.cell.inputs]
-    h0 = [0.5 * rng.standard_normal((B, int(s.shape[1]))).astype(dt) for s in cc.cell.states]
-    dys = [rng.standard_normal((T, B, int(o.shape[1]))).astype(dt) for o in cc.cell.outputs]
-    dhT = [rng.standard_normal((B, int(s.shape[1]))).astype(dt) for s in cc.cell.states]
-    return xs, h0, dys, dhT
 
 
 def _flat(cp, ys, hT, g):
-    vals = list(ys) + list(hT) + [g.params[k] for k in sorted(g.params)] + list(g.inputs) \
-        + list(g.states)
-    return [cp.asnumpy(v) if isinstance(v, cp.ndarray) else np.asarray(v) for v in vals]
+    return flat(ys, hT, g, lambda v: cp.asnumpy(v) if isinstance(v, cp.ndarray) else
+                np.asarray(v))
 
 
 @pytest.mark.parametrize("graph", [False, True])
@@ -59,7 +48,9 @@ def test_cuda_equals_ref(name, dtype, graph):
 def _equals_ref_twice_alike(cp, ref, cc, params, T, B, tol):
     """Two runs of ``cc`` (forward_train + backward) equal ``ref`` within ``tol``, and each
     other bit for bit."""
-    xs, h0, dys, dhT = _data(ref, T, B, seed=T)
+    rng = np.random.default_rng(T)
+    xs, h0 = sequences(ref, T, B, rng)
+    dys, dhT = cotangents(ref, T, B, rng)
     ys, hT, res = ref.forward_train(params, xs, h0)
     want = _flat(cp, ys, hT, ref.backward(params, res, dys, dhT))
     runs = []
@@ -67,10 +58,8 @@ def _equals_ref_twice_alike(cp, ref, cc, params, T, B, tol):
         ys2, hT2, res2 = cc.forward_train(params, xs, h0)
         assert isinstance(ys2[0], cp.ndarray)
         runs.append(_flat(cp, ys2, hT2, cc.backward(params, res2, dys, dhT)))
-    for a, b in zip(runs[0], want):
-        np.testing.assert_allclose(a, b, **tol)
-    for a, b in zip(runs[0], runs[1]):
-        assert np.array_equal(a, b), "two runs differ: a reduction is not deterministic"
+    assert_all_close(runs[0], want, **tol)
+    assert_all_equal(runs[1], runs[0], "two runs differ: a reduction is not deterministic")
 
 
 def test_torch_tensors_in_without_copies():

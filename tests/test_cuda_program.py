@@ -13,6 +13,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import assert_all_close, assert_all_equal, cotangents, flat, sequences
 
 import graphrnn
 from codegen.cuda_cpu import find_tool, nvrtc_version
@@ -36,11 +37,6 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ for 
 
 TOL = {"float32": dict(rtol=1e-4, atol=1e-5), "float64": dict(rtol=1e-9, atol=1e-11)}
 ORDERS = ("forward", "reversed", "shuffled")
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cuda_program")
 
 
 def rnn_program(I: int, H: int, dtype: str) -> Program:  # noqa: E741
@@ -131,29 +127,21 @@ def check_against_ref(cell, dtype, T, B, cache, program=None, loop_kernels=True,
     ref = graphrnn.compile(cell, "ref", dtype)
     params = ref.init_params(seed=seed, scale=0.5)
     rng = np.random.default_rng(seed + 1)
-    xs = [rng.standard_normal((T, B, int(n.shape[1]))).astype(dtype) for n in ref.cell.inputs]
-    h0 = [0.5 * rng.standard_normal((B, int(s.shape[1]))).astype(dtype)
-          for s in ref.cell.states]
-    dys = [rng.standard_normal((T, B, int(o.shape[1]))).astype(dtype) for o in ref.cell.outputs]
-    dhT = [rng.standard_normal((B, int(s.shape[1]))).astype(dtype) for s in ref.cell.states]
+    xs, h0 = sequences(ref, T, B, rng)
+    dys, dhT = cotangents(ref, T, B, rng)
     ys, hT, res = ref.forward_train(params, xs, h0)
-    g = ref.backward(params, res, dys, dhT)
+    flat_ref = flat(ys, hT, ref.backward(params, res, dys, dhT))
     runs = []
     for order in ORDERS:
         cc = CudaCpuBackend(cell, dtype, order=order, seed=seed, cache_dir=cache,
                             grid_scale=0.5, program=program, loop_kernels=loop_kernels,
                             lib=lib)
         ys2, hT2, res2 = cc.forward_train(params, xs, h0)
-        g2 = cc.backward(params, res2, dys, dhT)
-        flat_ref = ys + hT + [g.params[k] for k in sorted(g.params)] + g.inputs + g.states
-        flat = ys2 + hT2 + [g2.params[k] for k in sorted(g2.params)] + g2.inputs + g2.states
-        assert len(flat) == len(flat_ref)
-        for a, b in zip(flat, flat_ref):
-            np.testing.assert_allclose(a, b, **TOL[dtype])
-        runs.append((flat, cc))
-    for flat, _cc in runs[1:]:
-        for a, b in zip(runs[0][0], flat):
-            assert np.array_equal(a, b), "result depends on the grid walk order"
+        got = flat(ys2, hT2, cc.backward(params, res2, dys, dhT))
+        assert_all_close(got, flat_ref, **TOL[dtype])
+        runs.append((got, cc))
+    for got, _cc in runs[1:]:
+        assert_all_equal(got, runs[0][0], "result depends on the grid walk order")
     return runs[0][1]
 
 

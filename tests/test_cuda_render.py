@@ -30,11 +30,6 @@ needs_cxx = pytest.mark.skipif(shutil.which("g++") is None, reason="no g++ for t
 TOL = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-12, atol=1e-13)}
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cuda_render")
-
-
 def every_op_program() -> ScalarProgram:
     """Every elementwise op once; input 2 is kept positive for log, sqrt and the divisor."""
     ins: list = []

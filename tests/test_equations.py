@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import sympy
+from helpers import assert_all_close, cotangents, fd_and_backward, sequences
 
 import graphrnn
 from frontends import trace as tr
@@ -408,8 +409,7 @@ def _compare(c_eq, c_tr, p_eq, p_tr, I, seed=0):
     h0 = [rng.standard_normal((3, int(s.shape[1]))) for s in c_eq.states]
     a = graphrnn.compile(c_eq, "ref", dtype="float64").forward(p_eq, xs, h0)
     b = graphrnn.compile(c_tr, "ref", dtype="float64").forward(p_tr, xs, h0)
-    for u, v in zip(a[0] + a[1], b[0] + b[1], strict=True):
-        np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12)
+    assert_all_close(a[0] + a[1], b[0] + b[1], rtol=1e-12, atol=1e-12)
 
 
 def test_lstm_equations_equal_trace_lstm():
@@ -457,31 +457,16 @@ def adjoint_check(cell, T_=4, batch=2, seed=0, tol=1e-6):
     cc = graphrnn.compile(cell, "ref", dtype="float64")
     rng = np.random.default_rng(seed)
     ps = {k: v + 0.0 for k, v in cc.init_params(seed, scale=0.5).items()}
-    xs = [rng.standard_normal((T_, batch, int(n.shape[1]))) for n in cc.cell.inputs]
-    h0 = [0.5 * rng.standard_normal((batch, int(s.shape[1]))) for s in cc.cell.states]
-    ys, hT, res = cc.forward_train(ps, xs, h0)
-    cy = [rng.standard_normal(y.shape) for y in ys]
-    ch = [rng.standard_normal(h.shape) for h in hT]
+    xs, h0 = sequences(cc, T_, batch, rng)
+    _ys, _hT, res = cc.forward_train(ps, xs, h0)
+    cy, ch = cotangents(cc, T_, batch, rng)
     g = cc.backward(ps, res, cy, ch)
-
-    def loss(p, x, h):
-        ys, hT = cc.forward(p, x, h)
-        return sum(float((a * b).sum()) for a, b in zip(ys + hT, cy + ch, strict=True))
-
     tp = {k: rng.standard_normal(v.shape) for k, v in ps.items()}
     tx = [rng.standard_normal(x.shape) for x in xs]
     th = [rng.standard_normal(h.shape) for h in h0]
-    eps = 1e-6
-    checks = {
-        "params": (lambda s: ({k: ps[k] + s * tp[k] for k in ps}, xs, h0),
-                   sum(float((g.params[k] * tp[k]).sum()) for k in ps)),
-        "inputs": (lambda s: (ps, [x + s * t for x, t in zip(xs, tx, strict=True)], h0),
-                   sum(float((a * b).sum()) for a, b in zip(g.inputs, tx, strict=True))),
-        "states": (lambda s: (ps, xs, [h + s * t for h, t in zip(h0, th, strict=True)]),
-                   sum(float((a * b).sum()) for a, b in zip(g.states, th, strict=True))),
-    }
-    for what, (shift, analytic) in checks.items():
-        fd = (loss(*shift(eps)) - loss(*shift(-eps))) / (2 * eps)
+    for what, direction in {"params": dict(dp=tp), "inputs": dict(dx=tx),
+                            "states": dict(dh=th)}.items():
+        fd, analytic = fd_and_backward(cc, ps, xs, h0, cy, ch, g, **direction)
         assert abs(fd - analytic) <= tol * max(1.0, abs(analytic)), (what, fd, analytic)
 
 

@@ -21,13 +21,6 @@ def _load(name):
     return mod
 
 
-@pytest.fixture()
-def corpus(tmp_path):
-    p = tmp_path / "c.txt"
-    p.write_text("to be or not to be, that is the question.\n" * 30)
-    return p
-
-
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_char_rnn(tmp_path, corpus, capsys):
     mod = _load("char_rnn")

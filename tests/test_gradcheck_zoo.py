@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import fd_and_backward
 
 import graphrnn
 from graphrnn.cells import SQUARE_INPUT, ZOO, zoo_cell
@@ -29,12 +30,6 @@ def setup(name):
     return cc, params, xs, h0, cy, ch, rng
 
 
-def loss(cc, params, xs, h0, cy, ch):
-    ys, hT = cc.forward(params, xs, h0)
-    return (sum(np.vdot(y, c) for y, c in zip(ys, cy, strict=True))
-            + sum(np.vdot(h, c) for h, c in zip(hT, ch, strict=True)))
-
-
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_bptt_gradients_match_finite_differences(name):
     cc, params, xs, h0, cy, ch, rng = setup(name)
@@ -44,13 +39,7 @@ def test_bptt_gradients_match_finite_differences(name):
     assert g.inputs[0].shape == xs.shape and len(g.states) == len(h0)
 
     def check(dp, dx, dh):
-        def shifted(s):
-            p = {k: params[k] + s * dp[k] for k in params}
-            hs = [h + s * d for h, d in zip(h0, dh, strict=True)]
-            return loss(cc, p, xs + s * dx, hs, cy, ch)
-        fd = (shifted(EPS) - shifted(-EPS)) / (2 * EPS)
-        an = (sum(np.vdot(g.params[k], dp[k]) for k in params) + np.vdot(g.inputs[0], dx)
-              + sum(np.vdot(a, d) for a, d in zip(g.states, dh, strict=True)))
+        fd, an = fd_and_backward(cc, params, [xs], h0, cy, ch, g, dp, [dx], dh, eps=EPS)
         assert abs(an) > 1e-3, "a degenerate direction proves nothing"
         err = abs(fd - an) / max(abs(fd), abs(an))
         assert err < RTOL, f"{name}: finite differences {fd!r} vs backward {an!r} (rel {err:.2e})"

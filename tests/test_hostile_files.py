@@ -27,7 +27,6 @@ from graphrnn import checkpoint as ckpt
 from graphrnn.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT = "the cat sat on the mat. the dog sat on the log.\n" * 40
 TINY = ["--steps", "2", "--hidden", "8", "--layers", "1", "--batch", "2", "--seq-len", "8",
         "--backend", "ref", "--no-progress", "--sample-length", "5", "--eval-every", "0"]
 META = {"format": ckpt.FORMAT, "version": ckpt.VERSION}
@@ -43,13 +42,6 @@ def make(input_size, hidden_size, dtype):
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    p = tmp_path / "text.txt"
-    p.write_text(TEXT)
-    return p
 
 
 @pytest.fixture()

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from helpers import assert_all_close, flat
 from test_cuda_fake_gpu import _embedding_cell, fake_cupy  # noqa: F401 - a fixture
 
 import graphrnn
@@ -69,8 +70,8 @@ def _data(seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray, list[np.nda
 
 
 def _flat(ys: Any, hT: Any, g: Any) -> list[np.ndarray]:
-    return [np.array(np.asarray(a)) for a in
-            list(ys) + list(hT) + [g.params[k] for k in sorted(g.params)] + g.inputs + g.states]
+    # copies: a backend may reuse its buffers in a later call
+    return flat(ys, hT, g, lambda a: np.array(np.asarray(a)))
 
 
 def _baseline(cc: Any) -> list[np.ndarray]:
@@ -80,9 +81,7 @@ def _baseline(cc: Any) -> list[np.ndarray]:
 
 
 def _same(got: list[np.ndarray], want: list[np.ndarray]) -> None:
-    assert len(got) == len(want)
-    for a, b in zip(got, want):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert_all_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def _lstm(make: Build) -> Any:

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
-from codegen import llvm_jit
+from codegen import cuda_render, llvm_jit, llvm_kernels
 from codegen.llvm_blas import NO_TRANS, ROW_MAJOR, TRANS, blas_info, emit_naive_gemm, gemm_type
 from codegen.llvm_kernels import emit_kernel, load_function_pointer
-from graphrnn.ops import Ops
+from graphrnn.ops import GroupOp, Ops
 from graphrnn.scalar import ScalarProgram, run_scalar_program
 
 I64, VP = ctypes.c_int64, ctypes.c_void_p
@@ -60,6 +60,13 @@ def reference(prog: ScalarProgram, ins: list[np.ndarray]) -> list[np.ndarray]:
 
 GRID = np.concatenate([np.linspace(-60, 60, 60001),
                        [1e-30, -1e-30, 1e-38, -1e-42, 0.0, 3e-4, 5e-4, 1e-7, 88.5, -87.5, -103]])
+
+
+def test_llvm_and_cuda_lower_the_same_ops() -> None:
+    """One row per elementwise op in each backend's table, so a new op fails here first."""
+    assert set(llvm_kernels.OP_TABLE) == GroupOp.Elementwise
+    for dtype, table in cuda_render.OP_TABLE.items():
+        assert set(table) == GroupOp.Elementwise, dtype
 
 
 @pytest.mark.parametrize("op, bound", [(Ops.TANH, 3e-7), (Ops.SIGMOID, 2e-7),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import assert_all_close
 
 from codegen.llvm import LLVMBackend
 from codegen.ref import RefBackend
@@ -75,11 +76,6 @@ def rnn_program(I: int, H: int, dtype: str) -> Program:  # noqa: E741, N803
     return p
 
 
-def check_same(a, b, rtol: float, atol: float) -> None:
-    for x, y in zip(a, b):
-        np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
-
-
 @pytest.mark.parametrize("dtype, rtol", [("float64", 1e-9), ("float32", 1e-4)])
 @pytest.mark.parametrize("blas", [True, False])
 @pytest.mark.parametrize("T, B, I, H", [(5, 3, 4, 6), (1, 1, 3, 9), (7, 2, 17, 5)])
@@ -96,19 +92,19 @@ def test_handwritten_rnn_program(dtype: str, rtol: float, blas: bool, T: int, B:
     ys, hT, res = cc.forward_train(params, x, h0)
     rys, rhT, rres = ref.forward_train(params, x, h0)
     atol = rtol * 1e-2
-    check_same(ys + hT, rys + rhT, rtol, atol)
+    assert_all_close(ys + hT, rys + rhT, rtol=rtol, atol=atol)
     ys2, hT2 = cc.forward(params, x, h0)          # the inference entry point
-    check_same(ys2 + hT2, rys + rhT, rtol, atol)
+    assert_all_close(ys2 + hT2, rys + rhT, rtol=rtol, atol=atol)
     dy = rng.standard_normal((T, B, H)).astype(dtype)
     dhT = rng.standard_normal((B, H)).astype(dtype)
     g = cc.backward(params, res, [dy], [dhT])
     rg = ref.backward(params, rres, [dy], [dhT])
-    check_same([g.params[k] for k in sorted(rg.params)], [rg.params[k] for k in sorted(rg.params)],
-               rtol, atol)
-    check_same(g.inputs + g.states, rg.inputs + rg.states, rtol, atol)
+    assert_all_close([g.params[k] for k in sorted(rg.params)],
+                     [rg.params[k] for k in sorted(rg.params)], rtol=rtol, atol=atol)
+    assert_all_close(g.inputs + g.states, rg.inputs + rg.states, rtol=rtol, atol=atol)
     # one step for sampling
     y1, h1 = cc.step(params, x[0], h0)
-    check_same(y1 + h1, [rys[0][0], rys[0][0]], rtol, atol)
+    assert_all_close(y1 + h1, [rys[0][0], rys[0][0]], rtol=rtol, atol=atol)
 
 
 def test_inference_collapses_residual_history() -> None:

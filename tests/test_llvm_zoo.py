@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 import pytest
+from helpers import close_to_scale as close
+from helpers import cotangents, fd_and_backward, sequences
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,28 +19,13 @@ from graphrnn.cells import SQUARE_INPUT, ZOO, zoo_cell
 TOL = {"float64": 1e-9, "float32": 1e-4}
 
 
-def close(a: np.ndarray, b: np.ndarray, rtol: float, what: str) -> None:
-    """Relative to each value, with an absolute floor relative to the array's scale (gradients
-    cancel to near zero in places)."""
-    scale = float(np.abs(b).max()) if b.size else 0.0
-    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * max(scale, 1e-6), err_msg=what)
-
-
-def sequences(cc, T: int, B: int, seed: int):
-    rng = np.random.default_rng(seed)
-    xs = [rng.integers(0, 5, (T, B, 1)) if n.dtype == "int64" else
-          rng.standard_normal((T, B, int(n.shape[1]))).astype(cc.dtype) for n in cc.cell.inputs]
-    h0 = [rng.standard_normal((B, int(s.shape[1]))).astype(cc.dtype) * 0.5
-          for s in cc.cell.states]
-    return xs, h0, rng
-
-
 def compare(cell, dtype: str, T: int, B: int, seed: int = 0, **options) -> None:
     rtol = TOL[dtype]
     cc = graphrnn.compile(cell, backend="llvm", dtype=dtype, **options)
     ref = graphrnn.compile(cell, backend="ref", dtype=dtype)
     params = ref.init_params(seed=seed, scale=0.4)
-    xs, h0, rng = sequences(ref, T, B, seed)
+    rng = np.random.default_rng(seed)
+    xs, h0 = sequences(ref, T, B, rng)
     ys, hT, res = cc.forward_train(params, xs, h0)
     rys, rhT, rres = ref.forward_train(params, xs, h0)
     for i, (a, b) in enumerate(zip(ys + hT, rys + rhT)):
@@ -46,8 +33,7 @@ def compare(cell, dtype: str, T: int, B: int, seed: int = 0, **options) -> None:
     ys2, hT2 = cc.forward(params, xs, h0)                 # the inference entry point
     for i, (a, b) in enumerate(zip(ys2 + hT2, rys + rhT)):
         close(a, b, rtol, f"{cell.name} {dtype} inference value {i}")
-    d_ys = [rng.standard_normal(y.shape).astype(dtype) for y in rys]
-    d_hT = [rng.standard_normal(h.shape).astype(dtype) for h in rhT]
+    d_ys, d_hT = cotangents(ref, T, B, rng)
     g = cc.backward(params, res, d_ys, d_hT)
     rg = ref.backward(params, rres, d_ys, d_hT)
     assert set(g.params) == set(rg.params)
@@ -85,26 +71,14 @@ def test_finite_differences_through_native_float64(name: str) -> None:
     I, H = sizes(name, 4, 6)  # noqa: E741
     cc = graphrnn.compile(zoo_cell(name, I, H, "float64"), backend="llvm", dtype="float64")
     params = cc.init_params(seed=3, scale=0.5)
-    xs, h0, rng = sequences(cc, 5, 2, 7)
-    ys, hT, res = cc.forward_train(params, xs, h0)
-    d_ys = [rng.standard_normal(y.shape) for y in ys]
-    d_hT = [rng.standard_normal(h.shape) for h in hT]
-
-    def loss(p: dict, x: list) -> float:
-        ys_, hT_ = cc.forward(p, x, h0)
-        return sum(float(np.sum(a * b)) for a, b in zip(ys_ + hT_, d_ys + d_hT))
-
+    rng = np.random.default_rng(7)
+    xs, h0 = sequences(cc, 5, 2, rng)
+    _ys, _hT, res = cc.forward_train(params, xs, h0)
+    d_ys, d_hT = cotangents(cc, 5, 2, rng)
     g = cc.backward(params, res, d_ys, d_hT)
     vp = {k: rng.standard_normal(v.shape) for k, v in params.items()}
     vx = [rng.standard_normal(x.shape) for x in xs]
-    eps = 1e-6
-    plus = loss({k: params[k] + eps * vp[k] for k in params}, [x + eps * v for x, v in
-                                                               zip(xs, vx)])
-    minus = loss({k: params[k] - eps * vp[k] for k in params}, [x - eps * v for x, v in
-                                                                zip(xs, vx)])
-    fd = (plus - minus) / (2 * eps)
-    an = sum(float(np.sum(g.params[k] * vp[k])) for k in params) + \
-        sum(float(np.sum(a * b)) for a, b in zip(g.inputs, vx))
+    fd, an = fd_and_backward(cc, params, xs, h0, d_ys, d_hT, g, dp=vp, dx=vx)
     assert fd == pytest.approx(an, rel=1e-6, abs=1e-8)
 
 
@@ -127,7 +101,8 @@ def test_indrnn_runs_as_one_loop_over_row_blocks(dtype: str, activation: str, T:
     assert plain.diagonal_loops == {"forward": False, "backward": False}
     assert "diag_blk" not in plain.ir_text
     params = cc.init_params(seed=2, scale=0.5)
-    xs, h0, rng = sequences(cc, T, B, 4)
+    rng = np.random.default_rng(4)
+    xs, h0 = sequences(cc, T, B, rng)
     ys, hT, res = cc.forward_train(params, xs, h0)
     ys2, hT2, res2 = plain.forward_train(params, xs, h0)
     dy = [rng.standard_normal(y.shape).astype(dtype) for y in ys]
@@ -298,7 +273,8 @@ def test_packed_path_replaces_the_loop_gemm_calls(always_parallel) -> None:
         SETTER(cc.jitted.address(f"{cc.prefix}_set_gemm_f64"))(ctypes.cast(hook, ctypes.c_void_p)
                                                                 .value)
         params = cc.init_params(seed=1, scale=0.5)
-        xs, h0, _ = sequences(cc, T, B, 0)
+        rng = np.random.default_rng(0)
+        xs, h0 = sequences(cc, T, B, rng)
         calls.clear()
         out[packed] = cc.forward(params, xs, h0)[0][0]
         loop_calls = [c for c in calls if c[0] == B]      # M = B: the per-step products
@@ -339,7 +315,8 @@ def test_recycled_buffers_full_of_nan_do_not_leak_into_gradients(name: str) -> N
     cc = graphrnn.compile(cell, backend="llvm", dtype="float64")
     ref = graphrnn.compile(cell, backend="ref", dtype="float64")
     params = ref.init_params(seed=3, scale=0.4)
-    xs, h0, rng = sequences(ref, 4, 3, 3)
+    rng = np.random.default_rng(3)
+    xs, h0 = sequences(ref, 4, 3, rng)
     for step in range(2):
         ys, _hT, res = cc.forward_train(params, xs, h0)
         d_ys = [rng.standard_normal(y.shape) for y in ys]

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import fd_and_backward
 
 import graphrnn
 from graphrnn import ir, nn
@@ -375,31 +376,14 @@ def check_gradients(cell: ir.Cell, seed: int = 0, T: int = 7, batch: int = 3) ->
     R = [rng.standard_normal((T, batch, int(o.shape[1]))) for o in cell.outputs]
     S = [rng.standard_normal((batch, int(s.shape[1]))) for s in cell.states]
 
-    def loss(p, x, h):
-        ys, hT = cc.forward(p, x, h)
-        return sum((y * r).sum() for y, r in zip(ys, R)) + sum((a * b).sum()
-                                                             for a, b in zip(hT, S))
-
     _, _, res = cc.forward_train(params, xs, h0)
     g = cc.backward(params, res, R, S)
-    eps, worst = 1e-5, 0.0
+    worst = 0.0
     tp = {k: rng.standard_normal(v.shape) for k, v in params.items()}
     tx = [np.zeros(x.shape) if x.dtype == np.int64 else rng.standard_normal(x.shape) for x in xs]
     th = [rng.standard_normal(h.shape) for h in h0]
-    for group in ("params", "inputs", "states"):
-        def at(e, group=group):
-            p = {k: v + e * tp[k] for k, v in params.items()} if group == "params" else params
-            x = [v + e * t if v.dtype != np.int64 else v for v, t in zip(xs, tx)] \
-                if group == "inputs" else xs
-            h = [v + e * t for v, t in zip(h0, th)] if group == "states" else h0
-            return loss(p, x, h)
-        fd = (at(eps) - at(-eps)) / (2 * eps)
-        if group == "params":
-            an = sum((g.params[k] * tp[k]).sum() for k in params)
-        elif group == "inputs":
-            an = sum((a * t).sum() for a, t in zip(g.inputs, tx))
-        else:
-            an = sum((a * t).sum() for a, t in zip(g.states, th))
+    for direction in (dict(dp=tp), dict(dx=tx), dict(dh=th)):
+        fd, an = fd_and_backward(cc, params, xs, h0, R, S, g, **direction, eps=1e-5)
         if fd == 0 and an == 0:
             continue
         worst = max(worst, abs(fd - an) / max(abs(fd), abs(an)))
