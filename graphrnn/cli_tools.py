@@ -44,7 +44,6 @@ import numpy as np
 
 from .errors import GraphRNNError
 from .ir import Cell
-from .viz import is_gmodule
 
 DEFAULT_INPUT = 16
 DEFAULT_HIDDEN = 32
@@ -244,6 +243,12 @@ def equations_source(spec: str) -> dict[str, str] | None:
         return None
     path = Path(spec)
     return {"name": path.name, "path": str(path.resolve()), "text": read_equations(path)}
+
+
+def is_gmodule(obj: Any) -> bool:
+    """Whether a cell file returned an nngraph gModule (the frontend is loaded to tell)."""
+    from frontends.nngraph import gModule
+    return isinstance(obj, gModule)
 
 
 def _to_cell(obj: Any, where: str) -> Cell:

@@ -342,71 +342,12 @@ def plan_svg(program: Any) -> str | None:
         return None
 
 
-# ---- nngraph conveniences ----
+# ---- objects that draw themselves (a frontend's graphs: nngraph's gModule) ----
 
-def is_gmodule(obj: Any) -> bool:
-    """Whether obj is an nngraph gModule (told by its shape: viz does not import frontends)."""
-    return hasattr(obj, "nodes") and hasattr(obj, "inputs") and hasattr(obj, "to_cell")
-
-
-def gmodule_dot(gm: Any, title: str = "", stage: str = "forward",
-                mark: Sequence[Any] = ()) -> Any:
-    """nngraph's ``g.fg`` / ``g.bg`` pictures of a gModule at the module level: one node per
-    module application, labelled ``Node<k>``, the annotate name, ``module = nn.Linear(8 -> 64)``
-    and the description, graphAttributes applied, the creation site as tooltip. ``stage=
-    "backward"`` draws the gradient flow (every edge reversed), as nngraph's ``g.bg``. Nodes in
-    ``mark`` are drawn in red (debug mode)."""
-    if stage not in ("forward", "backward"):
-        raise ValueError(f"stage must be 'forward' or 'backward', got {stage!r}")
-    gv = _need_graphviz()
-    title = title or ("gModule" if stage == "forward" else "gModule (backward)")
-    g = gv.Digraph(name=title)
-    g.attr(rankdir="TB", fontname="Helvetica", labelloc="t", label=title)
-    g.attr("node", fontname="Helvetica", fontsize="11")
-    g.attr("edge", arrowsize="0.7", fontname="Helvetica", fontsize="9")
-    marked = {id(n) for n in mark}
-    input_index = {id(n): k for k, n in enumerate(gm.inputs)}
-    # numbered 1.. in creation order, as nngraph numbers its nodes
-    order = sorted(gm.nodes, key=lambda n: n.serial)
-    ids = {id(n): f"node{k + 1}" for k, n in enumerate(order)}
-    for n in order:
-        ann = dict(getattr(n, "annotations", {}) or {})
-        lines = [f"Node{ids[id(n)][4:]}"]
-        if ann.get("name"):
-            lines.append(str(ann["name"]))
-        if id(n) in input_index:
-            lines.append(f"input {input_index[id(n)] + 1}")
-            attrs = {"shape": "invhouse", "style": "filled", "fillcolor": COLORS["input"]}
-        else:
-            lines.append(f"module = {n.module!r}")
-            attrs = {"shape": "ellipse", "style": "filled", "fillcolor": COLORS["op"]}
-        if getattr(n, "size", None):
-            lines.append(f"size {n.size}")
-        if ann.get("description"):
-            lines.append(str(ann["description"]))
-        attrs.update({str(k): str(v) for k, v in dict(ann.get("graphAttributes") or {}).items()})
-        if id(n) in marked:
-            attrs.update(fillcolor=COLORS["failed"], fontcolor="white", color="#b71c1c",
-                         penwidth="3", style="filled")
-            lines.append("(failed here)")
-        site = getattr(n, "site", None)
-        _add_node(g, ids[id(n)], label="\n".join(lines),
-                  tooltip=f"{site} (nngraph)" if site else "", **attrs)
-        for j, parent in enumerate(n.parents):
-            lab = str(j + 1) if len(n.parents) > 1 else ""
-            if stage == "forward":
-                g.edge(ids[id(parent)], ids[id(n)], label=lab)
-            else:
-                g.edge(ids[id(n)], ids[id(parent)], label=lab, color="#1565c0")
-    for k, n in enumerate(gm.outputs):
-        rid = f"output{k + 1}"
-        _add_node(g, rid, label=f"output {k + 1}", shape="box", style="filled,bold",
-                  fillcolor=COLORS["output"])
-        if stage == "forward":
-            g.edge(ids[id(n)], rid)
-        else:
-            g.edge(rid, ids[id(n)], label="gradOutput", color="#1565c0")
-    return g
+def draws_itself(obj: Any) -> bool:
+    """Whether obj draws its own picture (``obj.module_dot(title, stage, mark)``, as nngraph's
+    gModule does at the module level): viz knows no frontend, only this method."""
+    return callable(getattr(obj, "module_dot", None))
 
 
 def _as_cell(obj: Any) -> Cell:
@@ -429,8 +370,8 @@ def dot(obj: Any, title: str = "", filename: str | os.PathLike[str] | None = Non
         raise ValueError(f"stage must be 'forward' or 'backward', got {stage!r}")
     if isinstance(obj, BackwardCell):
         g = backward_dot(obj, title or None)
-    elif is_gmodule(obj):
-        g = gmodule_dot(obj, title, stage)
+    elif draws_itself(obj):
+        g = obj.module_dot(title, stage)
     else:
         cell = _as_cell(obj)
         g = cell_dot(cell, title or None) if stage == "forward" else \
@@ -483,7 +424,7 @@ def debug_forward(cell: Any, params: dict[str, np.ndarray], xs: Any, h0: Any = N
     or a gModule without states; pass ``gmodule=`` with a Cell made by ``gmodule.to_cell(...)``
     to get the module-level picture. Returns (outputs, final states) like forward."""
     from .interp import evaluate
-    if is_gmodule(cell):
+    if draws_itself(cell):
         gmodule = cell
     cell = _as_cell(cell)
     cc_inputs = _coerce_inputs(cell, xs)
@@ -527,15 +468,13 @@ def _coerce_inputs(cell: Cell, xs: Any) -> list[np.ndarray]:
 
 
 def _debug_picture(cell: Cell, bad: Node | None, gmodule: Any) -> Any:
-    """The module-level picture when the failing IR node comes from a gModule node (matched by
-    creation site), else the cell's IR graph."""
-    s = site_of(bad) if bad is not None else None
-    if gmodule is not None and s is not None:
-        hits = [n for n in gmodule.nodes if getattr(n, "site", None) is not None
-                and (n.site.file, n.site.line) == (s.file, s.line)]
-        if hits:
-            return gmodule_dot(gmodule, f"gModule: forward failed in cell {cell.name}",
-                               mark=hits)
+    """The gModule's own picture of where the failing IR node came from
+    (``gmodule.debug_dot(bad, title)``, None when it has no node there), else the cell's IR
+    graph with the node marked."""
+    if gmodule is not None and bad is not None:
+        g = gmodule.debug_dot(bad, f"gModule: forward failed in cell {cell.name}")
+        if g is not None:
+            return g
     return cell_dot(cell, mark=bad)
 
 
