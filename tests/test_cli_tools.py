@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from graphrnn import cli
-from graphrnn.cli_tools import CellSpecError, bench_with_bench_cpu, format_table, resolve_cell
 from graphrnn.ir import Cell
+from graphrnn.tools.cli_tools import CellSpecError, bench_with_bench_cpu, format_table, resolve_cell
 
 pytest.importorskip("graphviz")
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from graphrnn import checkpoint as ckpt
-from graphrnn.cli import build_parser, main
+from graphrnn.tools.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = "the cat sat on the mat. the dog sat on the log.\n" * 40
@@ -130,7 +130,7 @@ def test_a_changed_python_cell_file_is_caught(tmp_path, corpus, capsys):
 
 def test_cells_round_trip_through_json():
     from graphrnn import cells, ir_json
-    from graphrnn.train_charlm import nngraph_lstm
+    from graphrnn.tools.train_charlm import nngraph_lstm
     every = [cells.zoo_cell(n, 6, 6) for n in sorted(cells.ZOO)]
     for c in every + [nngraph_lstm(5, 7), cells.zoo_cell("gru", 5, 7, "float64")]:
         doc = json.loads(json.dumps(ir_json.cell_to_json(c)))

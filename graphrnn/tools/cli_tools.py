@@ -7,12 +7,12 @@
     graphrnn compile gru --backend cuda --emit cu ptx -o build/
     graphrnn bench lstm --hidden-size 128 --batch 32 --seq-len 50
 
-``add_subcommands(subparsers)`` registers these on the main ``graphrnn`` parser (graphrnn/cli.py);
-``main(argv)`` runs them alone. CELL is a zoo name (``graphrnn.cells.ZOO``), ``nngraph-lstm``
-(char-rnn's LSTM), an equations file, or ``file.py:function`` where the function returns a Cell
-or an nngraph gModule; the function may take ``input_size``, ``hidden_size`` and ``dtype``
-keyword arguments. ``resolve_cell`` turns such a spec into a Cell and is shared with the training
-commands.
+``add_subcommands(subparsers)`` registers these on the main ``graphrnn`` parser
+(graphrnn/tools/cli.py); ``main(argv)`` runs them alone. CELL is a zoo name
+(``graphrnn.cells.ZOO``), ``nngraph-lstm`` (char-rnn's LSTM), an equations file, or
+``file.py:function`` where the function returns a Cell or an nngraph gModule; the function may take
+``input_size``, ``hidden_size`` and ``dtype`` keyword arguments. ``resolve_cell`` turns such a spec
+into a Cell and is shared with the training commands.
 
 Sizes and equations files: ``--input-size`` goes to the file's first ``input`` and
 ``--hidden-size`` to every ``state`` it declares; a size given both ways must agree. A file
@@ -42,12 +42,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GraphRNNError
-from .ir import Cell
+from ..errors import GraphRNNError
+from ..ir import Cell
 
 DEFAULT_INPUT = 16
 DEFAULT_HIDDEN = 32
-NNGRAPH_LSTM = "nngraph-lstm"   # char-rnn's LSTM, graphrnn.train_charlm.nngraph_lstm
+NNGRAPH_LSTM = "nngraph-lstm"   # char-rnn's LSTM, graphrnn.tools.train_charlm.nngraph_lstm
 # the input and state names an equations file without input/state header lines is read with
 EQ_INPUT = "x"
 EQ_STATE = "h"
@@ -62,7 +62,7 @@ class CellSpecError(GraphRNNError, ValueError):
 # ---- CELL -> Cell ----
 
 def _zoo() -> dict[str, Any]:
-    from . import cells
+    from .. import cells
     return cells.ZOO
 
 
@@ -119,7 +119,7 @@ def _load_python_cell(path_text: str, func: str, input_size: int, hidden_size: i
 
 def read_equations(path: Path) -> str:
     """The text of an equations file, or a one-line CellSpecError saying why it cannot be read."""
-    from .safefile import open_regular
+    from ..safefile import open_regular
     if path.is_dir():
         raise CellSpecError(f"cannot read {path}: it is a directory, not an equations file")
     try:
@@ -304,7 +304,7 @@ def resolve_cell(spec: str, input_size: int | None = None, hidden_size: int | No
                           RuntimeWarning, stacklevel=2)
             return resolve_cell("lstm", input_size, hidden_size, dtype)
     elif spec in _zoo():
-        from . import cells
+        from .. import cells
         try:
             cell = cells.zoo_cell(spec, input_size or DEFAULT_INPUT,
                                   hidden_size or DEFAULT_HIDDEN, dtype)
@@ -431,7 +431,7 @@ def _cell_from_args(args: argparse.Namespace) -> Cell:
 # ---- viz ----
 
 def cmd_viz(args: argparse.Namespace) -> int:
-    from . import viz
+    from .. import viz
     out = Path(args.output) if args.output else Path(f"{Path(args.cell).stem}_{args.stage}.svg")
     _check_output_file(out)
     if out.suffix.lower().lstrip(".") not in viz.FORMATS:
@@ -515,7 +515,7 @@ def _median_spread(times: list[float]) -> tuple[float, float]:
 
 def _graphrnn_impl(cell: Cell, backend: str, T: int, B: int,
                    dtype: str) -> tuple[float, Callable[[], Any], Callable[[], Any]]:
-    from .api import compile as gr_compile
+    from ..api import compile as gr_compile
     t0 = time.perf_counter()
     cc = gr_compile(cell, backend=backend, dtype=dtype)
     compile_s = time.perf_counter() - t0
@@ -695,7 +695,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise CellSpecError(f"--{name.replace('_', '-')} must be positive, got "
                                 f"{getattr(args, name)}")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    from .api import BACKENDS
+    from ..api import BACKENDS
     unknown = [b for b in backends if b not in BACKENDS and b != "torch"]
     if unknown:
         raise CellSpecError(f"unknown backend {unknown[0]!r}; choose from "
@@ -790,7 +790,7 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run viz/compile/bench on their own (``python -m graphrnn.cli_tools``)."""
+    """Run viz/compile/bench on their own (``python -m graphrnn.tools.cli_tools``)."""
     parser = argparse.ArgumentParser(prog="graphrnn")
     sub = parser.add_subparsers(dest="command", required=True)
     add_subcommands(sub)
