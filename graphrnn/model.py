@@ -77,7 +77,7 @@ def make_cell(name: str, input_size: int, hidden_size: int, dtype: str = "float3
     return cells.zoo_cell(name, input_size, hidden_size, dtype)
 
 
-# char-rnn's LSTM.lua as the nngraph frontend names it (the main job's ``nngraph_lstm`` and
+# char-rnn's LSTM.lua as the nngraph frontend names it (the CLI's ``nngraph_lstm`` and
 # ``frontends.nngraph.charrnn_lstm``): Linears annotated i2h / h2h, or i2h_L / h2h_L per layer,
 # each (1, 4H), gates i, f, o, g (Reshape(4, H) + SplitTable(2): in, forget, out, in_transform)
 _CHARRNN_BIAS = re.compile(r"^i2h(?P<layer>_\w+)?_b$")

@@ -130,7 +130,7 @@ def test_a_changed_python_cell_file_is_caught(tmp_path, corpus, capsys):
 
 def test_cells_round_trip_through_json():
     from graphrnn import cells, ir_json
-    from graphrnn.tools.train_charlm import nngraph_lstm
+    from graphrnn.tools.cli_tools import nngraph_lstm
     every = [cells.zoo_cell(n, 6, 6) for n in sorted(cells.ZOO)]
     for c in every + [nngraph_lstm(5, 7), cells.zoo_cell("gru", 5, 7, "float64")]:
         doc = json.loads(json.dumps(ir_json.cell_to_json(c)))

@@ -204,7 +204,7 @@ def _lstm_form(form, I=3, H=4):
     if form == "peephole":
         return cells.peephole_lstm(I, H, "float64"), "ifgo", ("b",)
     if form == "nngraph-main-job":  # the main job's default cell: biases i2h_b, h2h_b
-        from graphrnn.tools.train_charlm import nngraph_lstm
+        from graphrnn.tools.cli_tools import nngraph_lstm
         return nngraph_lstm(I, H, "float64"), "ifog", ("i2h_b", "h2h_b")
     from frontends import nngraph
     if form == "nngraph-charrnn":  # frontends' char-rnn builder: i2h_1_b, h2h_1_b

@@ -14,12 +14,9 @@ after the subcommand, or ``GRAPHRNN_TRACEBACK=1``) shows the traceback instead.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
-
-from ..errors import GraphRNNError
 
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None],
                 Callable[[argparse.Namespace], int]]
@@ -176,25 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = bool(getattr(args, "debug", False)) or os.environ.get("GRAPHRNN_TRACEBACK") == "1"
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("graphrnn: interrupted", file=sys.stderr)
-        return 130
-    except (GraphRNNError, OSError, ValueError, KeyError, ArithmeticError) as e:
-        if debug:
-            raise
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
-            msg = f"{e.filename}: {msg}"
-        lines = [ln.strip() for ln in msg.strip().splitlines() if ln.strip()]
-        print(f"graphrnn: error: {' | '.join(lines) or type(e).__name__}", file=sys.stderr)
-        return 1
-
+    from .cli_tools import run_command
+    return run_command(build_parser(), sys.argv[1:] if argv is None else argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -47,7 +47,7 @@ from ..ir import Cell
 
 DEFAULT_INPUT = 16
 DEFAULT_HIDDEN = 32
-NNGRAPH_LSTM = "nngraph-lstm"   # char-rnn's LSTM, graphrnn.tools.train_charlm.nngraph_lstm
+NNGRAPH_LSTM = "nngraph-lstm"   # char-rnn's LSTM, nngraph_lstm below
 # the input and state names an equations file without input/state header lines is read with
 EQ_INPUT = "x"
 EQ_STATE = "h"
@@ -245,6 +245,28 @@ def equations_source(spec: str) -> dict[str, str] | None:
     return {"name": path.name, "path": str(path.resolve()), "text": read_equations(path)}
 
 
+def nngraph_lstm(input_size: int, hidden_size: int, dtype: str = "float32") -> Cell:
+    """char-rnn's LSTM (Karpathy's ``LSTM.lua``), one layer, declared with the nngraph frontend.
+    """
+    from graphrnn import nn
+    H = hidden_size
+    x = nn.Identity()().annotate(name="x")
+    prev_h = nn.Identity()().annotate(name="h")
+    prev_c = nn.Identity()().annotate(name="c")
+    i2h = nn.Linear(input_size, 4 * H)(x).annotate(name="i2h")
+    h2h = nn.Linear(H, 4 * H)(prev_h).annotate(name="h2h")
+    all_sums = nn.CAddTable()([i2h, h2h])
+    n1, n2, n3, n4 = nn.SplitTable(2)(nn.Reshape(4, H)(all_sums)).split(4)
+    in_gate, forget_gate = nn.Sigmoid()(n1), nn.Sigmoid()(n2)
+    out_gate, in_transform = nn.Sigmoid()(n3), nn.Tanh()(n4)
+    next_c = nn.CAddTable()([nn.CMulTable()([forget_gate, prev_c]),
+                             nn.CMulTable()([in_gate, in_transform])])
+    next_h = nn.CMulTable()([out_gate, nn.Tanh()(next_c)])
+    g = nn.gModule([x, prev_h, prev_c], [next_h, next_c])
+    return g.to_cell(inputs=["x"], states=["h", "c"], next_states=[0, 1], outputs=[0],
+                     name="charrnn_lstm", dtype=dtype)
+
+
 def is_gmodule(obj: Any) -> bool:
     """Whether a cell file returned an nngraph gModule (the frontend is loaded to tell)."""
     from frontends.nngraph import gModule
@@ -295,7 +317,6 @@ def resolve_cell(spec: str, input_size: int | None = None, hidden_size: int | No
         raise CellSpecError(f"{spec}: name the function that returns the cell, as "
                             f"{spec}:function")
     elif spec == NNGRAPH_LSTM:
-        from .train_charlm import nngraph_lstm
         try:
             cell = nngraph_lstm(input_size or DEFAULT_INPUT, hidden_size or DEFAULT_HIDDEN,
                                 dtype)
@@ -746,6 +767,29 @@ def _run(handler: Callable[[argparse.Namespace], int], command: str) -> Callable
             print(f"graphrnn {command}: error: {_one_line(str(msg))}", file=sys.stderr)
             return 1
     return run
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    """Parse argv and run the chosen ``func``: an error (missing file, bad option, mismatched
+    checkpoint, diverged training) prints one line ``graphrnn: error: ...`` on stderr and gives
+    status 1, unless ``--debug`` or ``GRAPHRNN_TRACEBACK=1`` asks for the traceback. Shared by
+    the ``graphrnn`` command and the main job run on its own."""
+    args = parser.parse_args(list(argv))
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("GRAPHRNN_TRACEBACK") == "1"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("graphrnn: interrupted", file=sys.stderr)
+        return 130
+    except (GraphRNNError, OSError, ValueError, KeyError, ArithmeticError) as e:
+        if debug:
+            raise
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+            msg = f"{e.filename}: {msg}"
+        lines = [ln.strip() for ln in msg.strip().splitlines() if ln.strip()]
+        print(f"graphrnn: error: {' | '.join(lines) or type(e).__name__}", file=sys.stderr)
+        return 1
 
 
 def add_subcommands(subparsers: Any) -> None:

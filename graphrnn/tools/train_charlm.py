@@ -5,7 +5,7 @@
     graphrnn train --cell gru --layers 2 --hidden 256 --steps 2000
 
 By default the LSTM is declared with the nngraph frontend (char-rnn's ``LSTM.lua`` in Python,
-``nngraph_lstm`` below), compiled with the llvm backend (the slow ``ref`` backend with a warning
+``cli_tools.nngraph_lstm``), compiled with the llvm backend (the slow ``ref`` backend with a warning
 where llvm is not available), and trained on the standard library's own Python source, which
 every Python installation has. Any text file works with ``--data``. Training shows a progress bar
 (loss, tokens/s, ETA), validates, writes a checkpoint (npz, atomic) and a loss plot (PNG, with
@@ -59,28 +59,6 @@ MAX_VOCAB = 1 << 24
 # what a resumed run takes from its checkpoint (the model and the data layout)
 FROM_CHECKPOINT = ("cell", "layers", "hidden", "embed", "dropout", "dtype", "batch", "seq_len",
                    "optimizer")
-
-
-def nngraph_lstm(input_size: int, hidden_size: int, dtype: str = "float32") -> Cell:
-    """char-rnn's LSTM (Karpathy's ``LSTM.lua``), one layer, declared with the nngraph frontend.
-    """
-    from graphrnn import nn
-    H = hidden_size
-    x = nn.Identity()().annotate(name="x")
-    prev_h = nn.Identity()().annotate(name="h")
-    prev_c = nn.Identity()().annotate(name="c")
-    i2h = nn.Linear(input_size, 4 * H)(x).annotate(name="i2h")
-    h2h = nn.Linear(H, 4 * H)(prev_h).annotate(name="h2h")
-    all_sums = nn.CAddTable()([i2h, h2h])
-    n1, n2, n3, n4 = nn.SplitTable(2)(nn.Reshape(4, H)(all_sums)).split(4)
-    in_gate, forget_gate = nn.Sigmoid()(n1), nn.Sigmoid()(n2)
-    out_gate, in_transform = nn.Sigmoid()(n3), nn.Tanh()(n4)
-    next_c = nn.CAddTable()([nn.CMulTable()([forget_gate, prev_c]),
-                             nn.CMulTable()([in_gate, in_transform])])
-    next_h = nn.CMulTable()([out_gate, nn.Tanh()(next_c)])
-    g = nn.gModule([x, prev_h, prev_c], [next_h, next_c])
-    return g.to_cell(inputs=["x"], states=["h", "c"], next_states=[0, 1], outputs=[0],
-                     name="charrnn_lstm", dtype=dtype)
 
 
 def resolve_layer_cell(spec: str, input_size: int | None, hidden_size: int | None, dtype: str,
@@ -475,8 +453,14 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import main as cli_main
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    """``graphrnn train`` on its own (``python -m graphrnn.tools.train_charlm [options]``)."""
+    from .cli_tools import run_command
+    p = argparse.ArgumentParser(prog="graphrnn train", description="train a language model "
+                                "(default: char-level LSTM on the stdlib source)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    add_train_args(p)
+    p.set_defaults(func=run)
+    return run_command(p, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
