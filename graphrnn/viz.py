@@ -36,6 +36,7 @@ import numpy as np
 from .errors import BackendError, GraphRNNError
 from .ir import Cell, Node, annotations, short_type, site_of, toposort
 from .ops import GroupOp, Ops
+from .safefile import atomic_write, umask_mode
 
 try:  # the graphviz package is an optional extra ("viz"); DOT text is produced without it
     import graphviz
@@ -251,18 +252,9 @@ def backward_dot(cell_or_bw: Any, title: str | None = None, mark: Node | None = 
 
 # ---- rendering ----
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file beside ``path`` and rename it over ``path``, so a reader
-    never sees half a picture (the file gets the usual umask permissions)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
+def _write_picture(path: Path, data: bytes) -> None:
+    """Atomically, so a reader never sees half a picture, with the usual umask permissions."""
+    atomic_write(path, data, fsync=False, mode=umask_mode())
 
 
 def dot_source(g: Any) -> str:
@@ -296,17 +288,17 @@ def render(g: Any, path: str | os.PathLike[str]) -> Path:
         raise FileNotFoundError(f"cannot write {path}: directory {path.parent} does not exist")
     text = dot_source(g).encode()
     if fmt in ("dot", "gv"):
-        _atomic_write(path, text)
+        _write_picture(path, text)
         return path
     try:
         data = pipe(g, fmt)
     except DotNotFoundError as e:
         dot_path = path.with_suffix(".dot")
-        _atomic_write(dot_path, text)
+        _write_picture(dot_path, text)
         raise DotNotFoundError(f"cannot write {path}: the Graphviz `dot` program was not found "
                                f"on PATH; {INSTALL_HINT}. The DOT text was written to "
                                f"{dot_path}") from e
-    _atomic_write(path, data)
+    _write_picture(path, data)
     return path
 
 

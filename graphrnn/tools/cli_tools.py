@@ -44,6 +44,7 @@ import numpy as np
 
 from ..errors import GraphRNNError
 from ..ir import Cell
+from ..safefile import atomic_write, open_regular, umask_mode
 
 DEFAULT_INPUT = 16
 DEFAULT_HIDDEN = 32
@@ -119,7 +120,6 @@ def _load_python_cell(path_text: str, func: str, input_size: int, hidden_size: i
 
 def read_equations(path: Path) -> str:
     """The text of an equations file, or a one-line CellSpecError saying why it cannot be read."""
-    from ..safefile import open_regular
     if path.is_dir():
         raise CellSpecError(f"cannot read {path}: it is a directory, not an equations file")
     try:
@@ -491,9 +491,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """An exported file, atomically, with the usual umask permissions (others may build it)."""
+    atomic_write(path, text.encode(), fsync=False, mode=umask_mode())
 
 
 def export_cell(cell: Cell, backend: str, emits: Sequence[str], out_dir: Path, dtype: str,
@@ -699,14 +698,11 @@ def plot_rows(rows: Sequence[dict[str, Any]], title: str, path: Path) -> bool:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + f".{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format="png"), fsync=False,
+                     mode=umask_mode())
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return True
 
 
