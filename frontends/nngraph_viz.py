@@ -13,7 +13,7 @@ from typing import Any
 
 from graphrnn.ir import Node as IRNode
 from graphrnn.ir import site_of
-from graphrnn.viz import COLORS, _add_node, _need_graphviz
+from graphrnn.viz import COLORS, add_node, need_graphviz
 
 
 def gmodule_dot(gm: Any, title: str = "", stage: str = "forward",
@@ -25,7 +25,7 @@ def gmodule_dot(gm: Any, title: str = "", stage: str = "forward",
     ``mark`` are drawn in red (debug mode)."""
     if stage not in ("forward", "backward"):
         raise ValueError(f"stage must be 'forward' or 'backward', got {stage!r}")
-    gv = _need_graphviz()
+    gv = need_graphviz()
     title = title or ("gModule" if stage == "forward" else "gModule (backward)")
     g = gv.Digraph(name=title)
     g.attr(rankdir="TB", fontname="Helvetica", labelloc="t", label=title)
@@ -57,7 +57,7 @@ def gmodule_dot(gm: Any, title: str = "", stage: str = "forward",
                          penwidth="3", style="filled")
             lines.append("(failed here)")
         site = getattr(n, "site", None)
-        _add_node(g, ids[id(n)], label="\n".join(lines),
+        add_node(g, ids[id(n)], label="\n".join(lines),
                   tooltip=f"{site} (nngraph)" if site else "", **attrs)
         for j, parent in enumerate(n.parents):
             lab = str(j + 1) if len(n.parents) > 1 else ""
@@ -67,7 +67,7 @@ def gmodule_dot(gm: Any, title: str = "", stage: str = "forward",
                 g.edge(ids[id(n)], ids[id(parent)], label=lab, color="#1565c0")
     for k, n in enumerate(gm.outputs):
         rid = f"output{k + 1}"
-        _add_node(g, rid, label=f"output {k + 1}", shape="box", style="filled,bold",
+        add_node(g, rid, label=f"output {k + 1}", shape="box", style="filled,bold",
                   fillcolor=COLORS["output"])
         if stage == "forward":
             g.edge(ids[id(n)], rid)

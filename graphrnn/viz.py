@@ -70,7 +70,7 @@ class DotNotFoundError(GraphRNNError, RuntimeError):
     """The Graphviz ``dot`` program is missing, so only DOT text could be written."""
 
 
-def _need_graphviz() -> Any:
+def need_graphviz() -> Any:
     if graphviz is None:
         raise ModuleNotFoundError("graphrnn.viz needs the graphviz Python package: "
                                   "pip install graphviz (or pip install graphrnn[viz])")
@@ -177,7 +177,7 @@ def node_attrs(n: Node) -> dict[str, str]:
 
 # ---- graphs of nodes ----
 
-def _add_node(g: Any, nid: str, **attrs: str) -> None:
+def add_node(g: Any, nid: str, **attrs: str) -> None:
     """``g.node`` with line breaks written as DOT's centered ``\\n`` escape."""
     for k in ("label", "tooltip"):
         if k in attrs:
@@ -191,7 +191,7 @@ def graph_dot(roots: Sequence[Node], results: Sequence[tuple[str, Node]] = (),
     """A ``graphviz.Digraph`` of everything reachable from roots. ``results`` adds an output box
     per (label, node); ``recurrent`` draws (from, to, label) edges the recurrent way; ``mark``
     is drawn in red (a failing node)."""
-    gv = _need_graphviz()
+    gv = need_graphviz()
     g = gv.Digraph(name=title or "graph")
     g.attr(rankdir="TB", fontname="Helvetica", labelloc="t", label=title, tooltip=title)
     g.attr("node", fontname="Helvetica", fontsize="11")
@@ -204,14 +204,14 @@ def graph_dot(roots: Sequence[Node], results: Sequence[tuple[str, Node]] = (),
             attrs.update(fillcolor=COLORS["failed"], fontcolor="white", color="#b71c1c",
                          penwidth="3", style="filled")
             attrs["label"] += "\n(failed here)"
-        _add_node(g, ids[n], **attrs)
+        add_node(g, ids[n], **attrs)
         for j, s in enumerate(n.src):
             # operand index on edges into non-commutative ops: nngraph shows argument order
             lab = str(j + 1) if len(n.src) > 1 and n.op not in GroupOp.Commutative else ""
             g.edge(ids[s], ids[n], label=lab, fontsize="9")
     for k, (label, n) in enumerate(results):
         rid = f"r{k}"
-        _add_node(g, rid, label=label, shape="box", style="filled,bold",
+        add_node(g, rid, label=label, shape="box", style="filled,bold",
                   fillcolor=COLORS["output"], tooltip=label)
         g.edge(ids[n], rid)
     for src, dst, label in recurrent:
@@ -263,7 +263,7 @@ def dot_source(g: Any) -> str:
 
 def pipe(g: Any, fmt: str) -> bytes:
     """Render DOT to bytes in ``fmt`` (svg, png, pdf); DotNotFoundError without ``dot``."""
-    gv = _need_graphviz()
+    gv = need_graphviz()
     src = gv.Source(dot_source(g))
     try:
         return bytes(src.pipe(format=fmt))
@@ -580,7 +580,7 @@ class _PlanDrawer:
             label = f"{b.name}\n{b.kind} ({size})"
             attrs = {"shape": "box", "fillcolor": COLORS["layout"]}
         attrs.setdefault("style", "filled")
-        _add_node(self.g, nid, label=label, tooltip=f"buffer {b.name}: {b.kind}, {b.dtype}",
+        add_node(self.g, nid, label=label, tooltip=f"buffer {b.name}: {b.kind}, {b.dtype}",
                   **attrs)
         self.leaves[key] = nid
         return nid
@@ -669,7 +669,7 @@ class _PlanDrawer:
             a = self.shape_text(s.a, in_loop, s.trans_a)
             b = self.shape_text(s.b, in_loop, s.trans_b)
             out_rows, out_cols = self.shape(s.out, in_loop)
-            _add_node(pg, nid, label=f"GEMM\n{s.out} {acc} {s.a}{'ᵀ' if s.trans_a else ''} @ "
+            add_node(pg, nid, label=f"GEMM\n{s.out} {acc} {s.a}{'ᵀ' if s.trans_a else ''} @ "
                     f"{s.b}{'ᵀ' if s.trans_b else ''}\n{a} @ {b} → ({out_rows}×{out_cols})",
                     shape="box", style="filled,bold", fillcolor=COLORS["matmul"],
                     penwidth="2", tooltip=tip)
@@ -682,19 +682,19 @@ class _PlanDrawer:
             nid = self.new_id("reduce")
             rows, cols = self.shape(s.src, in_loop)
             orow, ocol = self.shape(s.out, in_loop)
-            _add_node(pg, nid, label=f"reduce {s.op} axis {s.axis}\n{s.out} "
+            add_node(pg, nid, label=f"reduce {s.op} axis {s.axis}\n{s.out} "
                     f"{'+=' if s.accumulate else '='} {s.op}({s.src})\n({rows}×{cols}) → "
                     f"({orow}×{ocol})", shape="box", style="filled",
                     fillcolor=COLORS["reduce"], tooltip=tip)
             return [(s.src, nid, "")], [(s.out, nid)]
         if isinstance(s, Gather):
             nid = self.new_id("gather")
-            _add_node(pg, nid, label=f"gather\n{s.out} = {s.table}[{s.ids}]", shape="box",
+            add_node(pg, nid, label=f"gather\n{s.out} = {s.table}[{s.ids}]", shape="box",
                     style="filled", fillcolor=COLORS["layout"], tooltip=tip)
             return [(s.table, nid, ""), (s.ids, nid, "")], [(s.out, nid)]
         if isinstance(s, Scatter):
             nid = self.new_id("scatter")
-            _add_node(pg, nid, label=f"scatter-add\n{s.out}[{s.ids}] += {s.src}", shape="box",
+            add_node(pg, nid, label=f"scatter-add\n{s.out}[{s.ids}] += {s.src}", shape="box",
                     style="filled", fillcolor=COLORS["layout"], tooltip=tip)
             return [(s.ids, nid, ""), (s.src, nid, "")], [(s.out, nid)]
         raise TypeError(f"plan_dot: unknown step {s!r}")
@@ -720,9 +720,9 @@ class _PlanDrawer:
                 v = prog.n_inputs + j
                 nid = self.new_id("op")
                 if op is Ops.CONST:
-                    _add_node(kg, nid, label=f"{c:g}", shape="plaintext", fontsize="10")
+                    add_node(kg, nid, label=f"{c:g}", shape="plaintext", fontsize="10")
                 else:
-                    _add_node(kg, nid, label=op.name.lower(), shape="ellipse", style="filled",
+                    add_node(kg, nid, label=op.name.lower(), shape="ellipse", style="filled",
                             fillcolor="white", fontsize="10", tooltip=tip)
                 val_node[v] = nid
                 for a in args:
@@ -733,7 +733,7 @@ class _PlanDrawer:
             for o_idx, o in enumerate(prog.outputs):
                 if o not in val_node:   # an output that is an input: a copy
                     nid = self.new_id("op")
-                    _add_node(kg, nid, label="copy", shape="ellipse", style="filled",
+                    add_node(kg, nid, label="copy", shape="ellipse", style="filled",
                             fillcolor="white", fontsize="10")
                     val_node[o] = nid
                     users.setdefault(o, []).append(nid)
@@ -754,7 +754,7 @@ class _PlanDrawer:
             if not src:
                 continue
             rid = self.new_id("result")
-            _add_node(self.g, rid, label=label, shape="box", style="filled,bold",
+            add_node(self.g, rid, label=label, shape="box", style="filled,bold",
                         fillcolor=COLORS["output"])
             self.g.edge(src[-1][1], rid, label=str(r), fontsize="8")
 
@@ -764,7 +764,7 @@ def plan_dot(program: Any, title: str | None = None, sweeps: Sequence[str] = ("f
     """The optimized plan: each sweep (forward, backward) with its three phases (before, in and
     after the time loop) as clusters, each fused kernel a colored cluster of the elementwise ops
     it fused, GEMMs as bold boxes with their shapes (T·B rows before/after the loop, B in it)."""
-    gv = _need_graphviz()
+    gv = need_graphviz()
     g = gv.Digraph(name=f"plan_{program.cell_name}")
     drawn = [name for name in ("forward", "backward") if name in sweeps]
     if title is None:

@@ -248,7 +248,7 @@ def equations_source(spec: str) -> dict[str, str] | None:
 def nngraph_lstm(input_size: int, hidden_size: int, dtype: str = "float32") -> Cell:
     """char-rnn's LSTM (Karpathy's ``LSTM.lua``), one layer, declared with the nngraph frontend.
     """
-    from graphrnn import nn
+    from frontends import nngraph as nn
     H = hidden_size
     x = nn.Identity()().annotate(name="x")
     prev_h = nn.Identity()().annotate(name="h")
