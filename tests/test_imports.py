@@ -151,3 +151,15 @@ def test_the_cycle_finder_sees_lazy_and_relative_imports() -> None:
     assert g.has_edge("graphrnn.display", "graphrnn.viz")            # from . import viz, lazy
     assert g.has_edge("frontends.trace", "graphrnn.builder")         # absolute
     assert not g.has_edge("graphrnn.ir", "graphrnn")                 # own package: no edge
+
+
+def test_cells_and_programs_show_themselves() -> None:
+    """``str``/``_repr_svg_`` come from graphrnn/display.py, not from ir.py or program.py."""
+    from graphrnn.cells import lstm
+    from graphrnn.explain import explain_program
+    from graphrnn.printer import format_cell
+    from graphrnn.schedule import compile_program
+    cell = lstm(2, 3)
+    prog = compile_program(cell)
+    assert str(cell) == format_cell(cell) and str(prog) == explain_program(prog)
+    assert callable(type(cell)._repr_svg_) and callable(type(prog)._repr_svg_)
