@@ -50,6 +50,7 @@ from .llvm_blas import blas_info
 from .llvm_gemm import helper_module, tile_for
 from .llvm_program import collapsed_buffers, diagonal_loop, emit_program, workspace_bytes
 from .llvm_threads import ENTRY, TEAM, default_threads
+from .llvm_threads import matmul as threads_matmul
 from .mangle import mangle
 
 _preload: threading.Thread | None = None
@@ -560,6 +561,10 @@ class LLVMBackend(CompiledCell):
         return Grads(grads, d_inputs, d_states)
 
     # ---- introspection ----
+    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``a @ b`` split over our threads once they hold the cores (``llvm_threads.matmul``)."""
+        return threads_matmul(a, b)
+
     def assembly(self) -> str:
         return jit_module().assembly(self.ir_text)
 

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from graphrnn.train_charlm import add_train_args, run
+from graphrnn.tools.train_charlm import add_train_args, run
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / \
     "input.txt"

@@ -1079,6 +1079,19 @@ class gModule:  # noqa: N801 - Torch's name
                 outs.append(next(res))
         return outs[0] if len(outs) == 1 else outs
 
+    def module_dot(self, title: str = "", stage: str = "forward",
+                   mark: Sequence[Node] = ()) -> Any:
+        """nngraph's ``graph.dot(g.fg)`` (``stage="backward"``: ``g.bg``) as a graphviz Digraph,
+        ``mark``ed nodes in red; ``graphrnn.viz.dot(g, ...)`` draws a gModule with it."""
+        from .nngraph_viz import gmodule_dot
+        return gmodule_dot(self, title, stage, mark)
+
+    def debug_dot(self, bad: IRNode, title: str) -> Any:
+        """The module-level picture with the nodes that made the IR node ``bad`` in red (None
+        when none did): the picture ``graphrnn.viz.debug_forward`` writes for a gModule."""
+        from .nngraph_viz import debug_dot
+        return debug_dot(self, bad, title)
+
     def _debug_evaluate(self, roots: list[IRNode], env: dict[IRNode, np.ndarray],
                         arrays: list[np.ndarray], params: dict[str, np.ndarray],
                         dtype: str) -> list[np.ndarray]:

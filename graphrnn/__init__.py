@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from . import display as _display  # noqa: F401 - attaches str() and Jupyter views
 from .api import CompiledCell, Grads, Residuals, compile, init_params
 from .autodiff import BackwardCell, backward_cell, vjp
 from .errors import (

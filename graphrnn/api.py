@@ -463,6 +463,11 @@ class CompiledCell:
         from .explain import explain
         return explain(self, batch=batch, kernels=kernels)
 
+    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``a @ b`` for work next to the cell (a model's softmax head) on the cores this backend
+        runs on: numpy's here, a backend with its own threads overrides it."""
+        return a @ b  # type: ignore[no-any-return]
+
     def step(self, params: dict[str, np.ndarray], x: Any,
              h: Any = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
         xs = [np.asarray(v)[None] for v in self._step_inputs(x)]

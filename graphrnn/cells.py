@@ -1,4 +1,5 @@
-"""The cell zoo: well-known RNN cells as ``Cell`` builders, written with the trace frontend.
+"""The cell zoo: well-known RNN cells as ``Cell`` builders, written with ``graphrnn.builder``
+(the trace frontend's operator sugar, kept in the core so that the zoo needs no frontend).
 
 Every builder takes ``input_size`` and ``hidden_size`` (plus ``dtype`` and cell-specific options)
 and returns a one-step ``Cell`` with the input ``x`` (B, I), the state ``h`` (B, H) (the LSTMs
@@ -16,8 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from frontends.trace import CellBuilder, concat, relu, sigmoid, tanh
-
+from .builder import CellBuilder, concat, relu, sigmoid, tanh
 from .errors import ShapeError
 from .ir import Cell, Node
 

@@ -15,7 +15,7 @@ or ``MAX_TOTAL_BYTES``), the JSON is
 bounded in size and nesting before it is parsed, and nothing is ever unpickled. Whatever is
 wrong raises one ``CheckpointError`` naming the file and why (never advising ``allow_pickle``).
 The fields of the metadata are checked by whoever reads them (``check_field``; the trainer's in
-``graphrnn.train``, the model options in ``graphrnn.train_charlm``).
+``graphrnn.train``, the model options in ``graphrnn.tools.train_charlm``).
 """
 
 from __future__ import annotations

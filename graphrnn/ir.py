@@ -563,13 +563,5 @@ class Cell:
     def param_shapes(self) -> dict[str, tuple[int, int]]:
         return {p.arg: p.shape for p in self.params}
 
-    def __str__(self) -> str:
-        from .printer import format_cell
-        return format_cell(self)
-
-    def _repr_svg_(self) -> str | None:  # Jupyter
-        try:
-            from . import viz  # type: ignore[attr-defined]
-        except ImportError:
-            return None
-        return viz.cell_svg(self)  # type: ignore[no-any-return]
+    # str(cell) (the printer's SSA text) and Jupyter's _repr_svg_ are attached by
+    # graphrnn/display.py: ir.py imports neither the printer nor viz, which import it

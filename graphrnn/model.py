@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -78,7 +77,7 @@ def make_cell(name: str, input_size: int, hidden_size: int, dtype: str = "float3
     return cells.zoo_cell(name, input_size, hidden_size, dtype)
 
 
-# char-rnn's LSTM.lua as the nngraph frontend names it (the main job's ``nngraph_lstm`` and
+# char-rnn's LSTM.lua as the nngraph frontend names it (the CLI's ``nngraph_lstm`` and
 # ``frontends.nngraph.charrnn_lstm``): Linears annotated i2h / h2h, or i2h_L / h2h_L per layer,
 # each (1, 4H), gates i, f, o, g (Reshape(4, H) + SplitTable(2): in, forget, out, in_transform)
 _CHARRNN_BIAS = re.compile(r"^i2h(?P<layer>_\w+)?_b$")
@@ -368,6 +367,11 @@ class RNNModel:
                 raise RuntimeInputError(f"parameter {k!r}: expected shape {s}, got "
                                         f"{params[k].shape}")
 
+    def _head_mm(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``a @ b`` for the head's GEMMs, asked of the top layer's compiled cell: the llvm
+        backend splits it over the threads that hold the cores once they are its own."""
+        return self.layers[-1].fwd.matmul(a, b)
+
     @staticmethod
     def _sub(params: Arrays, prefix: str) -> Arrays:
         n = len(prefix)
@@ -465,7 +469,7 @@ class RNNModel:
         cache["drops"].append(drop)
         top = x * drop if drop is not None else x
         cache["top"] = top
-        logits = _mm(top.reshape(-1, top.shape[2]), params["head.W"]).reshape(
+        logits = self._head_mm(top.reshape(-1, top.shape[2]), params["head.W"]).reshape(
             top.shape[:2] + (-1,)) + params["head.b"]
         return logits, new_state, cache
 
@@ -477,9 +481,9 @@ class RNNModel:
         T, Bn, top = cache["T"], cache["B"], cache["top"]
         H = top.shape[2]
         d2 = d_logits.reshape(T * Bn, -1)
-        grads["head.W"] = _mm(top.reshape(T * Bn, H).T, d2)
+        grads["head.W"] = self._head_mm(top.reshape(T * Bn, H).T, d2)
         grads["head.b"] = d2.sum(0)
-        d_x = _mm(d2, params["head.W"].T).reshape(T, Bn, H)
+        d_x = self._head_mm(d2, params["head.W"].T).reshape(T, Bn, H)
         m3, idx = cache["m3"], cache["idx"]
         d_state0: State = [[] for _ in self.layers]
         for i in reversed(range(len(self.layers))):
@@ -591,13 +595,6 @@ class RNNModel:
             new_state.append(h)
             x = ys[0]
         return x @ params["head.W"] + params["head.b"], new_state
-
-
-def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for the head's GEMMs, on the llvm backend's threads once it has taken the cores
-    over from numpy's OpenBLAS (codegen.llvm_threads: one pool of threads per process)."""
-    threads = sys.modules.get("codegen.llvm_threads")
-    return threads.matmul(a, b) if threads is not None else a @ b  # type: ignore[no-any-return]
 
 
 # ---- building stacks ----

@@ -318,15 +318,8 @@ class Program:
         size = 8 if self.dtype == "float64" else 4
         return self.residual_values_per_row() * batch * size
 
-    def _repr_svg_(self) -> str | None:
-        """Jupyter's picture of the plan (``graphrnn.viz.plan_svg``); None when it cannot be
-        drawn (no graphviz, no ``dot`` binary, ...), so Jupyter falls back to the text repr."""
-        try:
-            from . import viz
-            plan_svg = getattr(viz, "plan_svg", None)
-            return plan_svg(self) if plan_svg is not None else None
-        except Exception:
-            return None
+    # str(program) and Jupyter's _repr_svg_ are attached by graphrnn/display.py (program.py
+    # imports neither explain nor viz, which import it)
 
 
 # ---- validation ----

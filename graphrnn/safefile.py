@@ -5,7 +5,8 @@ own, and the temporary files a killed write left behind.
 Checkpoints (``graphrnn.checkpoint``) and the compiled-object caches (``codegen.llvm_jit``,
 ``codegen.cuda_cpu``) all write through ``atomic_write`` and read through ``open_regular``; the
 caches also ask ``untrusted_dir`` / ``untrusted_entry`` before loading anything, because what
-they load is machine code.
+they load is machine code. Files the user asked for (pictures, exported code, plots) go through
+the same ``atomic_write`` with ``mode=umask_mode()``, the permissions ``open()`` would give.
 """
 
 from __future__ import annotations
@@ -43,19 +44,36 @@ def _tmp_prefix(path: Path) -> str:
     return f"{TMP_PREFIX}{path.name}.{_host_tag()}-{os.getpid()}."
 
 
+def umask_mode() -> int:
+    """The permissions ``open()`` gives a new file: 0666 less the process's umask. For files
+    the user asked for (pictures, exported code), which others may be meant to read."""
+    try:  # Linux says it without changing it (changing it races with other threads)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes | Callable[[BinaryIO], None],
-                 *, fsync: bool = True) -> Path:
+                 *, fsync: bool = True, mode: int | None = None) -> Path:
     """Write ``data`` (bytes, or a function writing to a binary file) to ``path`` atomically: a
-    temporary file in the same folder (mode 0600, from ``mkstemp``), then ``os.replace``; a
-    failed write leaves the old file and no temporary file. Temporary files of earlier writes
-    of the same path whose process is gone, or that are older than ``STALE_TMP_SECONDS``, are
-    removed first."""
+    temporary file in the same folder (mode 0600, from ``mkstemp``, or ``mode`` when given:
+    ``umask_mode()`` for a file the user reads), then ``os.replace``; a failed write leaves the
+    old file and no temporary file. Temporary files of earlier writes of the same path whose
+    process is gone, or that are older than ``STALE_TMP_SECONDS``, are removed first."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     clean_stale_tmp(path)
     fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=TMP_SUFFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             if callable(data):
                 data(f)
             else:

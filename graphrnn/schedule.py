@@ -667,8 +667,7 @@ def compile_plan(cell: Cell, dtype: str | None = None, use_sympy: bool = True) -
     validate(prog)
     plan = Plan(prog, cm, layout, fsb.groups, bsb.groups, fsb.deps, bsb.deps, saved)
     if debug_level() >= 2:
-        from .explain import explain_program
-        _debug("program", explain_program(prog))
+        _debug("program", str(prog))  # the explained plan (graphrnn/display.py)
     return plan
 
 

@@ -35,6 +35,7 @@ from .data import Batch
 from .errors import GraphRNNError
 from .model import Arrays, Result, RNNModel, State
 from .optim import Optimizer, clip_elementwise, clip_global_norm, global_norm, optimizer_from_json
+from .safefile import atomic_write, umask_mode
 
 
 class TrainingDivergedError(GraphRNNError, ArithmeticError):
@@ -233,10 +234,11 @@ def plot_losses(history: Sequence[tuple[int, float]], val: Sequence[tuple[int, f
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:  # atomically, with the usual umask permissions: the user opens the plot
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), fsync=False,
+                     mode=umask_mode())
+    finally:
+        plt.close(fig)
     return path
 
 

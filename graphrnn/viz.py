@@ -36,6 +36,7 @@ import numpy as np
 from .errors import BackendError, GraphRNNError
 from .ir import Cell, Node, annotations, short_type, site_of, toposort
 from .ops import GroupOp, Ops
+from .safefile import atomic_write, umask_mode
 
 try:  # the graphviz package is an optional extra ("viz"); DOT text is produced without it
     import graphviz
@@ -69,7 +70,7 @@ class DotNotFoundError(GraphRNNError, RuntimeError):
     """The Graphviz ``dot`` program is missing, so only DOT text could be written."""
 
 
-def _need_graphviz() -> Any:
+def need_graphviz() -> Any:
     if graphviz is None:
         raise ModuleNotFoundError("graphrnn.viz needs the graphviz Python package: "
                                   "pip install graphviz (or pip install graphrnn[viz])")
@@ -176,7 +177,7 @@ def node_attrs(n: Node) -> dict[str, str]:
 
 # ---- graphs of nodes ----
 
-def _add_node(g: Any, nid: str, **attrs: str) -> None:
+def add_node(g: Any, nid: str, **attrs: str) -> None:
     """``g.node`` with line breaks written as DOT's centered ``\\n`` escape."""
     for k in ("label", "tooltip"):
         if k in attrs:
@@ -190,7 +191,7 @@ def graph_dot(roots: Sequence[Node], results: Sequence[tuple[str, Node]] = (),
     """A ``graphviz.Digraph`` of everything reachable from roots. ``results`` adds an output box
     per (label, node); ``recurrent`` draws (from, to, label) edges the recurrent way; ``mark``
     is drawn in red (a failing node)."""
-    gv = _need_graphviz()
+    gv = need_graphviz()
     g = gv.Digraph(name=title or "graph")
     g.attr(rankdir="TB", fontname="Helvetica", labelloc="t", label=title, tooltip=title)
     g.attr("node", fontname="Helvetica", fontsize="11")
@@ -203,14 +204,14 @@ def graph_dot(roots: Sequence[Node], results: Sequence[tuple[str, Node]] = (),
             attrs.update(fillcolor=COLORS["failed"], fontcolor="white", color="#b71c1c",
                          penwidth="3", style="filled")
             attrs["label"] += "\n(failed here)"
-        _add_node(g, ids[n], **attrs)
+        add_node(g, ids[n], **attrs)
         for j, s in enumerate(n.src):
             # operand index on edges into non-commutative ops: nngraph shows argument order
             lab = str(j + 1) if len(n.src) > 1 and n.op not in GroupOp.Commutative else ""
             g.edge(ids[s], ids[n], label=lab, fontsize="9")
     for k, (label, n) in enumerate(results):
         rid = f"r{k}"
-        _add_node(g, rid, label=label, shape="box", style="filled,bold",
+        add_node(g, rid, label=label, shape="box", style="filled,bold",
                   fillcolor=COLORS["output"], tooltip=label)
         g.edge(ids[n], rid)
     for src, dst, label in recurrent:
@@ -251,18 +252,9 @@ def backward_dot(cell_or_bw: Any, title: str | None = None, mark: Node | None = 
 
 # ---- rendering ----
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file beside ``path`` and rename it over ``path``, so a reader
-    never sees half a picture (the file gets the usual umask permissions)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
+def _write_picture(path: Path, data: bytes) -> None:
+    """Atomically, so a reader never sees half a picture, with the usual umask permissions."""
+    atomic_write(path, data, fsync=False, mode=umask_mode())
 
 
 def dot_source(g: Any) -> str:
@@ -271,7 +263,7 @@ def dot_source(g: Any) -> str:
 
 def pipe(g: Any, fmt: str) -> bytes:
     """Render DOT to bytes in ``fmt`` (svg, png, pdf); DotNotFoundError without ``dot``."""
-    gv = _need_graphviz()
+    gv = need_graphviz()
     src = gv.Source(dot_source(g))
     try:
         return bytes(src.pipe(format=fmt))
@@ -296,17 +288,17 @@ def render(g: Any, path: str | os.PathLike[str]) -> Path:
         raise FileNotFoundError(f"cannot write {path}: directory {path.parent} does not exist")
     text = dot_source(g).encode()
     if fmt in ("dot", "gv"):
-        _atomic_write(path, text)
+        _write_picture(path, text)
         return path
     try:
         data = pipe(g, fmt)
     except DotNotFoundError as e:
         dot_path = path.with_suffix(".dot")
-        _atomic_write(dot_path, text)
+        _write_picture(dot_path, text)
         raise DotNotFoundError(f"cannot write {path}: the Graphviz `dot` program was not found "
                                f"on PATH; {INSTALL_HINT}. The DOT text was written to "
                                f"{dot_path}") from e
-    _atomic_write(path, data)
+    _write_picture(path, data)
     return path
 
 
@@ -342,71 +334,12 @@ def plan_svg(program: Any) -> str | None:
         return None
 
 
-# ---- nngraph conveniences ----
+# ---- objects that draw themselves (a frontend's graphs: nngraph's gModule) ----
 
-def is_gmodule(obj: Any) -> bool:
-    """Whether obj is an nngraph gModule (told by its shape: viz does not import frontends)."""
-    return hasattr(obj, "nodes") and hasattr(obj, "inputs") and hasattr(obj, "to_cell")
-
-
-def gmodule_dot(gm: Any, title: str = "", stage: str = "forward",
-                mark: Sequence[Any] = ()) -> Any:
-    """nngraph's ``g.fg`` / ``g.bg`` pictures of a gModule at the module level: one node per
-    module application, labelled ``Node<k>``, the annotate name, ``module = nn.Linear(8 -> 64)``
-    and the description, graphAttributes applied, the creation site as tooltip. ``stage=
-    "backward"`` draws the gradient flow (every edge reversed), as nngraph's ``g.bg``. Nodes in
-    ``mark`` are drawn in red (debug mode)."""
-    if stage not in ("forward", "backward"):
-        raise ValueError(f"stage must be 'forward' or 'backward', got {stage!r}")
-    gv = _need_graphviz()
-    title = title or ("gModule" if stage == "forward" else "gModule (backward)")
-    g = gv.Digraph(name=title)
-    g.attr(rankdir="TB", fontname="Helvetica", labelloc="t", label=title)
-    g.attr("node", fontname="Helvetica", fontsize="11")
-    g.attr("edge", arrowsize="0.7", fontname="Helvetica", fontsize="9")
-    marked = {id(n) for n in mark}
-    input_index = {id(n): k for k, n in enumerate(gm.inputs)}
-    # numbered 1.. in creation order, as nngraph numbers its nodes
-    order = sorted(gm.nodes, key=lambda n: n.serial)
-    ids = {id(n): f"node{k + 1}" for k, n in enumerate(order)}
-    for n in order:
-        ann = dict(getattr(n, "annotations", {}) or {})
-        lines = [f"Node{ids[id(n)][4:]}"]
-        if ann.get("name"):
-            lines.append(str(ann["name"]))
-        if id(n) in input_index:
-            lines.append(f"input {input_index[id(n)] + 1}")
-            attrs = {"shape": "invhouse", "style": "filled", "fillcolor": COLORS["input"]}
-        else:
-            lines.append(f"module = {n.module!r}")
-            attrs = {"shape": "ellipse", "style": "filled", "fillcolor": COLORS["op"]}
-        if getattr(n, "size", None):
-            lines.append(f"size {n.size}")
-        if ann.get("description"):
-            lines.append(str(ann["description"]))
-        attrs.update({str(k): str(v) for k, v in dict(ann.get("graphAttributes") or {}).items()})
-        if id(n) in marked:
-            attrs.update(fillcolor=COLORS["failed"], fontcolor="white", color="#b71c1c",
-                         penwidth="3", style="filled")
-            lines.append("(failed here)")
-        site = getattr(n, "site", None)
-        _add_node(g, ids[id(n)], label="\n".join(lines),
-                  tooltip=f"{site} (nngraph)" if site else "", **attrs)
-        for j, parent in enumerate(n.parents):
-            lab = str(j + 1) if len(n.parents) > 1 else ""
-            if stage == "forward":
-                g.edge(ids[id(parent)], ids[id(n)], label=lab)
-            else:
-                g.edge(ids[id(n)], ids[id(parent)], label=lab, color="#1565c0")
-    for k, n in enumerate(gm.outputs):
-        rid = f"output{k + 1}"
-        _add_node(g, rid, label=f"output {k + 1}", shape="box", style="filled,bold",
-                  fillcolor=COLORS["output"])
-        if stage == "forward":
-            g.edge(ids[id(n)], rid)
-        else:
-            g.edge(rid, ids[id(n)], label="gradOutput", color="#1565c0")
-    return g
+def draws_itself(obj: Any) -> bool:
+    """Whether obj draws its own picture (``obj.module_dot(title, stage, mark)``, as nngraph's
+    gModule does at the module level): viz knows no frontend, only this method."""
+    return callable(getattr(obj, "module_dot", None))
 
 
 def _as_cell(obj: Any) -> Cell:
@@ -429,8 +362,8 @@ def dot(obj: Any, title: str = "", filename: str | os.PathLike[str] | None = Non
         raise ValueError(f"stage must be 'forward' or 'backward', got {stage!r}")
     if isinstance(obj, BackwardCell):
         g = backward_dot(obj, title or None)
-    elif is_gmodule(obj):
-        g = gmodule_dot(obj, title, stage)
+    elif draws_itself(obj):
+        g = obj.module_dot(title, stage)
     else:
         cell = _as_cell(obj)
         g = cell_dot(cell, title or None) if stage == "forward" else \
@@ -483,7 +416,7 @@ def debug_forward(cell: Any, params: dict[str, np.ndarray], xs: Any, h0: Any = N
     or a gModule without states; pass ``gmodule=`` with a Cell made by ``gmodule.to_cell(...)``
     to get the module-level picture. Returns (outputs, final states) like forward."""
     from .interp import evaluate
-    if is_gmodule(cell):
+    if draws_itself(cell):
         gmodule = cell
     cell = _as_cell(cell)
     cc_inputs = _coerce_inputs(cell, xs)
@@ -527,15 +460,13 @@ def _coerce_inputs(cell: Cell, xs: Any) -> list[np.ndarray]:
 
 
 def _debug_picture(cell: Cell, bad: Node | None, gmodule: Any) -> Any:
-    """The module-level picture when the failing IR node comes from a gModule node (matched by
-    creation site), else the cell's IR graph."""
-    s = site_of(bad) if bad is not None else None
-    if gmodule is not None and s is not None:
-        hits = [n for n in gmodule.nodes if getattr(n, "site", None) is not None
-                and (n.site.file, n.site.line) == (s.file, s.line)]
-        if hits:
-            return gmodule_dot(gmodule, f"gModule: forward failed in cell {cell.name}",
-                               mark=hits)
+    """The gModule's own picture of where the failing IR node came from
+    (``gmodule.debug_dot(bad, title)``, None when it has no node there), else the cell's IR
+    graph with the node marked."""
+    if gmodule is not None and bad is not None:
+        g = gmodule.debug_dot(bad, f"gModule: forward failed in cell {cell.name}")
+        if g is not None:
+            return g
     return cell_dot(cell, mark=bad)
 
 
@@ -649,7 +580,7 @@ class _PlanDrawer:
             label = f"{b.name}\n{b.kind} ({size})"
             attrs = {"shape": "box", "fillcolor": COLORS["layout"]}
         attrs.setdefault("style", "filled")
-        _add_node(self.g, nid, label=label, tooltip=f"buffer {b.name}: {b.kind}, {b.dtype}",
+        add_node(self.g, nid, label=label, tooltip=f"buffer {b.name}: {b.kind}, {b.dtype}",
                   **attrs)
         self.leaves[key] = nid
         return nid
@@ -738,7 +669,7 @@ class _PlanDrawer:
             a = self.shape_text(s.a, in_loop, s.trans_a)
             b = self.shape_text(s.b, in_loop, s.trans_b)
             out_rows, out_cols = self.shape(s.out, in_loop)
-            _add_node(pg, nid, label=f"GEMM\n{s.out} {acc} {s.a}{'ᵀ' if s.trans_a else ''} @ "
+            add_node(pg, nid, label=f"GEMM\n{s.out} {acc} {s.a}{'ᵀ' if s.trans_a else ''} @ "
                     f"{s.b}{'ᵀ' if s.trans_b else ''}\n{a} @ {b} → ({out_rows}×{out_cols})",
                     shape="box", style="filled,bold", fillcolor=COLORS["matmul"],
                     penwidth="2", tooltip=tip)
@@ -751,19 +682,19 @@ class _PlanDrawer:
             nid = self.new_id("reduce")
             rows, cols = self.shape(s.src, in_loop)
             orow, ocol = self.shape(s.out, in_loop)
-            _add_node(pg, nid, label=f"reduce {s.op} axis {s.axis}\n{s.out} "
+            add_node(pg, nid, label=f"reduce {s.op} axis {s.axis}\n{s.out} "
                     f"{'+=' if s.accumulate else '='} {s.op}({s.src})\n({rows}×{cols}) → "
                     f"({orow}×{ocol})", shape="box", style="filled",
                     fillcolor=COLORS["reduce"], tooltip=tip)
             return [(s.src, nid, "")], [(s.out, nid)]
         if isinstance(s, Gather):
             nid = self.new_id("gather")
-            _add_node(pg, nid, label=f"gather\n{s.out} = {s.table}[{s.ids}]", shape="box",
+            add_node(pg, nid, label=f"gather\n{s.out} = {s.table}[{s.ids}]", shape="box",
                     style="filled", fillcolor=COLORS["layout"], tooltip=tip)
             return [(s.table, nid, ""), (s.ids, nid, "")], [(s.out, nid)]
         if isinstance(s, Scatter):
             nid = self.new_id("scatter")
-            _add_node(pg, nid, label=f"scatter-add\n{s.out}[{s.ids}] += {s.src}", shape="box",
+            add_node(pg, nid, label=f"scatter-add\n{s.out}[{s.ids}] += {s.src}", shape="box",
                     style="filled", fillcolor=COLORS["layout"], tooltip=tip)
             return [(s.ids, nid, ""), (s.src, nid, "")], [(s.out, nid)]
         raise TypeError(f"plan_dot: unknown step {s!r}")
@@ -789,9 +720,9 @@ class _PlanDrawer:
                 v = prog.n_inputs + j
                 nid = self.new_id("op")
                 if op is Ops.CONST:
-                    _add_node(kg, nid, label=f"{c:g}", shape="plaintext", fontsize="10")
+                    add_node(kg, nid, label=f"{c:g}", shape="plaintext", fontsize="10")
                 else:
-                    _add_node(kg, nid, label=op.name.lower(), shape="ellipse", style="filled",
+                    add_node(kg, nid, label=op.name.lower(), shape="ellipse", style="filled",
                             fillcolor="white", fontsize="10", tooltip=tip)
                 val_node[v] = nid
                 for a in args:
@@ -802,7 +733,7 @@ class _PlanDrawer:
             for o_idx, o in enumerate(prog.outputs):
                 if o not in val_node:   # an output that is an input: a copy
                     nid = self.new_id("op")
-                    _add_node(kg, nid, label="copy", shape="ellipse", style="filled",
+                    add_node(kg, nid, label="copy", shape="ellipse", style="filled",
                             fillcolor="white", fontsize="10")
                     val_node[o] = nid
                     users.setdefault(o, []).append(nid)
@@ -823,7 +754,7 @@ class _PlanDrawer:
             if not src:
                 continue
             rid = self.new_id("result")
-            _add_node(self.g, rid, label=label, shape="box", style="filled,bold",
+            add_node(self.g, rid, label=label, shape="box", style="filled,bold",
                         fillcolor=COLORS["output"])
             self.g.edge(src[-1][1], rid, label=str(r), fontsize="8")
 
@@ -833,7 +764,7 @@ def plan_dot(program: Any, title: str | None = None, sweeps: Sequence[str] = ("f
     """The optimized plan: each sweep (forward, backward) with its three phases (before, in and
     after the time loop) as clusters, each fused kernel a colored cluster of the elementwise ops
     it fused, GEMMs as bold boxes with their shapes (T·B rows before/after the loop, B in it)."""
-    gv = _need_graphviz()
+    gv = need_graphviz()
     g = gv.Digraph(name=f"plan_{program.cell_name}")
     drawn = [name for name in ("forward", "backward") if name in sweeps]
     if title is None:

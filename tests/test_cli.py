@@ -10,7 +10,7 @@ import pytest
 from helpers import CORPUS_TEXT
 
 from graphrnn import checkpoint as ckpt
-from graphrnn.cli import COMMANDS, build_parser, main
+from graphrnn.tools.cli import COMMANDS, build_parser, main
 
 TINY = ["--steps", "3", "--hidden", "8", "--layers", "1", "--batch", "2", "--seq-len", "8",
         "--backend", "ref", "--no-progress", "--sample-length", "10", "--eval-every", "0"]
@@ -218,14 +218,14 @@ def test_mismatched_checkpoint(tmp_path, corpus, capsys):
 
 
 def test_main_job_module_defaults_parse():
-    from graphrnn.train_charlm import DEFAULT_CELL
+    from graphrnn.tools.train_charlm import DEFAULT_CELL
     a = build_parser().parse_args(["train"])
     assert a.cell == DEFAULT_CELL and a.data is None and a.minutes is None
 
 
 def test_main_job_on_the_stdlib_corpus_with_the_nngraph_lstm(tmp_path, capsys):
     from graphrnn.data import stdlib_corpus
-    from graphrnn.train_charlm import main as job
+    from graphrnn.tools.train_charlm import main as job
     text = stdlib_corpus(20_000)
     assert text == stdlib_corpus(20_000) and len(text) == 20_000
     assert all(c == "\n" or " " <= c <= "~" for c in text)

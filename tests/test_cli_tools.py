@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from graphrnn import cli
-from graphrnn.cli_tools import CellSpecError, bench_with_bench_cpu, format_table, resolve_cell
 from graphrnn.ir import Cell
+from graphrnn.tools.cli_tools import CellSpecError, bench_with_bench_cpu, format_table, resolve_cell
 
 pytest.importorskip("graphviz")
 
@@ -265,7 +265,7 @@ def test_viz_read_only_target_file(capsys, tmp_path, monkeypatch):
     # os.replace onto a path whose directory refuses writes: simulated for root too
     def deny(*a, **k):
         raise PermissionError(13, "Permission denied", str(tmp_path / "x.dot"))
-    monkeypatch.setattr("graphrnn.viz.os.replace", deny)
+    monkeypatch.setattr("graphrnn.safefile.os.replace", deny)
     rc, _, err = run(capsys, "viz", "lstm", "-o", tmp_path / "x.dot")
     one_line_error(rc, err, "Permission denied")
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from graphrnn import checkpoint as ckpt
-from graphrnn.cli import build_parser, main
+from graphrnn.tools.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--steps", "2", "--hidden", "8", "--layers", "1", "--batch", "2", "--seq-len", "8",
@@ -122,7 +122,7 @@ def test_a_changed_python_cell_file_is_caught(tmp_path, corpus, capsys):
 
 def test_cells_round_trip_through_json():
     from graphrnn import cells, ir_json
-    from graphrnn.train_charlm import nngraph_lstm
+    from graphrnn.tools.cli_tools import nngraph_lstm
     every = [cells.zoo_cell(n, 6, 6) for n in sorted(cells.ZOO)]
     for c in every + [nngraph_lstm(5, 7), cells.zoo_cell("gru", 5, 7, "float64")]:
         doc = json.loads(json.dumps(ir_json.cell_to_json(c)))
@@ -559,3 +559,25 @@ def test_fork_while_compiling_does_not_deadlock_the_child():
     r = subprocess.run([sys.executable, "-W", "ignore", "-c", FORK_SCRIPT],
                        capture_output=True, text=True, timeout=240, env=_env(), cwd=ROOT)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr[-2000:]
+
+
+def test_one_atomic_write_private_by_default_umask_for_files_the_user_reads(tmp_path):
+    """Checkpoints and caches stay 0600 (mkstemp's); pictures, exported code and plots go
+    through the same atomic_write with ``mode=umask_mode()``, as open() would make them."""
+    import stat
+
+    from graphrnn import safefile, viz
+    from graphrnn.tools import cli_tools
+    old = os.umask(0o027)
+    try:
+        assert safefile.umask_mode() == 0o640
+        private = safefile.atomic_write(tmp_path / "ck.npz", b"x")
+        picture = viz.render("digraph { a -> b }", tmp_path / "g.dot")
+        cli_tools._write_text(tmp_path / "cell.h", "/* header */\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert stat.S_IMODE(picture.stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "cell.h").stat().st_mode) == 0o640
+    assert picture.read_text() == "digraph { a -> b }"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cell.h", "ck.npz", "g.dot"]

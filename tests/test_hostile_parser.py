@@ -383,7 +383,7 @@ def test_a_clean_cell_gives_no_warning():
 
 def test_cli_reads_header_sizes_as_the_frontend_does():
     # the CLI's own scan of header lines did int('²') (ValueError: '²'.isdigit() is True)
-    from graphrnn.cli_tools import equations_cell
+    from graphrnn.tools.cli_tools import equations_cell
     for size in ("²", "9" * 5000):
         # the CLI's error (CellSpecError) carries the frontend's message, on one line
         with pytest.raises(graphrnn.GraphRNNError, match=r"cell\.eq:1: state h: (size must be a "

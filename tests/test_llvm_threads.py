@@ -79,3 +79,22 @@ def test_a_forked_child_gets_its_own_workers(two_threads, monkeypatch) -> None:
         child.kill()
         pytest.fail("the forked child hung in a threaded call")
     assert child.exitcode == 0
+
+
+def test_the_llvm_compiled_cell_lends_the_model_its_threaded_matmul(monkeypatch) -> None:
+    """``RNNModel``'s head asks its compiled cell for ``matmul``: numpy's by default, this
+    module's on the llvm backend."""
+    import graphrnn
+    from graphrnn.cells import rnn_tanh
+    seen = []
+
+    def spy(a, b):
+        seen.append((a.shape, b.shape))
+        return a @ b
+    monkeypatch.setattr("codegen.llvm.threads_matmul", spy)
+    a, b = np.ones((4, 3)), np.ones((3, 5))
+    np.testing.assert_array_equal(graphrnn.compile(rnn_tanh(2, 3), backend="llvm").matmul(a, b),
+                                  a @ b)
+    assert seen == [((4, 3), (3, 5))]
+    assert graphrnn.compile(rnn_tanh(2, 3), backend="ref").matmul(a, b).shape == (4, 5)
+    assert len(seen) == 1

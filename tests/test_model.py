@@ -204,7 +204,7 @@ def _lstm_form(form, I=3, H=4):
     if form == "peephole":
         return cells.peephole_lstm(I, H, "float64"), "ifgo", ("b",)
     if form == "nngraph-main-job":  # the main job's default cell: biases i2h_b, h2h_b
-        from graphrnn.train_charlm import nngraph_lstm
+        from graphrnn.tools.cli_tools import nngraph_lstm
         return nngraph_lstm(I, H, "float64"), "ifog", ("i2h_b", "h2h_b")
     from frontends import nngraph
     if form == "nngraph-charrnn":  # frontends' char-rnn builder: i2h_1_b, h2h_1_b
@@ -283,3 +283,24 @@ def test_forget_gate_biases_of_multi_layer_charrnn_cell_and_cells_without_one():
     with pytest.raises(ValueError, match="no LSTM forget gate found"):
         forget_gate_biases(bare)
     assert forget_gate_biases(bare, "zaremba") == [(("b",), 8, 12)]
+
+
+def test_head_gemms_are_asked_of_the_top_compiled_cell(monkeypatch):
+    """The model's head multiplies through its top layer's ``CompiledCell.matmul`` (the llvm
+    backend runs it on its threads), not through a backend module it looks up by name."""
+    model = _model(layers=2)
+    params = model.init_params(seed=0)
+    ids, tg = _data()
+    want = model.loss_and_grads(params, ids, tg)
+    seen = []
+
+    def mm(a, b):
+        seen.append((a.shape, b.shape))
+        return a @ b
+
+    monkeypatch.setattr(model.layers[-1].fwd, "matmul", mm)
+    got = model.loss_and_grads(params, ids, tg)
+    assert len(seen) == 3   # logits, the head's weight gradient, the cotangent of its input
+    assert got.loss == want.loss
+    for k in want.grads:
+        np.testing.assert_array_equal(got.grads[k], want.grads[k])

@@ -7,12 +7,12 @@
     graphrnn compile gru --backend cuda --emit cu ptx -o build/
     graphrnn bench lstm --hidden-size 128 --batch 32 --seq-len 50
 
-``add_subcommands(subparsers)`` registers these on the main ``graphrnn`` parser (graphrnn/cli.py);
-``main(argv)`` runs them alone. CELL is a zoo name (``graphrnn.cells.ZOO``), ``nngraph-lstm``
-(char-rnn's LSTM), an equations file, or ``file.py:function`` where the function returns a Cell
-or an nngraph gModule; the function may take ``input_size``, ``hidden_size`` and ``dtype``
-keyword arguments. ``resolve_cell`` turns such a spec into a Cell and is shared with the training
-commands.
+``add_subcommands(subparsers)`` registers these on the main ``graphrnn`` parser
+(graphrnn/tools/cli.py); ``main(argv)`` runs them alone. CELL is a zoo name
+(``graphrnn.cells.ZOO``), ``nngraph-lstm`` (char-rnn's LSTM), an equations file, or
+``file.py:function`` where the function returns a Cell or an nngraph gModule; the function may take
+``input_size``, ``hidden_size`` and ``dtype`` keyword arguments. ``resolve_cell`` turns such a spec
+into a Cell and is shared with the training commands.
 
 Sizes and equations files: ``--input-size`` goes to the file's first ``input`` and
 ``--hidden-size`` to every ``state`` it declares; a size given both ways must agree. A file
@@ -42,13 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GraphRNNError
-from .ir import Cell
-from .viz import is_gmodule
+from ..errors import GraphRNNError
+from ..ir import Cell
+from ..safefile import atomic_write, open_regular, umask_mode
 
 DEFAULT_INPUT = 16
 DEFAULT_HIDDEN = 32
-NNGRAPH_LSTM = "nngraph-lstm"   # char-rnn's LSTM, graphrnn.train_charlm.nngraph_lstm
+NNGRAPH_LSTM = "nngraph-lstm"   # char-rnn's LSTM, nngraph_lstm below
 # the input and state names an equations file without input/state header lines is read with
 EQ_INPUT = "x"
 EQ_STATE = "h"
@@ -63,7 +63,7 @@ class CellSpecError(GraphRNNError, ValueError):
 # ---- CELL -> Cell ----
 
 def _zoo() -> dict[str, Any]:
-    from . import cells
+    from .. import cells
     return cells.ZOO
 
 
@@ -120,7 +120,6 @@ def _load_python_cell(path_text: str, func: str, input_size: int, hidden_size: i
 
 def read_equations(path: Path) -> str:
     """The text of an equations file, or a one-line CellSpecError saying why it cannot be read."""
-    from .safefile import open_regular
     if path.is_dir():
         raise CellSpecError(f"cannot read {path}: it is a directory, not an equations file")
     try:
@@ -246,6 +245,34 @@ def equations_source(spec: str) -> dict[str, str] | None:
     return {"name": path.name, "path": str(path.resolve()), "text": read_equations(path)}
 
 
+def nngraph_lstm(input_size: int, hidden_size: int, dtype: str = "float32") -> Cell:
+    """char-rnn's LSTM (Karpathy's ``LSTM.lua``), one layer, declared with the nngraph frontend.
+    """
+    from frontends import nngraph as nn
+    H = hidden_size
+    x = nn.Identity()().annotate(name="x")
+    prev_h = nn.Identity()().annotate(name="h")
+    prev_c = nn.Identity()().annotate(name="c")
+    i2h = nn.Linear(input_size, 4 * H)(x).annotate(name="i2h")
+    h2h = nn.Linear(H, 4 * H)(prev_h).annotate(name="h2h")
+    all_sums = nn.CAddTable()([i2h, h2h])
+    n1, n2, n3, n4 = nn.SplitTable(2)(nn.Reshape(4, H)(all_sums)).split(4)
+    in_gate, forget_gate = nn.Sigmoid()(n1), nn.Sigmoid()(n2)
+    out_gate, in_transform = nn.Sigmoid()(n3), nn.Tanh()(n4)
+    next_c = nn.CAddTable()([nn.CMulTable()([forget_gate, prev_c]),
+                             nn.CMulTable()([in_gate, in_transform])])
+    next_h = nn.CMulTable()([out_gate, nn.Tanh()(next_c)])
+    g = nn.gModule([x, prev_h, prev_c], [next_h, next_c])
+    return g.to_cell(inputs=["x"], states=["h", "c"], next_states=[0, 1], outputs=[0],
+                     name="charrnn_lstm", dtype=dtype)
+
+
+def is_gmodule(obj: Any) -> bool:
+    """Whether a cell file returned an nngraph gModule (the frontend is loaded to tell)."""
+    from frontends.nngraph import gModule
+    return isinstance(obj, gModule)
+
+
 def _to_cell(obj: Any, where: str) -> Cell:
     if isinstance(obj, Cell):
         return obj
@@ -290,7 +317,6 @@ def resolve_cell(spec: str, input_size: int | None = None, hidden_size: int | No
         raise CellSpecError(f"{spec}: name the function that returns the cell, as "
                             f"{spec}:function")
     elif spec == NNGRAPH_LSTM:
-        from .train_charlm import nngraph_lstm
         try:
             cell = nngraph_lstm(input_size or DEFAULT_INPUT, hidden_size or DEFAULT_HIDDEN,
                                 dtype)
@@ -299,7 +325,7 @@ def resolve_cell(spec: str, input_size: int | None = None, hidden_size: int | No
                           RuntimeWarning, stacklevel=2)
             return resolve_cell("lstm", input_size, hidden_size, dtype)
     elif spec in _zoo():
-        from . import cells
+        from .. import cells
         try:
             cell = cells.zoo_cell(spec, input_size or DEFAULT_INPUT,
                                   hidden_size or DEFAULT_HIDDEN, dtype)
@@ -426,7 +452,7 @@ def _cell_from_args(args: argparse.Namespace) -> Cell:
 # ---- viz ----
 
 def cmd_viz(args: argparse.Namespace) -> int:
-    from . import viz
+    from .. import viz
     out = Path(args.output) if args.output else Path(f"{Path(args.cell).stem}_{args.stage}.svg")
     _check_output_file(out)
     if out.suffix.lower().lstrip(".") not in viz.FORMATS:
@@ -465,9 +491,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """An exported file, atomically, with the usual umask permissions (others may build it)."""
+    atomic_write(path, text.encode(), fsync=False, mode=umask_mode())
 
 
 def export_cell(cell: Cell, backend: str, emits: Sequence[str], out_dir: Path, dtype: str,
@@ -510,7 +535,7 @@ def _median_spread(times: list[float]) -> tuple[float, float]:
 
 def _graphrnn_impl(cell: Cell, backend: str, T: int, B: int,
                    dtype: str) -> tuple[float, Callable[[], Any], Callable[[], Any]]:
-    from .api import compile as gr_compile
+    from ..api import compile as gr_compile
     t0 = time.perf_counter()
     cc = gr_compile(cell, backend=backend, dtype=dtype)
     compile_s = time.perf_counter() - t0
@@ -673,14 +698,11 @@ def plot_rows(rows: Sequence[dict[str, Any]], title: str, path: Path) -> bool:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name("." + path.name + f".{os.getpid()}.tmp.png")
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: fig.savefig(f, format="png"), fsync=False,
+                     mode=umask_mode())
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return True
 
 
@@ -690,7 +712,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise CellSpecError(f"--{name.replace('_', '-')} must be positive, got "
                                 f"{getattr(args, name)}")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    from .api import BACKENDS
+    from ..api import BACKENDS
     unknown = [b for b in backends if b not in BACKENDS and b != "torch"]
     if unknown:
         raise CellSpecError(f"unknown backend {unknown[0]!r}; choose from "
@@ -743,6 +765,29 @@ def _run(handler: Callable[[argparse.Namespace], int], command: str) -> Callable
     return run
 
 
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    """Parse argv and run the chosen ``func``: an error (missing file, bad option, mismatched
+    checkpoint, diverged training) prints one line ``graphrnn: error: ...`` on stderr and gives
+    status 1, unless ``--debug`` or ``GRAPHRNN_TRACEBACK=1`` asks for the traceback. Shared by
+    the ``graphrnn`` command and the main job run on its own."""
+    args = parser.parse_args(list(argv))
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("GRAPHRNN_TRACEBACK") == "1"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("graphrnn: interrupted", file=sys.stderr)
+        return 130
+    except (GraphRNNError, OSError, ValueError, KeyError, ArithmeticError) as e:
+        if debug:
+            raise
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
+            msg = f"{e.filename}: {msg}"
+        lines = [ln.strip() for ln in msg.strip().splitlines() if ln.strip()]
+        print(f"graphrnn: error: {' | '.join(lines) or type(e).__name__}", file=sys.stderr)
+        return 1
+
+
 def add_subcommands(subparsers: Any) -> None:
     """Register viz, compile and bench on the ``graphrnn`` parser's subparsers."""
     p = subparsers.add_parser("viz", help="draw a cell, its backward graph or its plan",
@@ -785,7 +830,7 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run viz/compile/bench on their own (``python -m graphrnn.cli_tools``)."""
+    """Run viz/compile/bench on their own (``python -m graphrnn.tools.cli_tools``)."""
     parser = argparse.ArgumentParser(prog="graphrnn")
     sub = parser.add_subparsers(dest="command", required=True)
     add_subcommands(sub)

@@ -1,11 +1,11 @@
 """The main job: train a character-level language model, then print samples.
 
-    python -m graphrnn.train_charlm                 # stdlib source, nngraph LSTM, ~3 minutes
-    python -m graphrnn.train_charlm --data input.txt --minutes 10
+    python -m graphrnn.tools.train_charlm               # stdlib source, nngraph LSTM, ~3 minutes
+    python -m graphrnn.tools.train_charlm --data input.txt --minutes 10
     graphrnn train --cell gru --layers 2 --hidden 256 --steps 2000
 
 By default the LSTM is declared with the nngraph frontend (char-rnn's ``LSTM.lua`` in Python,
-``nngraph_lstm`` below), compiled with the llvm backend (the slow ``ref`` backend with a warning
+``cli_tools.nngraph_lstm``), compiled with the llvm backend (the slow ``ref`` backend with a warning
 where llvm is not available), and trained on the standard library's own Python source, which
 every Python installation has. Any text file works with ``--data``. Training shows a progress bar
 (loss, tokens/s, ETA), validates, writes a checkpoint (npz, atomic) and a loss plot (PNG, with
@@ -27,9 +27,9 @@ naming the option, the checkpoint's value and the given one. ``--lr`` and ``--ba
 change on resume: the given value wins and the learning rate used is printed.
 
 Layer sizes reach an equations file the way ``--input-size``/``--hidden-size`` do for the other
-commands (``graphrnn.cli_tools.equations_cell``): layer 0's input is the vocabulary (one-hot) or
-``--embed``, upper layers' the layer below, every state gets ``--hidden``; a file without
-``input``/``state`` lines is read as input ``x`` and state ``h``.
+commands (``graphrnn.tools.cli_tools.equations_cell``): layer 0's input is the vocabulary
+(one-hot) or ``--embed``, upper layers' the layer below, every state gets ``--hidden``; a file
+without ``input``/``state`` lines is read as input ``x`` and state ``h``.
 """
 
 from __future__ import annotations
@@ -44,11 +44,11 @@ from typing import Any
 
 import numpy as np
 
-from .data import StreamBatcher, Vocab, read_text, split_ids, stdlib_corpus
-from .ir import Cell
-from .model import RNNModel, forget_bias_overrides
-from .optim import StepDecay, make_optimizer
-from .train import TrainConfig, Trainer, plot_losses
+from ..data import StreamBatcher, Vocab, read_text, split_ids, stdlib_corpus
+from ..ir import Cell
+from ..model import RNNModel, forget_bias_overrides
+from ..optim import StepDecay, make_optimizer
+from ..train import TrainConfig, Trainer, plot_losses
 
 DEFAULT_CELL = "nngraph-lstm"
 # bounds on a checkpoint's model options: far above any model this trains, low enough that a
@@ -61,33 +61,11 @@ FROM_CHECKPOINT = ("cell", "layers", "hidden", "embed", "dropout", "dtype", "bat
                    "optimizer")
 
 
-def nngraph_lstm(input_size: int, hidden_size: int, dtype: str = "float32") -> Cell:
-    """char-rnn's LSTM (Karpathy's ``LSTM.lua``), one layer, declared with the nngraph frontend.
-    """
-    from graphrnn import nn
-    H = hidden_size
-    x = nn.Identity()().annotate(name="x")
-    prev_h = nn.Identity()().annotate(name="h")
-    prev_c = nn.Identity()().annotate(name="c")
-    i2h = nn.Linear(input_size, 4 * H)(x).annotate(name="i2h")
-    h2h = nn.Linear(H, 4 * H)(prev_h).annotate(name="h2h")
-    all_sums = nn.CAddTable()([i2h, h2h])
-    n1, n2, n3, n4 = nn.SplitTable(2)(nn.Reshape(4, H)(all_sums)).split(4)
-    in_gate, forget_gate = nn.Sigmoid()(n1), nn.Sigmoid()(n2)
-    out_gate, in_transform = nn.Sigmoid()(n3), nn.Tanh()(n4)
-    next_c = nn.CAddTable()([nn.CMulTable()([forget_gate, prev_c]),
-                             nn.CMulTable()([in_gate, in_transform])])
-    next_h = nn.CMulTable()([out_gate, nn.Tanh()(next_c)])
-    g = nn.gModule([x, prev_h, prev_c], [next_h, next_c])
-    return g.to_cell(inputs=["x"], states=["h", "c"], next_states=[0, 1], outputs=[0],
-                     name="charrnn_lstm", dtype=dtype)
-
-
 def resolve_layer_cell(spec: str, input_size: int | None, hidden_size: int | None, dtype: str,
                        *, size_flags: tuple[str, str] = ("--input-size", "--hidden-size"),
                        one_input: bool = False) -> Cell:
     """A layer's cell: ``nngraph-lstm`` (above), a zoo name, an equations file or
-    ``file.py:function`` (``graphrnn.cli_tools.resolve_cell``, which knows all four)."""
+    ``file.py:function`` (``graphrnn.tools.cli_tools.resolve_cell``, which knows all four)."""
     from .cli_tools import resolve_cell
     return resolve_cell(spec, input_size, hidden_size, dtype, size_flags=size_flags,
                         one_input=one_input)
@@ -122,7 +100,7 @@ def check_options(path: str | os.PathLike[str], meta: dict[str, Any],
     """The model options and vocabulary of a checkpoint's metadata, checked field by field
     (types and ranges, and the layer count against the parameters it holds) before anything
     is built from them; a copy of ``meta["options"]``."""
-    from .checkpoint import CheckpointError, check_field
+    from ..checkpoint import CheckpointError, check_field
     o = dict(check_field(path, "options", meta.get("options"), "dict"))
     check_field(path, "options.cell", o.get("cell"), "str", max_len=4096)
     layers = check_field(path, "options.layers", o.get("layers"), "int", lo=1, hi=MAX_LAYERS)
@@ -144,8 +122,8 @@ def check_options(path: str | os.PathLike[str], meta: dict[str, Any],
         check_field(path, "options.equations.name", eq.get("name"), "str", max_len=4096)
         check_field(path, "options.equations.text", eq.get("text"), "str")
     if "cell_ir" in o:
-        from .errors import GraphError
-        from .ir_json import cell_from_json
+        from ..errors import GraphError
+        from ..ir_json import cell_from_json
         docs = check_field(path, "options.cell_ir", o["cell_ir"], "list", max_len=MAX_LAYERS)
         if len(docs) != layers:
             raise CheckpointError(f"{path}: options.cell_ir has {len(docs)} cells for "
@@ -191,7 +169,7 @@ def build_model(opts: dict[str, Any], checkpoint: str | None = None,
                                 "which is missing; put the file back there (a checkpoint "
                                 "stores a Python cell's path, not its code)")
         if is_python_spec(str(opts["cell"])) and "equations" not in opts:
-            from .checkpoint import CheckpointError
+            from ..checkpoint import CheckpointError
             raise CheckpointError(
                 f"{checkpoint}: its cell {opts['cell']} is Python code, which a checkpoint "
                 f"never runs; to run that file, name it yourself: --cell {opts['cell']}")
@@ -230,14 +208,14 @@ def build_model(opts: dict[str, Any], checkpoint: str | None = None,
 def cell_docs(model: RNNModel) -> list[dict[str, Any]]:
     """Each layer's cell as JSON (``graphrnn.ir_json``): what a checkpoint of a
     ``file.py:function`` cell keeps, to tell whether the file given again still builds it."""
-    from .ir_json import cell_to_json
+    from ..ir_json import cell_to_json
     return [cell_to_json(lay.fwd.cell) for lay in model.layers]
 
 
 def _check_same_cells(checkpoint: str | None, spec: str, cells: list[Cell],
                       stored: list[Any]) -> None:
-    from .checkpoint import CheckpointError
-    from .ir_json import cell_to_json
+    from ..checkpoint import CheckpointError
+    from ..ir_json import cell_to_json
     for i, (c, doc) in enumerate(zip(cells, stored)):
         if cell_to_json(c) != doc:
             raise CheckpointError(f"{checkpoint}: the cell {spec} builds for layer {i} differs "
@@ -352,7 +330,7 @@ def _check_resume(path: str, opts: dict[str, Any], meta: dict[str, Any],
                   given: dict[str, Any]) -> None:
     """An option given with --resume must agree with the checkpoint where the checkpoint
     decides (FROM_CHECKPOINT): one line naming the option and both values otherwise."""
-    from .checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError
     held = dict(opts)
     held.setdefault("embed", 0)
     held.setdefault("dropout", 0.0)
@@ -385,7 +363,7 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
         text, source = stdlib_corpus(a.max_chars), "the Python standard library's source"
     resume_params = None
     if a.resume:
-        from . import checkpoint as ckpt
+        from .. import checkpoint as ckpt
         arrays, resume_meta = ckpt.load(a.resume)
         resume_params = ckpt.group(arrays, "param")
         opts = check_options(a.resume, resume_meta, resume_params)
@@ -460,7 +438,7 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
     last = tr.val_history[-1][1] if tr.val_history else float("nan")
     print(f"trained {tr.step} steps in {wall:.1f} s ({tr.tokens_per_s:,.0f} tokens/s); "
           f"validation loss {last:.4f} nats/char", file=out)
-    from .sample import generate
+    from ..sample import generate
     prime = "def " if not a.data else ""
     for temp in (a.temperature,):
         s = generate(model, tr.params, vocab, a.sample_length, prime=prime, temperature=temp,
@@ -475,8 +453,14 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import main as cli_main
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    """``graphrnn train`` on its own (``python -m graphrnn.tools.train_charlm [options]``)."""
+    from .cli_tools import run_command
+    p = argparse.ArgumentParser(prog="graphrnn train", description="train a language model "
+                                "(default: char-level LSTM on the stdlib source)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    add_train_args(p)
+    p.set_defaults(func=run)
+    return run_command(p, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
