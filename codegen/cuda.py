@@ -31,13 +31,15 @@ through cuBLAS, the time loop driven from Python on one stream.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from graphrnn.api import CompiledCell, Grads
 from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
+from graphrnn.pipeline import build_program
+from graphrnn.program import Gather, Program, Scatter
 
 from .cuda_exec import Device, ProgramExecutor, Residuals
 from .cuda_render import DEFAULT_BLOCK, RenderedKernel, grid_for, module_source
@@ -49,23 +51,9 @@ CUDA_R_32F, COMPUTE_32F_FAST_TF32, GEMM_DEFAULT = 0, 77, -1
 _MODULES: dict[str, Any] = {}   # hash(source, options, arch, compiler) -> cupy.RawModule
 
 
-def _program(cell: Cell) -> Any:
-    try:
-        from graphrnn.schedule import compile_program  # type: ignore[import-not-found]
-    except ImportError as e:  # the optimizer is not there: nothing to run
-        raise BackendError(f"the cuda backend needs graphrnn.schedule.compile_program: {e}") \
-            from e
-    return compile_program(cell)
-
-
-def _executor(cell: Cell, dtype: str, block: int = DEFAULT_BLOCK,
-              loop_kernels: bool = True) -> ProgramExecutor:
-    return ProgramExecutor(_program(cell.with_dtype(dtype)), block, loop_kernels)
-
-
 def cuda_source(cell: Cell, dtype: str | None = None, block: int = DEFAULT_BLOCK) -> str:
     """The ``.cu`` text of every kernel a cell needs (forward and backward); no GPU needed."""
-    ex = _executor(cell, dtype or cell.dtype, block)
+    ex = ProgramExecutor(build_program(cell, dtype or cell.dtype), block)
     return module_source(ex.kernels())
 
 
@@ -220,16 +208,21 @@ class CudaBackend(CompiledCell):
     """``graphrnn.compile(cell, backend="cuda")``; see the module docstring."""
 
     backend_name = "cuda"
+    runs_program = True
+
+    @classmethod
+    def prepare(cls, dtype: str, options: Mapping[str, Any]) -> None:
+        """Fail first, and clearly, without a GPU or with tf32 on a float64 cell."""
+        if options.get("tf32") and dtype != "float32":
+            raise BackendError(f"cuda: tf32=True rounds float32 GEMM inputs; the cell is {dtype}")
+        import_cupy()
 
     def __init__(self, cell: Cell, dtype: str, cuda_graph: bool = False,
-                 block: int = DEFAULT_BLOCK, loop_kernels: bool = True, tf32: bool = False
-                 ) -> None:
-        if tf32 and dtype != "float32":
-            raise BackendError(f"cuda: tf32=True rounds float32 GEMM inputs; the cell is {dtype}")
-        import_cupy()   # fail first, and clearly, without a GPU
-        super().__init__(cell, dtype)
-        self.executor = ProgramExecutor(_program(self.cell), block, loop_kernels)
-        self.program = self.executor.p
+                 block: int = DEFAULT_BLOCK, loop_kernels: bool = True, tf32: bool = False,
+                 program: Program | None = None) -> None:
+        self.prepare(dtype, {"tf32": tf32})
+        super().__init__(cell, dtype, program)
+        self.executor = ProgramExecutor(self.program, block, loop_kernels)
         self.device = GpuDevice(self.executor.kernels(), tf32=tf32)
         self.cuda_graph = cuda_graph
         self._graphs: dict[tuple[str, int, int], Any] = {}
@@ -238,7 +231,6 @@ class CudaBackend(CompiledCell):
         # one stream for everything this cell does (conversions, binds, sweeps, copies out)
         self._stream = self.device.xp.cuda.Stream(non_blocking=True)
         if cuda_graph:
-            from graphrnn.program import Gather, Scatter
             for sw in (self.program.forward, self.program.backward):
                 for _ph, steps in sw.phases():
                     if any(isinstance(s, (Gather, Scatter)) for s in steps):

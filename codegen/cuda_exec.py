@@ -385,16 +385,14 @@ class CudaCpuBackend(CompiledCell):
     numpy. Slow; it exists so CI can check the generated CUDA against the reference."""
 
     backend_name = "cuda-cpu"
+    runs_program = True
 
     def __init__(self, cell: Cell, dtype: str, order: str = "forward", seed: int = 0,
                  cache_dir: Any = None, grid_scale: float = 1.0, block: int = 64,
                  loop_kernels: bool = True, program: Program | None = None,
                  lib: Any = None) -> None:
-        super().__init__(cell, dtype)
-        if program is None:
-            from .cuda import _program
-            program = _program(self.cell)
-        self.executor = ProgramExecutor(program, block, loop_kernels)
+        super().__init__(cell, dtype, program)
+        self.executor = ProgramExecutor(self.program, block, loop_kernels)
         self.device = CpuDevice(self.executor.kernels(), order, seed, cache_dir, grid_scale, lib)
 
     def _forward(self, params: dict[str, np.ndarray], xs: list[np.ndarray],

@@ -36,14 +36,15 @@ import time
 import weakref
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from graphrnn.api import CompiledCell, Grads, Residuals
 from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
-from graphrnn.program import Gather, Program, Ref, Scatter, _reads_writes
+from graphrnn.pipeline import build_program
+from graphrnn.program import Gather, Program, Ref, Scatter, reads_writes, sweep_flops
 
 from .forkguard import hold_across_fork
 from .llvm_blas import blas_info
@@ -122,10 +123,6 @@ SETTER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 PACKED_SETTER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 
 
-def compile_program(cell: Cell) -> Program:
-    """The optimizer's Program for a cell (graphrnn.schedule)."""
-    from graphrnn import schedule
-    return schedule.compile_program(cell)  # type: ignore[no-any-return]
 
 
 def module_prefix(cell_name: str, dtype: str) -> str:
@@ -193,7 +190,7 @@ def _address(a: np.ndarray) -> int:
 
 
 def _written(sweep: Any) -> set[str]:
-    return {r.buf for _ph, steps in sweep.phases() for s in steps for r in _reads_writes(s)[1]}
+    return {r.buf for _ph, steps in sweep.phases() for s in steps for r in reads_writes(s)[1]}
 
 
 def _written_whole_first(sweep: Any, bufs: dict[str, Any]) -> frozenset[str]:
@@ -204,7 +201,7 @@ def _written_whole_first(sweep: Any, bufs: dict[str, Any]) -> frozenset[str]:
     out: set[str] = set()
     for ph, steps in sweep.phases():
         for s in steps:
-            reads, writes = _reads_writes(s)
+            reads, writes = reads_writes(s)
             seen.update(r.buf for r in reads)
             for r in writes:
                 if r.buf in seen:
@@ -219,6 +216,7 @@ def _written_whole_first(sweep: Any, bufs: dict[str, Any]) -> frozenset[str]:
 
 class LLVMBackend(CompiledCell):
     backend_name = "llvm"
+    runs_program = True
     # below these a call runs on one thread / without packing the weights: handing work to a
     # second thread costs tens of microseconds, packing costs one pass over the weights
     THREAD_MIN_FLOPS = 4e6
@@ -227,18 +225,12 @@ class LLVMBackend(CompiledCell):
     def __init__(self, cell: Cell, dtype: str, cache: bool = True, blas: bool = True,
                  program: Program | None = None, diagonal: bool = True,
                  threads: int | None = None, packed: bool = True) -> None:
-        super().__init__(cell, dtype)
+        start_llvm_load(dtype, cache)   # while a directly constructed backend's optimizer runs
+        super().__init__(cell, dtype, program)
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise BackendError(f"llvm: threads must be a positive int or None, got {threads!r}")
         self.threads = threads
         self.packed = packed
-        t0 = time.perf_counter()
-        start_llvm_load(dtype, cache)
-        # program: a ready Program for this cell (tests hand-write one); normally the optimizer's
-        self.program = program if program is not None else compile_program(self.cell)
-        if self.program.dtype != dtype:
-            raise BackendError(f"llvm: the optimizer produced a {self.program.dtype} program for "
-                               f"a {dtype} cell")
         self.prefix = module_prefix(self.cell.name, dtype)
         t1 = time.perf_counter()
         self.uses_blas = bool(blas and blas_info().found)
@@ -254,9 +246,8 @@ class LLVMBackend(CompiledCell):
                              ("backward", self.program.backward))}
         t2 = time.perf_counter()
         self.jitted = jit_module().jit(self.ir_text, use_cache=cache)
-        self.compile_seconds = {"program": t1 - t0, "emit": t2 - t1,
-                                "llvm": self.jitted.stats.seconds,
-                                "cache_hit": float(self.jitted.stats.cache_hit)}
+        self._compile_seconds = {"emit": t2 - t1, "llvm": self.jitted.stats.seconds,
+                                 "cache_hit": float(self.jitted.stats.cache_hit)}
         if self.uses_blas:
             info = blas_info()
             addr = info.sgemm if dtype == "float32" else info.dgemm
@@ -288,7 +279,7 @@ class LLVMBackend(CompiledCell):
         fw_written = _written(self.program.forward)
         self._bwd_written = _written(self.program.backward)
         bwd_read = {r.buf for _ph, steps in self.program.backward.phases() for st in steps
-                    for r in _reads_writes(st)[0]}
+                    for r in reads_writes(st)[0]}
         # inputs the backward reads are copied by a training forward (the residuals own them;
         # the caller may reuse its array), the others are bound to the caller's array
         self._inputs_read = frozenset(b for _n, b in self.program.inputs if b in bwd_read)
@@ -297,7 +288,7 @@ class LLVMBackend(CompiledCell):
         # buffers the forward sweep never touches get a placeholder in the forward; the
         # backward allocates them (and everything else it writes) afresh
         fw_touched = {r.buf for _ph, steps in self.program.forward.phases() for st in steps
-                      for r in _reads_writes(st)[0] + _reads_writes(st)[1]}
+                      for r in reads_writes(st)[0] + reads_writes(st)[1]}
         fw_touched |= fixed_in | {pc.ref.buf for pc in self.program.param_pieces}
         fw_touched |= {r.buf for _n, r in self.program.outputs}
         self._fwd_unused = frozenset(b.name for b in self.program.buffers
@@ -319,12 +310,21 @@ class LLVMBackend(CompiledCell):
         self._no_zero = {"forward": _written_whole_first(self.program.forward, self._bufs),
                          "backward": _written_whole_first(self.program.backward, self._bufs)}
         self._no_zero["infer"] = self._no_zero["forward"]
-        from graphrnn.explain import sweep_flops
         self._flops = {"forward": sweep_flops(self.program, self.program.forward),
                        "backward": sweep_flops(self.program, self.program.backward)}
         self._work_bytes = workspace_bytes(self.program)
         self._work: np.ndarray | None = None   # allocated at the first packed call
         self._work_addr = 0                     # its first 64-byte aligned address
+
+    @classmethod
+    def prepare(cls, dtype: str, options: Mapping[str, Any]) -> None:
+        """LLVM loads in a background thread while compile() runs the optimizer."""
+        start_llvm_load(dtype, bool(options.get("cache", True)))
+
+    @property
+    def compile_seconds(self) -> dict[str, float]:
+        """Seconds in the optimizer, in emitting IR, in LLVM (or loading its cached object)."""
+        return {"program": self.program_seconds, **self._compile_seconds}
 
     def _run(self, fn: Any, sweep: str, T: int, B: int, ptrs: np.ndarray) -> None:
         """One native call, on as many threads as the work is worth."""
@@ -680,7 +680,7 @@ def export(cell_or_compiled: Any, outdir: str | os.PathLike[str],
             raise TypeError(f"export takes a Cell or an llvm-compiled cell, got "
                             f"{type(cell).__name__}")
         cell = cell.with_dtype(dtype or cell.dtype)
-        program = compile_program(cell)
+        program = build_program(cell)
         prefix = module_prefix(cell.name, cell.dtype)
         ir_text = str(emit_program(program, prefix))
     bad = set(emit) - {"ir", "obj", "so", "header"}

@@ -53,21 +53,13 @@ class RefBackend(CompiledCell):
 # ---- the Program executor: the living spec of graphrnn/program.py, in numpy ----
 
 class ProgramBackend(CompiledCell):
-    """Runs the optimized Program (``graphrnn.schedule.compile_program``) step by step in numpy.
+    """Runs the optimized Program (``graphrnn.pipeline.build_program``) step by step in numpy.
 
     Slow on purpose (no fusion of its own): it shows what each step means, and its results must
-    equal ``RefBackend``'s. Options: ``use_sympy`` (build kernel bodies with sympy.cse)."""
+    equal ``RefBackend``'s."""
 
     backend_name = "program"
-
-    def __init__(self, cell: Cell, dtype: str, use_sympy: bool = True) -> None:
-        super().__init__(cell, dtype)
-        from graphrnn.schedule import compile_program
-        self.program = compile_program(self.cell, use_sympy=use_sympy)
-
-    def explain(self, batch: int = 1, kernels: bool = False) -> str:
-        from graphrnn.explain import explain_program
-        return explain_program(self.program, batch, kernels)
+    runs_program = True
 
     # views
     def _view(self, mem: dict[str, np.ndarray], r: Any, t: int | None) -> np.ndarray:
