@@ -40,8 +40,9 @@ from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
 from graphrnn.pipeline import build_program
 from graphrnn.program import Gather, Program, Scatter
+from graphrnn.runtime import Device, Residuals
 
-from .cuda_exec import Device, ProgramExecutor, Residuals
+from .cuda_exec import ProgramExecutor
 from .cuda_render import DEFAULT_BLOCK, RenderedKernel, grid_for, module_source
 
 NVRTC_OPTIONS = ("--std=c++14",)
