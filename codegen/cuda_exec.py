@@ -24,7 +24,7 @@ import numpy as np
 
 from graphrnn.errors import BackendError
 from graphrnn.ir import Cell
-from graphrnn.program import Buffer, Kernel, Program, Ref, Sweep
+from graphrnn.program import Buffer, Kernel, Program, Ref, Sweep, overlap
 from graphrnn.runtime import Device, ExecutedCell, Executor, cols_of
 
 from .cuda_render import (
@@ -42,17 +42,6 @@ from .cuda_render import (
 )
 
 
-def _overlap(a: Ref, b: Ref, bufs: dict[str, Buffer], in_loop: bool) -> bool:
-    """May two views share an element? Inside the loop two time offsets of a seq buffer are
-    different slabs; before or after it they are overlapping ranges of T slabs."""
-    if a.buf != b.buf:
-        return False
-    if in_loop and bufs[a.buf].kind == "seq" and a.t != b.t:
-        return False
-    (a0, a1), (b0, b1) = cols_of(a, bufs[a.buf]), cols_of(b, bufs[b.buf])
-    return a0 < b1 and b0 < a1
-
-
 def kernel_spec(step: Kernel, bufs: dict[str, Buffer], block: int = DEFAULT_BLOCK,
                 in_loop: bool = False) -> KernelSpec:
     """The pointwise kernel for one Kernel step of a Program (``in_loop``: of the step phase).
@@ -65,7 +54,7 @@ def kernel_spec(step: Kernel, bufs: dict[str, Buffer], block: int = DEFAULT_BLOC
     outs = tuple(Operand(bufs[r.buf].cols) for r in step.outs)
     c0, c1 = cols_of(step.outs[0], bufs[step.outs[0].buf])
     refs = list(step.ins) + list(step.outs)
-    restrict = not any(_overlap(o, r, bufs, in_loop) for i, o in enumerate(step.outs)
+    restrict = not any(overlap(o, r, bufs, in_loop) for i, o in enumerate(step.outs)
                        for j, r in enumerate(refs) if j != len(step.ins) + i)
     key = f"{kd.dtype}|{kd.program}|{ins}|{outs}|{c1 - c0}|{restrict}|{block}"
     return KernelSpec(kernel_name(kd.name, key), kd.program, kd.dtype, c1 - c0, tuple(ins),

@@ -394,6 +394,19 @@ def _cols(r: Ref, bufs: dict[str, Buffer]) -> tuple[int, int]:
     return r.cols if r.cols is not None else (0, bufs[r.buf].cols)
 
 
+def overlap(a: Ref, b: Ref, bufs: dict[str, Buffer], in_loop: bool) -> bool:
+    """May two views share an element? Inside the loop two time offsets of a seq buffer are
+    different slabs; before or after it they are overlapping ranges of T slabs. Rows count only
+    where a view names them (param-shaped buffers); otherwise a view covers every row."""
+    if a.buf != b.buf:
+        return False
+    if in_loop and bufs[a.buf].kind == "seq" and a.t != b.t:
+        return False
+    (a0, a1), (b0, b1) = _cols(a, bufs), _cols(b, bufs)
+    ar, br = a.rows or (0, 1 << 62), b.rows or (0, 1 << 62)
+    return a0 < b1 and b0 < a1 and ar[0] < br[1] and br[0] < ar[1]
+
+
 def reads_writes(s: Step) -> tuple[list[Ref], list[Ref]]:
     """The views a step reads (an accumulating step reads its output too) and writes."""
     if isinstance(s, Gemm):
