@@ -43,7 +43,8 @@ from graphrnn.api import CompiledCell, Grads, Residuals
 from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
 from graphrnn.pipeline import build_program
-from graphrnn.program import Gather, Program, Ref, Scatter, reads_writes, sweep_flops
+from graphrnn.program import Gather, Program, Scatter, reads_writes, sweep_flops
+from graphrnn.runtime import batch_view, fixed_view, gradients, seq_view
 
 from .llvm_blas import blas_info
 from .llvm_gemm import packed_helpers, ready_helpers
@@ -71,25 +72,6 @@ def module_prefix(cell_name: str, dtype: str) -> str:
     # mangled, not "non-word characters to _": the JIT looks symbols up as ASCII, and two cell
     # names (a-b, a_b) must not share a symbol (codegen/mangle.py)
     return f"grnn_{mangle(cell_name)}_f{dtype[-2:]}"
-
-
-def _seq_view(arr: np.ndarray, ref: Ref, T: int) -> np.ndarray:
-    """A seq buffer's Ref seen over all T steps: (T, B, n)."""
-    v = arr[ref.t:ref.t + T]
-    return v[:, :, ref.cols[0]:ref.cols[1]] if ref.cols is not None else v
-
-
-def _fixed_view(arr: np.ndarray, ref: Ref) -> np.ndarray:
-    v = arr
-    if ref.rows is not None:
-        v = v[ref.rows[0]:ref.rows[1]]
-    if ref.cols is not None:
-        v = v[:, ref.cols[0]:ref.cols[1]]
-    return v
-
-
-def _batch_view(arr: np.ndarray, ref: Ref) -> np.ndarray:
-    return arr[:, ref.cols[0]:ref.cols[1]] if ref.cols is not None else arr
 
 
 class ArrayPool:
@@ -207,17 +189,15 @@ class LLVMBackend(CompiledCell):
         # (name, region of the parameter or None for all of it, buffer, ref): what backward
         # compares its params with (the forward's copies)
         self._param_checks = [
-            (pc.name, None if pc.ref.buf in self._whole_params
-             else np.s_[pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]], pc.ref.buf, pc.ref)
+            (pc.name, None if pc.ref.buf in self._whole_params else pc.region, pc.ref.buf,
+             pc.ref)
             for pc in self.program.param_pieces]
         self._pool = ArrayPool()
         self._param_shapes = dict(self.program.param_shapes) or self.cell.param_shapes()
-        self._grad_pieces: dict[str, list[Any]] = {}
         for pc in self.program.grad_pieces:
             if not self._bufs[pc.ref.buf].fixed:
                 raise BackendError(f"llvm: gradient piece of {pc.name} views a "
                                    f"{self._bufs[pc.ref.buf].kind} buffer; expected param-shaped")
-            self._grad_pieces.setdefault(pc.name, []).append(pc)
         fw_written = _written(self.program.forward)
         self._bwd_written = _written(self.program.backward)
         bwd_read = {r.buf for _ph, steps in self.program.backward.phases() for st in steps
@@ -384,8 +364,7 @@ class LLVMBackend(CompiledCell):
                 if save:
                     np.copyto(arrays[pc.ref.buf], params[pc.name], casting="unsafe")
                 continue
-            _fixed_view(arrays[pc.ref.buf], pc.ref)[...] = \
-                params[pc.name][pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]]
+            fixed_view(arrays[pc.ref.buf], pc.ref)[...] = params[pc.name][pc.region]
         for (_name, bname), h in zip(p.states, h0):
             arrays[bname][0] = h
         # the forward's ids were checked with the other arguments (CompiledCell._inputs)
@@ -393,7 +372,7 @@ class LLVMBackend(CompiledCell):
         self._run(self._fwd if save else self._inf, "forward", T, B, ptrs)
         # copies: the backward reads these buffers (an output is often the state it saves),
         # so the caller must get arrays of its own to write into (~0.5% of an LSTM step)
-        ys = [_seq_view(arrays[r.buf], r, T).copy() for _n, r in p.outputs]
+        ys = [seq_view(arrays[r.buf], r, T).copy() for _n, r in p.outputs]
         hT = [arrays[bname][T].copy() for _n, bname in p.states]
         owned = [arrays[name] for name, _s, _d, _z in plan]
         if save:
@@ -440,7 +419,7 @@ class LLVMBackend(CompiledCell):
         fwd = self._check_residuals(residuals)
         self._check_params_unchanged(residuals, params, lambda: [
             (name, None, fwd[buf]) if region is None else
-            (name, region, _fixed_view(fwd[buf], ref)) for name, region, buf, ref in
+            (name, region, fixed_view(fwd[buf], ref)) for name, region, buf, ref in
             self._param_checks])
         # what the backward writes is allocated afresh, so the arrays returned below (views
         # where possible) belong to the caller and a second backward cannot overwrite them
@@ -473,31 +452,22 @@ class LLVMBackend(CompiledCell):
         self._check_ids(arrays)
         ptrs = self._pointers(arrays)
         self._run(self._bwd, "backward", T, B, ptrs)
-        grads: dict[str, np.ndarray] = {}
-        exported: set[str] = set()   # buffers the returned arrays may view
-        for name, shape in self._param_shapes.items():
-            pieces = self._grad_pieces.get(name, [])
-            if len(pieces) == 1 and pieces[0].rows == (0, shape[0]) \
-                    and pieces[0].cols == (0, shape[1]):
-                grads[name] = np.ascontiguousarray(_fixed_view(arrays[pieces[0].ref.buf],
-                                                               pieces[0].ref))
-                exported.add(pieces[0].ref.buf)
-                continue
-            g = np.zeros(shape, self.dtype)
-            for pc in pieces:
-                g[pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]] += \
-                    _fixed_view(arrays[pc.ref.buf], pc.ref)
-            grads[name] = g
+        # a gradient that is one whole piece is its buffer (fresh for this call), not a copy;
+        # exported: the buffers the returned arrays may view
+        grads, exported = gradients(self._param_shapes, p.grad_pieces,
+                                    lambda r: fixed_view(arrays[r.buf], r),
+                                    lambda shape: np.zeros(shape, self.dtype),
+                                    whole=np.ascontiguousarray)
         d_inputs = []
         for (_name, ref), x in zip(p.d_inputs, self.cell.inputs):
             if ref is None:
                 d_inputs.append(np.zeros((T, B, int(x.shape[1])), self.dtype))
             else:
-                v = _seq_view(arrays[ref.buf], ref, T)
+                v = seq_view(arrays[ref.buf], ref, T)
                 d_inputs.append(np.ascontiguousarray(v) if ref.buf in self._bwd_fresh
                                 else v.copy())
                 exported.add(ref.buf)
-        d_states = [np.array(_batch_view(arrays[ref.buf], ref)) for _n, ref in p.d_states]
+        d_states = [np.array(batch_view(arrays[ref.buf], ref)) for _n, ref in p.d_states]
         self._pool.give([arrays[n] for n in self._bwd_fresh if n not in exported])
         return Grads(grads, d_inputs, d_states)
 

@@ -261,6 +261,15 @@ class ParamPiece:
     cols: tuple[int, int]
     ref: Ref
 
+    @property
+    def region(self) -> tuple[slice, slice]:
+        """The piece's part of the user's parameter: ``param[piece.region]``."""
+        return slice(*self.rows), slice(*self.cols)
+
+    def covers(self, shape: tuple[int, int]) -> bool:
+        """Whether the piece is the whole of a parameter of this shape."""
+        return self.rows == (0, shape[0]) and self.cols == (0, shape[1])
+
 
 @dataclass(frozen=True)
 class Program:

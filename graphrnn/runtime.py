@@ -16,20 +16,79 @@ the whole Program natively and binds its own pointers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .api import CompiledCell, Grads
 from .api import Residuals as ResidualToken
 from .errors import BackendError, RuntimeInputError
-from .program import Buffer, Gather, Gemm, Kernel, Program, Reduce, Ref, Scatter, Sweep
+from .program import (
+    Buffer,
+    Gather,
+    Gemm,
+    Kernel,
+    ParamPiece,
+    Program,
+    Reduce,
+    Ref,
+    Scatter,
+    Sweep,
+)
 from .scalar import run_scalar_program
 
 
 def cols_of(r: Ref, b: Buffer) -> tuple[int, int]:
     """The column range a view covers in its buffer."""
     return r.cols if r.cols is not None else (0, b.cols)
+
+
+# ---- views of a Ref, by buffer kind (the llvm backend binds its arrays with these too) ----
+
+def fixed_view(arr: Any, ref: Ref) -> Any:
+    """A param-shaped buffer's Ref: its rows and columns."""
+    v = arr
+    if ref.rows is not None:
+        v = v[ref.rows[0]:ref.rows[1]]
+    if ref.cols is not None:
+        v = v[:, ref.cols[0]:ref.cols[1]]
+    return v
+
+
+def seq_view(arr: Any, ref: Ref, T: int) -> Any:
+    """A seq buffer's Ref seen over all T steps: (T, B, n)."""
+    v = arr[ref.t:ref.t + T]
+    return v[:, :, ref.cols[0]:ref.cols[1]] if ref.cols is not None else v
+
+
+def batch_view(arr: Any, ref: Ref) -> Any:
+    """A (B, n) buffer's Ref (a carry, a temp, one step of a seq buffer): its columns."""
+    return arr[:, ref.cols[0]:ref.cols[1]] if ref.cols is not None else arr
+
+
+def gradients(shapes: Mapping[str, tuple[int, int]], pieces: Sequence[ParamPiece],
+              view: Callable[[Ref], Any], zeros: Callable[[tuple[int, int]], Any],
+              whole: Callable[[Any], Any] | None = None) -> tuple[dict[str, Any], set[str]]:
+    """Each parameter's gradient, the sum of its pieces (zeros where none: a parameter the
+    outputs do not depend on). ``whole``: how to hand out a piece that is the whole parameter
+    without a sum (llvm: its own buffer, made contiguous); None sums every piece into zeros.
+    Returns the gradients and the buffers they may view."""
+    by_name: dict[str, list[ParamPiece]] = {}
+    for pc in pieces:
+        by_name.setdefault(pc.name, []).append(pc)
+    grads: dict[str, Any] = {}
+    viewed: set[str] = set()
+    for name, shape in shapes.items():
+        mine = by_name.get(name, [])
+        if whole is not None and len(mine) == 1 and mine[0].covers(shape):
+            grads[name] = whole(view(mine[0].ref))
+            viewed.add(mine[0].ref.buf)
+            continue
+        g = zeros(shape)
+        for pc in mine:
+            g[pc.region] += view(pc.ref)
+        grads[name] = g
+    return grads, viewed
 
 
 class Device:
@@ -161,8 +220,7 @@ class Executor:
             if b.kind == "mat":
                 arrays[b.name][...] = 0
         for pc in p.param_pieces:
-            (r0, r1), (c0, c1) = pc.rows, pc.cols
-            self.view(arrays, pc.ref, "pre", 0, T, B)[...] = params[pc.name][r0:r1, c0:c1]
+            self.view(arrays, pc.ref, "pre", 0, T, B)[...] = params[pc.name][pc.region]
         for (_n, buf), x in zip(p.inputs, xs):
             arrays[buf][...] = x
         for (_n, buf), h in zip(p.states, h0):
@@ -174,8 +232,7 @@ class Executor:
         return ys, hT
 
     def _seq(self, arrays: dict[str, Any], r: Ref, T: int) -> Any:
-        c0, c1 = cols_of(r, self.bufs[r.buf])
-        return arrays[r.buf][r.t:r.t + T, :, c0:c1]
+        return seq_view(arrays[r.buf], r, T)
 
     def bind_backward(self, arrays: dict[str, Any], d_ys: Sequence[Any | None],
                       d_final: Sequence[Any | None]) -> None:
@@ -192,10 +249,10 @@ class Executor:
                          param_shapes: dict[str, tuple[int, int]], cell: Any
                          ) -> tuple[dict[str, Any], list[Any], list[Any]]:
         p, xp = self.p, dev.xp
-        grads = {name: xp.zeros(shape, dtype=p.dtype) for name, shape in param_shapes.items()}
-        for pc in p.grad_pieces:
-            (r0, r1), (c0, c1) = pc.rows, pc.cols
-            grads[pc.name][r0:r1, c0:c1] += self.view(arrays, pc.ref, "post", 0, T, B)
+        # summed into arrays of their own: a second backward rewrites the residuals' buffers
+        grads, _ = gradients(param_shapes, p.grad_pieces,
+                             lambda r: self.view(arrays, r, "post", 0, T, B),
+                             lambda shape: xp.zeros(shape, dtype=p.dtype))
         d_xs = []
         for (_n, r), x in zip(p.d_inputs, cell.inputs):
             if r is None:   # an unused or integer input: zero gradient
@@ -206,8 +263,7 @@ class Executor:
         for _n, r in p.d_states:
             b = self.bufs[r.buf]
             if b.kind == "seq":
-                c0, c1 = cols_of(r, b)
-                d_h.append(arrays[r.buf][r.t][:, c0:c1].copy())
+                d_h.append(batch_view(arrays[r.buf][r.t], r).copy())
             else:
                 d_h.append(self.view(arrays, r, "post", 0, T, B).copy())
         return grads, d_xs, d_h
@@ -234,8 +290,7 @@ class Executor:
     def saved_params(self, res: Residuals) -> list[tuple[str, Any, Any]]:
         """(name, region, the forward's copy) per parameter piece, for
         ``CompiledCell._check_params_unchanged``."""
-        return [(pc.name, np.s_[pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]],
-                 self.view(res.buffers, pc.ref, "pre", 0, res.T, res.B))
+        return [(pc.name, pc.region, self.view(res.buffers, pc.ref, "pre", 0, res.T, res.B))
                 for pc in self.p.param_pieces]
 
     def backward(self, dev: Device, res: Residuals, d_ys: Sequence[Any | None],
