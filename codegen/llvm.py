@@ -44,7 +44,13 @@ from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
 from graphrnn.pipeline import build_program
 from graphrnn.program import Gather, Program, Scatter, reads_writes, sweep_flops
-from graphrnn.runtime import batch_view, fixed_view, gradients, seq_view
+from graphrnn.runtime import (
+    batch_view,
+    check_residual_buffers,
+    fixed_view,
+    gradients,
+    seq_view,
+)
 
 from .llvm_blas import blas_info
 from .llvm_gemm import packed_helpers, ready_helpers
@@ -400,15 +406,8 @@ class LLVMBackend(CompiledCell):
         if not isinstance(arrays, dict):
             raise RuntimeInputError("backward: residuals were tampered with: expected the "
                                     f"buffers of this cell, got {type(arrays).__name__}")
-        for name, (shape, dt) in self._residual_shapes(res.T, res.B).items():
-            a = arrays.get(name)
-            if (not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dt
-                    or not a.flags.c_contiguous):
-                got = (f"{a.shape} {a.dtype}" if isinstance(a, np.ndarray)
-                       else type(a).__name__)
-                raise RuntimeInputError(f"backward: residual buffer {name}: expected "
-                                        f"{shape} {dt} (C-contiguous) for T={res.T}, "
-                                        f"B={res.B}, got {got}")
+        check_residual_buffers(arrays, self._residual_shapes(res.T, res.B), res.T, res.B,
+                               contiguous=True)
         return arrays
 
     def _backward(self, params: dict[str, np.ndarray], residuals: Residuals,

@@ -66,6 +66,24 @@ def batch_view(arr: Any, ref: Ref) -> Any:
     return arr[:, ref.cols[0]:ref.cols[1]] if ref.cols is not None else arr
 
 
+def check_residual_buffers(arrays: Mapping[str, Any],
+                           expected: Mapping[str, tuple[tuple[int, ...], np.dtype]], T: int,
+                           B: int, contiguous: bool = False) -> None:
+    """Compiled code trusts T, B and every buffer's size: check the residuals' arrays against
+    them (``contiguous``: and that each is a C-contiguous numpy array, for native pointers)."""
+    for name, (shape, dt) in expected.items():
+        a = arrays.get(name)
+        ok = hasattr(a, "shape") and tuple(a.shape) == shape and getattr(a, "dtype", None) == dt
+        if contiguous:
+            ok = ok and isinstance(a, np.ndarray) and a.flags.c_contiguous
+        if not ok:
+            got = "nothing" if a is None else (f"{tuple(a.shape)} {a.dtype}"
+                                               if hasattr(a, "shape") else type(a).__name__)
+            what = f"{shape} {dt}" + (" (C-contiguous)" if contiguous else "")
+            raise RuntimeInputError(f"backward: residual buffer {name}: expected {what} for "
+                                    f"T={T}, B={B}, got {got}")
+
+
 def gradients(shapes: Mapping[str, tuple[int, int]], pieces: Sequence[ParamPiece],
               view: Callable[[Ref], Any], zeros: Callable[[tuple[int, int]], Any],
               whole: Callable[[Any], Any] | None = None) -> tuple[dict[str, Any], set[str]]:
@@ -279,13 +297,9 @@ class Executor:
 
     def check_residuals(self, res: Residuals) -> None:
         """Kernels trust T, B and every buffer's size: check the arrays against them."""
-        for b in self.p.buffers:
-            a = res.buffers.get(b.name)
-            shape = tuple(b.shape(res.T, res.B))
-            if a is None or tuple(a.shape) != shape or a.dtype != np.dtype(b.dtype):
-                got = "nothing" if a is None else f"{tuple(a.shape)} {a.dtype}"
-                raise RuntimeInputError(f"backward: residual buffer {b.name}: expected {shape} "
-                                        f"{b.dtype} for T={res.T}, B={res.B}, got {got}")
+        check_residual_buffers(res.buffers, {b.name: (tuple(b.shape(res.T, res.B)),
+                                                      np.dtype(b.dtype))
+                                             for b in self.p.buffers}, res.T, res.B)
 
     def saved_params(self, res: Residuals) -> list[tuple[str, Any, Any]]:
         """(name, region, the forward's copy) per parameter piece, for
