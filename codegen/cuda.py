@@ -35,12 +35,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from graphrnn.api import CompiledCell, Grads
+from graphrnn.api import Grads
 from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
 from graphrnn.pipeline import build_program
 from graphrnn.program import Gather, Program, Scatter
-from graphrnn.runtime import Device, Residuals
+from graphrnn.runtime import Device, ExecutedCell, Residuals
 
 from .cuda_exec import ProgramExecutor
 from .cuda_render import DEFAULT_BLOCK, RenderedKernel, grid_for, module_source
@@ -205,11 +205,10 @@ def cublas_gemm_args(out: Any, a: Any, b: Any, ta: bool, tb: bool
     return int(tb), int(ta), int(n), int(m), int(ka), ld(b), ld(a), ld(out)
 
 
-class CudaBackend(CompiledCell):
+class CudaBackend(ExecutedCell):
     """``graphrnn.compile(cell, backend="cuda")``; see the module docstring."""
 
     backend_name = "cuda"
-    runs_program = True
 
     @classmethod
     def prepare(cls, dtype: str, options: Mapping[str, Any]) -> None:
@@ -373,19 +372,14 @@ class CudaBackend(CompiledCell):
     def _backward(self, params: dict[str, Any], residuals: Any,
                   d_ys: Sequence[Any | None], d_final: Sequence[Any | None]) -> Grads:
         ex = self.executor
-        res, gen = residuals._payload
+        payload, gen = residuals._payload
         T, B = residuals.T, residuals.B
-        if not isinstance(res, Residuals) or (res.T, res.B) != (T, B):
-            raise RuntimeInputError("backward: residuals were tampered with: their buffers "
-                                    f"are not for T={T}, B={B}")
         if self.cuda_graph and gen != self._generation.get((T, B)):
             raise RuntimeInputError(f"backward: residuals: expected those of the latest "
                                     f"forward_train with T={T}, B={B}, got older ones (with "
                                     "cuda_graph=True a forward reuses the buffers of its "
                                     "shape; run backward before the next forward_train)")
-        ex.check_residuals(res)
-        self._check_params_unchanged(residuals, params, lambda: ex.saved_params(res))
-        arrays = res.buffers
+        arrays = self._checked(residuals, payload, params).buffers
         def bind() -> None:
             ex.bind_backward(arrays, d_ys, d_final)
 

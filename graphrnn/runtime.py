@@ -333,12 +333,18 @@ class ExecutedCell(CompiledCell):
     def _backward(self, params: dict[str, np.ndarray], residuals: ResidualToken,
                   d_ys: Sequence[np.ndarray | None],
                   d_final: Sequence[np.ndarray | None]) -> Grads:
-        res = residuals._payload
+        res = self._checked(residuals, residuals._payload, params)
+        dp, dx, dh = self.executor.backward(self.device, res, d_ys, d_final,
+                                            self.cell.param_shapes(), self.cell)
+        return Grads(dp, dx, dh)
+
+    def _checked(self, residuals: ResidualToken, res: Any,
+                 params: dict[str, Any]) -> Residuals:
+        """The token's buffers, once they are this Program's for its T and B and the params
+        are the ones the forward was given."""
         if not isinstance(res, Residuals) or (res.T, res.B) != (residuals.T, residuals.B):
             raise RuntimeInputError("backward: residuals were tampered with: their buffers "
                                     f"are not for T={residuals.T}, B={residuals.B}")
         self.executor.check_residuals(res)
         self._check_params_unchanged(residuals, params, lambda: self.executor.saved_params(res))
-        dp, dx, dh = self.executor.backward(self.device, res, d_ys, d_final,
-                                            self.cell.param_shapes(), self.cell)
-        return Grads(dp, dx, dh)
+        return res
