@@ -42,7 +42,6 @@ import numpy as np
 from graphrnn.api import CompiledCell, Grads, Residuals
 from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
-from graphrnn.pipeline import build_program
 from graphrnn.program import Gather, Program, Scatter, reads_writes, sweep_flops
 from graphrnn.runtime import (
     batch_view,
@@ -591,6 +590,9 @@ def export(cell_or_compiled: Any, outdir: str | os.PathLike[str],
             raise TypeError(f"export takes a Cell or an llvm-compiled cell, got "
                             f"{type(cell).__name__}")
         cell = cell.with_dtype(dtype or cell.dtype)
+        # imported here: the optimizer's imports (networkx) are what LLVM's background load
+        # overlaps with when compile() runs the pipeline after importing this module
+        from graphrnn.pipeline import build_program
         program = build_program(cell)
         prefix = module_prefix(cell.name, cell.dtype)
         ir_text = str(emit_program(program, prefix))

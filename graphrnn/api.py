@@ -248,8 +248,8 @@ class CompiledCell:
             # program: compile()'s, or a hand-written one (tests); a backend constructed
             # directly gets the pipeline's (loaded here: it brings networkx and the passes)
             if program is None:
-                from .pipeline import build_program
                 t0 = time.perf_counter()
+                from .pipeline import build_program
                 program = build_program(self.cell)
                 self.program_seconds = time.perf_counter() - t0
             if program.dtype != dtype:
@@ -534,10 +534,11 @@ def compile(cell: Cell, backend: str = "ref", dtype: str | None = None,  # noqa:
     dtype = dtype or cell.dtype
     if not cls.runs_program or options.get("program") is not None:
         return cls(cell, dtype, **options)  # type: ignore[no-any-return]
-    # the Program is built here, once, in the core; backends only run it
-    from .pipeline import build_program
+    # the Program is built here, once, in the core; backends only run it. What a backend can
+    # do meanwhile starts first (llvm: loading LLVM overlaps the optimizer and its imports)
     cls.prepare(dtype, options)
     t0 = time.perf_counter()
+    from .pipeline import build_program
     use_sympy = options.pop("use_sympy", True)
     options["program"] = build_program(cell, dtype, use_sympy=use_sympy)
     seconds = time.perf_counter() - t0
