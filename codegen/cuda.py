@@ -31,15 +31,18 @@ through cuBLAS, the time loop driven from Python on one stream.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from graphrnn.api import CompiledCell, Grads
+from graphrnn.api import Grads
 from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
+from graphrnn.pipeline import build_program
+from graphrnn.program import Gather, Program, Scatter
+from graphrnn.runtime import Device, ExecutedCell, Residuals
 
-from .cuda_exec import Device, ProgramExecutor, Residuals
+from .cuda_exec import ProgramExecutor
 from .cuda_render import DEFAULT_BLOCK, RenderedKernel, grid_for, module_source
 
 NVRTC_OPTIONS = ("--std=c++14",)
@@ -49,23 +52,9 @@ CUDA_R_32F, COMPUTE_32F_FAST_TF32, GEMM_DEFAULT = 0, 77, -1
 _MODULES: dict[str, Any] = {}   # hash(source, options, arch, compiler) -> cupy.RawModule
 
 
-def _program(cell: Cell) -> Any:
-    try:
-        from graphrnn.schedule import compile_program  # type: ignore[import-not-found]
-    except ImportError as e:  # the optimizer is not there: nothing to run
-        raise BackendError(f"the cuda backend needs graphrnn.schedule.compile_program: {e}") \
-            from e
-    return compile_program(cell)
-
-
-def _executor(cell: Cell, dtype: str, block: int = DEFAULT_BLOCK,
-              loop_kernels: bool = True) -> ProgramExecutor:
-    return ProgramExecutor(_program(cell.with_dtype(dtype)), block, loop_kernels)
-
-
 def cuda_source(cell: Cell, dtype: str | None = None, block: int = DEFAULT_BLOCK) -> str:
     """The ``.cu`` text of every kernel a cell needs (forward and backward); no GPU needed."""
-    ex = _executor(cell, dtype or cell.dtype, block)
+    ex = ProgramExecutor(build_program(cell, dtype or cell.dtype), block)
     return module_source(ex.kernels())
 
 
@@ -216,20 +205,24 @@ def cublas_gemm_args(out: Any, a: Any, b: Any, ta: bool, tb: bool
     return int(tb), int(ta), int(n), int(m), int(ka), ld(b), ld(a), ld(out)
 
 
-class CudaBackend(CompiledCell):
+class CudaBackend(ExecutedCell):
     """``graphrnn.compile(cell, backend="cuda")``; see the module docstring."""
 
     backend_name = "cuda"
 
-    def __init__(self, cell: Cell, dtype: str, cuda_graph: bool = False,
-                 block: int = DEFAULT_BLOCK, loop_kernels: bool = True, tf32: bool = False
-                 ) -> None:
-        if tf32 and dtype != "float32":
+    @classmethod
+    def prepare(cls, dtype: str, options: Mapping[str, Any]) -> None:
+        """Fail first, and clearly, without a GPU or with tf32 on a float64 cell."""
+        if options.get("tf32") and dtype != "float32":
             raise BackendError(f"cuda: tf32=True rounds float32 GEMM inputs; the cell is {dtype}")
-        import_cupy()   # fail first, and clearly, without a GPU
-        super().__init__(cell, dtype)
-        self.executor = ProgramExecutor(_program(self.cell), block, loop_kernels)
-        self.program = self.executor.p
+        import_cupy()
+
+    def __init__(self, cell: Cell, dtype: str, cuda_graph: bool = False,
+                 block: int = DEFAULT_BLOCK, loop_kernels: bool = True, tf32: bool = False,
+                 program: Program | None = None) -> None:
+        self.prepare(dtype, {"tf32": tf32})
+        super().__init__(cell, dtype, program)
+        self.executor = ProgramExecutor(self.program, block, loop_kernels)
         self.device = GpuDevice(self.executor.kernels(), tf32=tf32)
         self.cuda_graph = cuda_graph
         self._graphs: dict[tuple[str, int, int], Any] = {}
@@ -238,7 +231,6 @@ class CudaBackend(CompiledCell):
         # one stream for everything this cell does (conversions, binds, sweeps, copies out)
         self._stream = self.device.xp.cuda.Stream(non_blocking=True)
         if cuda_graph:
-            from graphrnn.program import Gather, Scatter
             for sw in (self.program.forward, self.program.backward):
                 for _ph, steps in sw.phases():
                     if any(isinstance(s, (Gather, Scatter)) for s in steps):
@@ -380,19 +372,14 @@ class CudaBackend(CompiledCell):
     def _backward(self, params: dict[str, Any], residuals: Any,
                   d_ys: Sequence[Any | None], d_final: Sequence[Any | None]) -> Grads:
         ex = self.executor
-        res, gen = residuals._payload
+        payload, gen = residuals._payload
         T, B = residuals.T, residuals.B
-        if not isinstance(res, Residuals) or (res.T, res.B) != (T, B):
-            raise RuntimeInputError("backward: residuals were tampered with: their buffers "
-                                    f"are not for T={T}, B={B}")
         if self.cuda_graph and gen != self._generation.get((T, B)):
             raise RuntimeInputError(f"backward: residuals: expected those of the latest "
                                     f"forward_train with T={T}, B={B}, got older ones (with "
                                     "cuda_graph=True a forward reuses the buffers of its "
                                     "shape; run backward before the next forward_train)")
-        ex.check_residuals(res)
-        self._check_params_unchanged(residuals, params, lambda: ex.saved_params(res))
-        arrays = res.buffers
+        arrays = self._checked(residuals, payload, params).buffers
         def bind() -> None:
             ex.bind_backward(arrays, d_ys, d_final)
 

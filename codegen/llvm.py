@@ -31,127 +31,53 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import weakref
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from graphrnn.api import CompiledCell, Grads, Residuals
 from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
-from graphrnn.program import Gather, Program, Ref, Scatter, _reads_writes
+from graphrnn.program import Gather, Program, Scatter, reads_writes, sweep_flops
+from graphrnn.runtime import (
+    batch_view,
+    check_residual_buffers,
+    fixed_view,
+    gradients,
+    seq_view,
+)
 
-from .forkguard import hold_across_fork
 from .llvm_blas import blas_info
-from .llvm_gemm import helper_module, tile_for
+from .llvm_gemm import packed_helpers, ready_helpers
+from .llvm_load import jit_module, load_in_background
 from .llvm_program import collapsed_buffers, diagonal_loop, emit_program, workspace_bytes
 from .llvm_threads import ENTRY, TEAM, default_threads
 from .llvm_threads import matmul as threads_matmul
 from .mangle import mangle
 
-_preload: threading.Thread | None = None
-_preload_lock = threading.Lock()
-_llvm_loaded = threading.Event()   # set when the background thread has loaded LLVM
-
-
-def _load_llvm(dtype: str | None, cache: bool) -> None:
-    try:
-        from . import llvm_jit
-        llvm_jit.host_cpu()
-    except Exception:   # noqa: BLE001 - jit_module() imports again and raises in the caller
-        return
-    finally:
-        _llvm_loaded.set()
-    if dtype is not None:
-        try:
-            packed_helpers(dtype, cache)
-        except Exception:   # noqa: BLE001 - the cell's own call raises it again
-            pass
-
 
 def start_llvm_load(dtype: str | None = None, cache: bool = True) -> None:
-    """Load LLVM, and compile the packed-GEMM helpers for dtype, in a background thread. Most
-    of importing llvmlite.binding (~70 ms) is the dlopen of its shared library and compiling
-    is a ctypes call, both releasing the GIL, so they overlap with the optimizer's Python work
-    on another core (measured: a cold LSTM compile 0.05 s faster for the load alone)."""
-    global _preload
-    with _preload_lock:
-        if dtype in _helpers or (dtype is None and "codegen.llvm_jit" in sys.modules):
-            return
-        if _preload is None or not _preload.is_alive():
-            _preload = threading.Thread(target=_load_llvm, args=(dtype, cache),
-                                        name="graphrnn-llvm-load", daemon=True)
-            _preload.start()
-
-
-_helpers: dict[str, tuple[Any, int, int]] = {}
-_helpers_lock = threading.Lock()
-# a child forked while the loader thread holds these would wait on them forever; the ranks are
-# the order the compile path takes them in (then llvm_jit's lock, then llvmlite's)
-hold_across_fork(_preload_lock, 5)
-hold_across_fork(_helpers_lock, 10)
-
-
-def packed_helpers(dtype: str, cache: bool = True) -> tuple[int, int]:
-    """Addresses of ``llvm_gemm``'s pack and packed GEMM for dtype, compiled once per process
-    (they do not depend on the cell) and installed in every cell module."""
-    with _helpers_lock:
-        if dtype not in _helpers:
-            from . import llvm_jit
-            tm = llvm_jit.target_machine()
-            j = llvm_jit.jit(helper_module(dtype, tile_for(dtype), tm.triple), use_cache=cache)
-            sfx = dtype[-2:]
-            _helpers[dtype] = (j, j.address(f"graphrnn_pack_f{sfx}"),
-                               j.address(f"graphrnn_pgemm_f{sfx}"))
-        return _helpers[dtype][1], _helpers[dtype][2]
-
-
-def jit_module() -> Any:
-    """codegen.llvm_jit, with LLVM initialised (waits for start_llvm_load's thread to load it,
-    not for the helpers it may compile after that)."""
-    if _preload is not None:
-        _llvm_loaded.wait()
-    from . import llvm_jit
-    return llvm_jit
+    """Load LLVM, and compile the packed-GEMM helpers for dtype, in a background thread
+    (``llvm_load``; measured: a cold LSTM compile 0.05 s faster for the load alone)."""
+    if dtype in ready_helpers() or (dtype is None and "codegen.llvm_jit" in sys.modules):
+        return
+    load_in_background(None if dtype is None else lambda: packed_helpers(dtype, cache))
 
 
 SETTER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 PACKED_SETTER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
 
 
-def compile_program(cell: Cell) -> Program:
-    """The optimizer's Program for a cell (graphrnn.schedule)."""
-    from graphrnn import schedule
-    return schedule.compile_program(cell)  # type: ignore[no-any-return]
 
 
 def module_prefix(cell_name: str, dtype: str) -> str:
     # mangled, not "non-word characters to _": the JIT looks symbols up as ASCII, and two cell
     # names (a-b, a_b) must not share a symbol (codegen/mangle.py)
     return f"grnn_{mangle(cell_name)}_f{dtype[-2:]}"
-
-
-def _seq_view(arr: np.ndarray, ref: Ref, T: int) -> np.ndarray:
-    """A seq buffer's Ref seen over all T steps: (T, B, n)."""
-    v = arr[ref.t:ref.t + T]
-    return v[:, :, ref.cols[0]:ref.cols[1]] if ref.cols is not None else v
-
-
-def _fixed_view(arr: np.ndarray, ref: Ref) -> np.ndarray:
-    v = arr
-    if ref.rows is not None:
-        v = v[ref.rows[0]:ref.rows[1]]
-    if ref.cols is not None:
-        v = v[:, ref.cols[0]:ref.cols[1]]
-    return v
-
-
-def _batch_view(arr: np.ndarray, ref: Ref) -> np.ndarray:
-    return arr[:, ref.cols[0]:ref.cols[1]] if ref.cols is not None else arr
 
 
 class ArrayPool:
@@ -194,7 +120,7 @@ def _address(a: np.ndarray) -> int:
 
 
 def _written(sweep: Any) -> set[str]:
-    return {r.buf for _ph, steps in sweep.phases() for s in steps for r in _reads_writes(s)[1]}
+    return {r.buf for _ph, steps in sweep.phases() for s in steps for r in reads_writes(s)[1]}
 
 
 def _written_whole_first(sweep: Any, bufs: dict[str, Any]) -> frozenset[str]:
@@ -205,7 +131,7 @@ def _written_whole_first(sweep: Any, bufs: dict[str, Any]) -> frozenset[str]:
     out: set[str] = set()
     for ph, steps in sweep.phases():
         for s in steps:
-            reads, writes = _reads_writes(s)
+            reads, writes = reads_writes(s)
             seen.update(r.buf for r in reads)
             for r in writes:
                 if r.buf in seen:
@@ -220,6 +146,7 @@ def _written_whole_first(sweep: Any, bufs: dict[str, Any]) -> frozenset[str]:
 
 class LLVMBackend(CompiledCell):
     backend_name = "llvm"
+    runs_program = True
     # below these a call runs on one thread / without packing the weights: handing work to a
     # second thread costs tens of microseconds, packing costs one pass over the weights
     THREAD_MIN_FLOPS = 4e6
@@ -228,18 +155,12 @@ class LLVMBackend(CompiledCell):
     def __init__(self, cell: Cell, dtype: str, cache: bool = True, blas: bool = True,
                  program: Program | None = None, diagonal: bool = True,
                  threads: int | None = None, packed: bool = True) -> None:
-        super().__init__(cell, dtype)
+        start_llvm_load(dtype, cache)   # while a directly constructed backend's optimizer runs
+        super().__init__(cell, dtype, program)
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise BackendError(f"llvm: threads must be a positive int or None, got {threads!r}")
         self.threads = threads
         self.packed = packed
-        t0 = time.perf_counter()
-        start_llvm_load(dtype, cache)
-        # program: a ready Program for this cell (tests hand-write one); normally the optimizer's
-        self.program = program if program is not None else compile_program(self.cell)
-        if self.program.dtype != dtype:
-            raise BackendError(f"llvm: the optimizer produced a {self.program.dtype} program for "
-                               f"a {dtype} cell")
         self.prefix = module_prefix(self.cell.name, dtype)
         t1 = time.perf_counter()
         self.uses_blas = bool(blas and blas_info().found)
@@ -255,9 +176,8 @@ class LLVMBackend(CompiledCell):
                              ("backward", self.program.backward))}
         t2 = time.perf_counter()
         self.jitted = jit_module().jit(self.ir_text, use_cache=cache)
-        self.compile_seconds = {"program": t1 - t0, "emit": t2 - t1,
-                                "llvm": self.jitted.stats.seconds,
-                                "cache_hit": float(self.jitted.stats.cache_hit)}
+        self._compile_seconds = {"emit": t2 - t1, "llvm": self.jitted.stats.seconds,
+                                 "cache_hit": float(self.jitted.stats.cache_hit)}
         if self.uses_blas:
             info = blas_info()
             addr = info.sgemm if dtype == "float32" else info.dgemm
@@ -275,21 +195,19 @@ class LLVMBackend(CompiledCell):
         # (name, region of the parameter or None for all of it, buffer, ref): what backward
         # compares its params with (the forward's copies)
         self._param_checks = [
-            (pc.name, None if pc.ref.buf in self._whole_params
-             else np.s_[pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]], pc.ref.buf, pc.ref)
+            (pc.name, None if pc.ref.buf in self._whole_params else pc.region, pc.ref.buf,
+             pc.ref)
             for pc in self.program.param_pieces]
         self._pool = ArrayPool()
         self._param_shapes = dict(self.program.param_shapes) or self.cell.param_shapes()
-        self._grad_pieces: dict[str, list[Any]] = {}
         for pc in self.program.grad_pieces:
             if not self._bufs[pc.ref.buf].fixed:
                 raise BackendError(f"llvm: gradient piece of {pc.name} views a "
                                    f"{self._bufs[pc.ref.buf].kind} buffer; expected param-shaped")
-            self._grad_pieces.setdefault(pc.name, []).append(pc)
         fw_written = _written(self.program.forward)
         self._bwd_written = _written(self.program.backward)
         bwd_read = {r.buf for _ph, steps in self.program.backward.phases() for st in steps
-                    for r in _reads_writes(st)[0]}
+                    for r in reads_writes(st)[0]}
         # inputs the backward reads are copied by a training forward (the residuals own them;
         # the caller may reuse its array), the others are bound to the caller's array
         self._inputs_read = frozenset(b for _n, b in self.program.inputs if b in bwd_read)
@@ -298,7 +216,7 @@ class LLVMBackend(CompiledCell):
         # buffers the forward sweep never touches get a placeholder in the forward; the
         # backward allocates them (and everything else it writes) afresh
         fw_touched = {r.buf for _ph, steps in self.program.forward.phases() for st in steps
-                      for r in _reads_writes(st)[0] + _reads_writes(st)[1]}
+                      for r in reads_writes(st)[0] + reads_writes(st)[1]}
         fw_touched |= fixed_in | {pc.ref.buf for pc in self.program.param_pieces}
         fw_touched |= {r.buf for _n, r in self.program.outputs}
         self._fwd_unused = frozenset(b.name for b in self.program.buffers
@@ -320,12 +238,21 @@ class LLVMBackend(CompiledCell):
         self._no_zero = {"forward": _written_whole_first(self.program.forward, self._bufs),
                          "backward": _written_whole_first(self.program.backward, self._bufs)}
         self._no_zero["infer"] = self._no_zero["forward"]
-        from graphrnn.explain import sweep_flops
         self._flops = {"forward": sweep_flops(self.program, self.program.forward),
                        "backward": sweep_flops(self.program, self.program.backward)}
         self._work_bytes = workspace_bytes(self.program)
         self._work: np.ndarray | None = None   # allocated at the first packed call
         self._work_addr = 0                     # its first 64-byte aligned address
+
+    @classmethod
+    def prepare(cls, dtype: str, options: Mapping[str, Any]) -> None:
+        """LLVM loads in a background thread while compile() runs the optimizer."""
+        start_llvm_load(dtype, bool(options.get("cache", True)))
+
+    @property
+    def compile_seconds(self) -> dict[str, float]:
+        """Seconds in the optimizer, in emitting IR, in LLVM (or loading its cached object)."""
+        return {"program": self.program_seconds, **self._compile_seconds}
 
     def _run(self, fn: Any, sweep: str, T: int, B: int, ptrs: np.ndarray) -> None:
         """One native call, on as many threads as the work is worth."""
@@ -443,8 +370,7 @@ class LLVMBackend(CompiledCell):
                 if save:
                     np.copyto(arrays[pc.ref.buf], params[pc.name], casting="unsafe")
                 continue
-            _fixed_view(arrays[pc.ref.buf], pc.ref)[...] = \
-                params[pc.name][pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]]
+            fixed_view(arrays[pc.ref.buf], pc.ref)[...] = params[pc.name][pc.region]
         for (_name, bname), h in zip(p.states, h0):
             arrays[bname][0] = h
         # the forward's ids were checked with the other arguments (CompiledCell._inputs)
@@ -452,7 +378,7 @@ class LLVMBackend(CompiledCell):
         self._run(self._fwd if save else self._inf, "forward", T, B, ptrs)
         # copies: the backward reads these buffers (an output is often the state it saves),
         # so the caller must get arrays of its own to write into (~0.5% of an LSTM step)
-        ys = [_seq_view(arrays[r.buf], r, T).copy() for _n, r in p.outputs]
+        ys = [seq_view(arrays[r.buf], r, T).copy() for _n, r in p.outputs]
         hT = [arrays[bname][T].copy() for _n, bname in p.states]
         owned = [arrays[name] for name, _s, _d, _z in plan]
         if save:
@@ -480,15 +406,8 @@ class LLVMBackend(CompiledCell):
         if not isinstance(arrays, dict):
             raise RuntimeInputError("backward: residuals were tampered with: expected the "
                                     f"buffers of this cell, got {type(arrays).__name__}")
-        for name, (shape, dt) in self._residual_shapes(res.T, res.B).items():
-            a = arrays.get(name)
-            if (not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != dt
-                    or not a.flags.c_contiguous):
-                got = (f"{a.shape} {a.dtype}" if isinstance(a, np.ndarray)
-                       else type(a).__name__)
-                raise RuntimeInputError(f"backward: residual buffer {name}: expected "
-                                        f"{shape} {dt} (C-contiguous) for T={res.T}, "
-                                        f"B={res.B}, got {got}")
+        check_residual_buffers(arrays, self._residual_shapes(res.T, res.B), res.T, res.B,
+                               contiguous=True)
         return arrays
 
     def _backward(self, params: dict[str, np.ndarray], residuals: Residuals,
@@ -499,7 +418,7 @@ class LLVMBackend(CompiledCell):
         fwd = self._check_residuals(residuals)
         self._check_params_unchanged(residuals, params, lambda: [
             (name, None, fwd[buf]) if region is None else
-            (name, region, _fixed_view(fwd[buf], ref)) for name, region, buf, ref in
+            (name, region, fixed_view(fwd[buf], ref)) for name, region, buf, ref in
             self._param_checks])
         # what the backward writes is allocated afresh, so the arrays returned below (views
         # where possible) belong to the caller and a second backward cannot overwrite them
@@ -532,31 +451,22 @@ class LLVMBackend(CompiledCell):
         self._check_ids(arrays)
         ptrs = self._pointers(arrays)
         self._run(self._bwd, "backward", T, B, ptrs)
-        grads: dict[str, np.ndarray] = {}
-        exported: set[str] = set()   # buffers the returned arrays may view
-        for name, shape in self._param_shapes.items():
-            pieces = self._grad_pieces.get(name, [])
-            if len(pieces) == 1 and pieces[0].rows == (0, shape[0]) \
-                    and pieces[0].cols == (0, shape[1]):
-                grads[name] = np.ascontiguousarray(_fixed_view(arrays[pieces[0].ref.buf],
-                                                               pieces[0].ref))
-                exported.add(pieces[0].ref.buf)
-                continue
-            g = np.zeros(shape, self.dtype)
-            for pc in pieces:
-                g[pc.rows[0]:pc.rows[1], pc.cols[0]:pc.cols[1]] += \
-                    _fixed_view(arrays[pc.ref.buf], pc.ref)
-            grads[name] = g
+        # a gradient that is one whole piece is its buffer (fresh for this call), not a copy;
+        # exported: the buffers the returned arrays may view
+        grads, exported = gradients(self._param_shapes, p.grad_pieces,
+                                    lambda r: fixed_view(arrays[r.buf], r),
+                                    lambda shape: np.zeros(shape, self.dtype),
+                                    whole=np.ascontiguousarray)
         d_inputs = []
         for (_name, ref), x in zip(p.d_inputs, self.cell.inputs):
             if ref is None:
                 d_inputs.append(np.zeros((T, B, int(x.shape[1])), self.dtype))
             else:
-                v = _seq_view(arrays[ref.buf], ref, T)
+                v = seq_view(arrays[ref.buf], ref, T)
                 d_inputs.append(np.ascontiguousarray(v) if ref.buf in self._bwd_fresh
                                 else v.copy())
                 exported.add(ref.buf)
-        d_states = [np.array(_batch_view(arrays[ref.buf], ref)) for _n, ref in p.d_states]
+        d_states = [np.array(batch_view(arrays[ref.buf], ref)) for _n, ref in p.d_states]
         self._pool.give([arrays[n] for n in self._bwd_fresh if n not in exported])
         return Grads(grads, d_inputs, d_states)
 
@@ -685,7 +595,10 @@ def export(cell_or_compiled: Any, outdir: str | os.PathLike[str],
             raise TypeError(f"export takes a Cell or an llvm-compiled cell, got "
                             f"{type(cell).__name__}")
         cell = cell.with_dtype(dtype or cell.dtype)
-        program = compile_program(cell)
+        # imported here: the optimizer's imports (networkx) are what LLVM's background load
+        # overlaps with when compile() runs the pipeline after importing this module
+        from graphrnn.pipeline import build_program
+        program = build_program(cell)
         prefix = module_prefix(cell.name, cell.dtype)
         ir_text = str(emit_program(program, prefix))
     bad = set(emit) - {"ir", "obj", "so", "header"}

@@ -20,12 +20,16 @@ Two functions per dtype, both internal to the program's module:
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from llvmlite import ir
 
+from .forkguard import hold_across_fork
 from .llvm_kernels import FAST, I64, PTR, VOID, for_range, ftype
+from .llvm_load import jit_module
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,7 @@ class Tile:
 
 @cache
 def host_vector_bits() -> int:
-    from . import llvm
-    feats = set(llvm.jit_module().host_cpu()[1].split(","))
+    feats = set(jit_module().host_cpu()[1].split(","))
     if "+avx512f" in feats:
         return 512
     if "+avx" in feats:
@@ -211,3 +214,27 @@ def helper_module(dtype: str, tile: Tile, triple: str) -> str:
               emit_packed_gemm(mod, f"graphrnn_pgemm_f{sfx}", dtype, tile)):
         f.linkage = "external"
     return str(mod)
+
+
+_helpers: dict[str, tuple[Any, int, int]] = {}
+_helpers_lock = threading.Lock()
+hold_across_fork(_helpers_lock, 10)   # after llvm_load's lock: the order the compile path takes
+
+
+def packed_helpers(dtype: str, cache: bool = True) -> tuple[int, int]:
+    """Addresses of the pack and packed GEMM for dtype, compiled once per process (they do not
+    depend on the cell) and installed in every cell module."""
+    with _helpers_lock:
+        if dtype not in _helpers:
+            llvm_jit = jit_module()
+            tm = llvm_jit.target_machine()
+            j = llvm_jit.jit(helper_module(dtype, tile_for(dtype), tm.triple), use_cache=cache)
+            sfx = dtype[-2:]
+            _helpers[dtype] = (j, j.address(f"graphrnn_pack_f{sfx}"),
+                               j.address(f"graphrnn_pgemm_f{sfx}"))
+        return _helpers[dtype][1], _helpers[dtype][2]
+
+
+def ready_helpers() -> frozenset[str]:
+    """The dtypes whose helpers are compiled in this process."""
+    return frozenset(_helpers)

@@ -39,7 +39,19 @@ from typing import Sequence
 from llvmlite import ir
 
 from graphrnn.errors import BackendError
-from graphrnn.program import Buffer, Gather, Gemm, Kernel, Program, Reduce, Ref, Scatter, Sweep
+from graphrnn.program import (
+    Buffer,
+    Gather,
+    Gemm,
+    Kernel,
+    Program,
+    Reduce,
+    Ref,
+    Scatter,
+    Sweep,
+    overlap,
+    reads_writes,
+)
 
 from .llvm_blas import NO_TRANS, ROW_MAJOR, TRANS, emit_naive_gemm, gemm_type
 from .llvm_gemm import Tile, emit_pack, emit_packed_gemm, tile_for
@@ -89,7 +101,8 @@ def collapsed_buffers(p: Program) -> frozenset[str]:
         ok = True
         for phase, steps in fw.phases():
             for s in steps:
-                for r in _refs(s):
+                reads, writes = reads_writes(s)
+                for r in reads + writes:
                     if r.buf == name and (phase != "step" or r.t != 0):
                         ok = False
         if ok:
@@ -97,40 +110,16 @@ def collapsed_buffers(p: Program) -> frozenset[str]:
     return frozenset(res)
 
 
-def _refs(s: object) -> list[Ref]:
-    if isinstance(s, Gemm):
-        return [s.out, s.a, s.b]
-    if isinstance(s, Kernel):
-        return list(s.ins) + list(s.outs)
-    if isinstance(s, Reduce):
-        return [s.out, s.src]
-    if isinstance(s, Gather):
-        return [s.out, s.table, s.ids]
-    if isinstance(s, Scatter):
-        return [s.out, s.ids, s.src]
-    raise BackendError(f"llvm: unknown program step {s!r}")
-
-
-def _overlap(a: Ref, b: Ref, bufs: dict[str, Buffer]) -> bool:
-    if a.buf != b.buf or a.t != b.t:
-        return False
-    ac = a.cols or (0, bufs[a.buf].cols)
-    bc = b.cols or (0, bufs[b.buf].cols)
-    ar = a.rows or (0, 1 << 62)
-    br = b.rows or (0, 1 << 62)
-    return ac[0] < bc[1] and bc[0] < ac[1] and ar[0] < br[1] and br[0] < ar[1]
-
-
-def kernel_noalias(step: Kernel, bufs: dict[str, Buffer]) -> bool:
+def kernel_noalias(step: Kernel, bufs: dict[str, Buffer], in_loop: bool) -> bool:
     """Outputs may be declared ``noalias`` unless one overlaps an input other than element for
     element (the same full-shaped view: each element is read before it is written, in the same
     iteration, which no reordering can break) or overlaps another output."""
     for k, o in enumerate(step.outs):
         for r, bc in zip(step.ins, step.kernel.bcast):
-            if _overlap(o, r, bufs) and not (r == o and bc == "full"):
+            if overlap(o, r, bufs, in_loop) and not (r == o and bc == "full"):
                 return False
         for o2 in step.outs[k + 1:]:
-            if _overlap(o, o2, bufs):
+            if overlap(o, o2, bufs, in_loop):
                 return False
     return True
 
@@ -369,12 +358,12 @@ class ProgramEmitter:
         return (load_function_pointer(b, self._pack_fns[0], pack_t),
                 load_function_pointer(b, self._pack_fns[1], gemm_t))
 
-    def _kernel_fn(self, step: Kernel) -> ir.Function:
+    def _kernel_fn(self, step: Kernel, in_loop: bool) -> ir.Function:
         k = step.kernel
         if k.dtype != self.dtype:
             raise BackendError(f"llvm: kernel {k.name} is {k.dtype} in a {self.dtype} program")
         kinds = tuple(BCAST_KIND[bc] for bc in k.bcast)
-        noalias = kernel_noalias(step, self.bufs)
+        noalias = kernel_noalias(step, self.bufs, in_loop)
         key = (k.name, kinds, noalias)
         fn = self.kernels.get(key)
         if fn is None:
@@ -462,8 +451,8 @@ class ProgramEmitter:
                                     out.ld, c64(int(s.accumulate))])
 
     def _kernel(self, b: ir.IRBuilder, s: Kernel, ins: Sequence[View],
-                outs: Sequence[View]) -> None:
-        fn = self._kernel_fn(s)
+                outs: Sequence[View], in_loop: bool) -> None:
+        fn = self._kernel_fn(s, in_loop)
         args: list[ir.Value] = [outs[0].rows, c64(outs[0].cols)]
         for v, bc in zip(ins, s.kernel.bcast):
             args += [v.ptr, c64(0) if bc in ("row", "scalar") else v.ld]
@@ -589,7 +578,8 @@ class ProgramEmitter:
                 rows = b.sub(hi, lo)
                 ins = [self._split_rows(b, v(r), lo, rows, bc in ("row", "scalar"))
                        for r, bc in zip(s.ins, s.kernel.bcast)]
-                self._kernel(b, s, ins, [self._split_rows(b, o, lo, rows) for o in outs])
+                self._kernel(b, s, ins, [self._split_rows(b, o, lo, rows) for o in outs],
+                             in_loop=t is not None)
             elif isinstance(s, Reduce):
                 self._reduce(b, s, v(s.out), v(s.src))
             elif isinstance(s, Gather):
@@ -619,7 +609,7 @@ class ProgramEmitter:
 
         for s in steps:
             assert isinstance(s, Kernel)
-            self._kernel(b, s, [v(r) for r in s.ins], [v(r) for r in s.outs])
+            self._kernel(b, s, [v(r) for r in s.ins], [v(r) for r in s.outs], in_loop=True)
 
     def emit_sweep(self, name: str, sw: Sweep,
                    collapsed: frozenset[str] = frozenset()) -> ir.Function:

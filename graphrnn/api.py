@@ -39,6 +39,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -47,6 +48,7 @@ import numpy as np
 from .errors import BackendError, RuntimeInputError
 from .ir import FLOATS, Cell, Node, toposort
 from .ops import Ops
+from .program import Program
 
 BACKENDS: dict[str, str] = {
     "ref": "codegen.ref:RefBackend",
@@ -228,12 +230,32 @@ class CompiledCell:
     """Shared argument handling; backends implement ``_forward``, ``_backward``."""
 
     backend_name = "?"
+    # whether this backend runs the optimizer's Program (``self.program``); compile() builds it
+    runs_program = False
+    program: Program
 
-    def __init__(self, cell: Cell, dtype: str) -> None:
+    @classmethod
+    def prepare(cls, dtype: str, options: Mapping[str, Any]) -> None:
+        """Start what can run while compile() runs the optimizer (llvm: loading LLVM)."""
+
+    def __init__(self, cell: Cell, dtype: str, program: Program | None = None) -> None:
         if dtype not in FLOATS:
             raise BackendError(f"dtype must be one of {FLOATS}, got {dtype!r}")
         self.cell = cell.with_dtype(dtype)
         self.dtype = dtype
+        self.program_seconds = 0.0   # time in the optimizer (compile() sets it)
+        if self.runs_program:
+            # program: compile()'s, or a hand-written one (tests); a backend constructed
+            # directly gets the pipeline's (loaded here: it brings networkx and the passes)
+            if program is None:
+                t0 = time.perf_counter()
+                from .pipeline import build_program
+                program = build_program(self.cell)
+                self.program_seconds = time.perf_counter() - t0
+            if program.dtype != dtype:
+                raise BackendError(f"{self.backend_name}: the optimizer produced a "
+                                   f"{program.dtype} program for a {dtype} cell")
+            self.program = program
         # input -> rows of the smallest table it indexes: ids outside would read or write
         # outside a table in native code, and numpy would wrap negative ids without a word
         self._id_rows: dict[Node, int] = {}
@@ -497,7 +519,9 @@ class CompiledCell:
 
 def compile(cell: Cell, backend: str = "ref", dtype: str | None = None,  # noqa: A001
             **options: Any) -> CompiledCell:
-    """Compile a Cell for a backend (``ref``, ``program``, ``llvm``, ``cuda``)."""
+    """Compile a Cell for a backend (``ref``, ``program``, ``llvm``, ``cuda``). The backends that
+    run the optimizer's Program are handed it built here (``graphrnn.pipeline``); for them
+    ``use_sympy=False`` builds kernel bodies without ``sympy.cse``."""
     if not isinstance(cell, Cell):
         to_cell = getattr(cell, "to_cell", None)
         if to_cell is None:
@@ -512,4 +536,17 @@ def compile(cell: Cell, backend: str = "ref", dtype: str | None = None,  # noqa:
     except ImportError as e:
         raise BackendError(f"backend {backend!r} is not available: {e}") from e
     cls = getattr(mod, cls_name)
-    return cls(cell, dtype or cell.dtype, **options)  # type: ignore[no-any-return]
+    dtype = dtype or cell.dtype
+    if not cls.runs_program or options.get("program") is not None:
+        return cls(cell, dtype, **options)  # type: ignore[no-any-return]
+    # the Program is built here, once, in the core; backends only run it. What a backend can
+    # do meanwhile starts first (llvm: loading LLVM overlaps the optimizer and its imports)
+    cls.prepare(dtype, options)
+    t0 = time.perf_counter()
+    from .pipeline import build_program
+    use_sympy = options.pop("use_sympy", True)
+    options["program"] = build_program(cell, dtype, use_sympy=use_sympy)
+    seconds = time.perf_counter() - t0
+    cc = cls(cell, dtype, **options)
+    cc.program_seconds = seconds
+    return cc  # type: ignore[no-any-return]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ops import Ops
 from .program import (
     Gather,
     Gemm,
@@ -25,47 +24,16 @@ from .program import (
     Scatter,
     Step,
     Sweep,
-    _reads_writes,
+    reads_writes,
+    step_flops,
+    sweep_flops,
+    view_dims,
 )
-
-_COST = {Ops.CONST: 0}   # everything else counts one flop per element (transcendentals too)
-
-
-def _shape(p: Program, r: Ref, in_loop: bool) -> tuple[Any, int]:
-    b = p.buffer(r.buf)
-    cols = (r.cols[1] - r.cols[0]) if r.cols else b.cols
-    if b.fixed:
-        return ((r.rows[1] - r.rows[0]) if r.rows else b.rows), cols
-    return ("B" if in_loop or b.kind != "seq" else "TB"), cols
-
-
-def _rows(x: Any, batch: int) -> int:
-    return batch if x in ("B", "TB") else int(x)
-
-
-def step_flops(p: Program, s: Step, in_loop: bool, batch: int) -> int:
-    """FLOPs of one step for one time step (phase work outside the loop is per step too)."""
-    if isinstance(s, Gemm):
-        a, b = _shape(p, s.a, in_loop), _shape(p, s.b, in_loop)
-        m, k = (a[1], a[0]) if s.trans_a else a
-        n = b[0] if s.trans_b else b[1]
-        return 2 * _rows(m, batch) * _rows(k, batch) * int(n)
-    if isinstance(s, Kernel):
-        r, c = _shape(p, s.outs[0], in_loop)
-        ops = sum(_COST.get(op, 1) for op, _a, _c in s.kernel.program.instrs)
-        return _rows(r, batch) * int(c) * max(ops, 1)
-    if isinstance(s, Reduce):
-        r, c = _shape(p, s.src, in_loop)
-        return _rows(r, batch) * int(c)
-    if isinstance(s, Scatter):
-        r, c = _shape(p, s.src, in_loop)
-        return _rows(r, batch) * int(c)
-    return 0
 
 
 def _describe(p: Program, s: Step, in_loop: bool) -> str:
     def sh(r: Ref) -> str:
-        a, b = _shape(p, r, in_loop)
+        a, b = view_dims(p, r, in_loop)
         return f"{a}x{b}"
     if isinstance(s, Gemm):
         acc = "+=" if s.accumulate else "="
@@ -87,18 +55,13 @@ def _describe(p: Program, s: Step, in_loop: bool) -> str:
     return repr(s)
 
 
-def sweep_flops(p: Program, sw: Sweep, batch: int = 1) -> int:
-    """FLOPs of a whole sweep for one time step at the given batch."""
-    return sum(step_flops(p, s, ph == "step", batch) for ph, steps in sw.phases() for s in steps)
-
-
 def loop_saved_values_per_row(p: Program, sw: Sweep) -> int:
     """Values per time step and batch row that the loop of ``sw`` writes to sequence buffers
     for its after-the-loop phase to read (the backward's gate cotangents for dW = Xᵀ dZ)."""
     bufs = p.buffer_map
-    written = {r.buf for s in sw.step for r in _reads_writes(s)[1]
+    written = {r.buf for s in sw.step for r in reads_writes(s)[1]
                if bufs[r.buf].kind == "seq"}
-    read = {r.buf for s in sw.post for r in _reads_writes(s)[0]}
+    read = {r.buf for s in sw.post for r in reads_writes(s)[0]}
     return sum(bufs[b].cols for b in written & read)
 
 
@@ -157,5 +120,5 @@ def explain(cell: Any, batch: int = 1, dtype: str | None = None, kernels: bool =
     if isinstance(prog, Program):
         return explain_program(prog, batch, kernels)
     c = getattr(cell, "cell", cell)
-    from .schedule import compile_program
-    return explain_program(compile_program(c, dtype), batch, kernels)
+    from .pipeline import build_program  # the optimizer (networkx, sympy) loads on first use
+    return explain_program(build_program(c, dtype), batch, kernels)

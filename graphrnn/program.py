@@ -1,6 +1,6 @@
 """The Program: what every backend runs. No nodes, no sympy: buffers, views and ordered steps.
 
-``graphrnn.schedule.compile_program(cell)`` produces a ``Program``; a backend (numpy executor in
+``graphrnn.pipeline.build_program(cell)`` produces a ``Program``; a backend (numpy executor in
 ``codegen/ref.py``, LLVM, CUDA) runs it. This docstring is the whole contract.
 
 Sizes
@@ -103,7 +103,7 @@ Backward:
   they add up).
 
 ``validate(program)`` checks all of this statically (views in range, shapes agreeing, nothing
-read before it is written) and every Program that ``compile_program`` returns passes it. Carry
+read before it is written) and every Program that ``build_program`` returns passes it. Carry
 and temp buffers are per-step values: no pre/post step may read them; the one place a carry is
 read after its sweep is the ``d_states`` binding (the carry then holds d(initial state)).
 
@@ -261,6 +261,15 @@ class ParamPiece:
     cols: tuple[int, int]
     ref: Ref
 
+    @property
+    def region(self) -> tuple[slice, slice]:
+        """The piece's part of the user's parameter: ``param[piece.region]``."""
+        return slice(*self.rows), slice(*self.cols)
+
+    def covers(self, shape: tuple[int, int]) -> bool:
+        """Whether the piece is the whole of a parameter of this shape."""
+        return self.rows == (0, shape[0]) and self.cols == (0, shape[1])
+
 
 @dataclass(frozen=True)
 class Program:
@@ -387,7 +396,21 @@ def _cols(r: Ref, bufs: dict[str, Buffer]) -> tuple[int, int]:
     return r.cols if r.cols is not None else (0, bufs[r.buf].cols)
 
 
-def _reads_writes(s: Step) -> tuple[list[Ref], list[Ref]]:
+def overlap(a: Ref, b: Ref, bufs: dict[str, Buffer], in_loop: bool) -> bool:
+    """May two views share an element? Inside the loop two time offsets of a seq buffer are
+    different slabs; before or after it they are overlapping ranges of T slabs. Rows count only
+    where a view names them (param-shaped buffers); otherwise a view covers every row."""
+    if a.buf != b.buf:
+        return False
+    if in_loop and bufs[a.buf].kind == "seq" and a.t != b.t:
+        return False
+    (a0, a1), (b0, b1) = _cols(a, bufs), _cols(b, bufs)
+    ar, br = a.rows or (0, 1 << 62), b.rows or (0, 1 << 62)
+    return a0 < b1 and b0 < a1 and ar[0] < br[1] and br[0] < ar[1]
+
+
+def reads_writes(s: Step) -> tuple[list[Ref], list[Ref]]:
+    """The views a step reads (an accumulating step reads its output too) and writes."""
     if isinstance(s, Gemm):
         return [s.a, s.b] + ([s.out] if s.accumulate else []), [s.out]
     if isinstance(s, Kernel):
@@ -474,13 +497,13 @@ def validate(p: Program) -> None:
     def run_sweep(sw: Sweep, name: str) -> None:
         d = -1 if sw.reverse else 1   # the offset a step writes for the next one to read at 0
         loop_writes = [(r.buf, r.t, _cols(r, bufs)) for s in sw.step
-                       for r in _reads_writes(s)[1] if bufs[r.buf].kind == "seq"]
+                       for r in reads_writes(s)[1] if bufs[r.buf].kind == "seq"]
         for phase, steps in sw.phases():
             in_loop = phase == "step"
             this_iter = _Written()
             for i, s in enumerate(steps):
                 _check_shapes(p, s, in_loop, bufs)
-                reads, writes = _reads_writes(s)
+                reads, writes = reads_writes(s)
                 for r in reads:
                     b, cols = bufs[r.buf], _cols(r, bufs)
                     if b.kind != "seq":
@@ -579,3 +602,46 @@ def fill_kernel(value: float, dtype: str) -> KernelDef:
     """A fill with a constant, as a kernel with no inputs."""
     return KernelDef(f"fill_{value:g}".replace("-", "m").replace(".", "_"),
                      ScalarProgram(0, ((Ops.CONST, (), float(value)),), (0,)), dtype, ())
+
+
+# ---- work: FLOPs of steps and sweeps (explain prints them, llvm sizes its threads by them) ----
+
+FLOP_COST = {Ops.CONST: 0}   # everything else counts one flop per element (transcendentals too)
+
+
+def view_dims(p: Program, r: Ref, in_loop: bool) -> tuple[Rows, int]:
+    """A view's (rows, cols): rows "B" in the loop, "TB" for a whole sequence, else a number."""
+    b = p.buffer(r.buf)
+    cols = (r.cols[1] - r.cols[0]) if r.cols else b.cols
+    if b.fixed:
+        return ((r.rows[1] - r.rows[0]) if r.rows else b.rows), cols
+    return ("B" if in_loop or b.kind != "seq" else "TB"), cols
+
+
+def _rows_at(x: Rows, batch: int) -> int:
+    return batch if x in ("B", "TB") else int(x)
+
+
+def step_flops(p: Program, s: Step, in_loop: bool, batch: int) -> int:
+    """FLOPs of one step for one time step (phase work outside the loop is per step too)."""
+    if isinstance(s, Gemm):
+        a, b = view_dims(p, s.a, in_loop), view_dims(p, s.b, in_loop)
+        m, k = (a[1], a[0]) if s.trans_a else a
+        n = b[0] if s.trans_b else b[1]
+        return 2 * _rows_at(m, batch) * _rows_at(k, batch) * int(n)
+    if isinstance(s, Kernel):
+        r, c = view_dims(p, s.outs[0], in_loop)
+        ops = sum(FLOP_COST.get(op, 1) for op, _a, _c in s.kernel.program.instrs)
+        return _rows_at(r, batch) * int(c) * max(ops, 1)
+    if isinstance(s, Reduce):
+        r, c = view_dims(p, s.src, in_loop)
+        return _rows_at(r, batch) * int(c)
+    if isinstance(s, Scatter):
+        r, c = view_dims(p, s.src, in_loop)
+        return _rows_at(r, batch) * int(c)
+    return 0
+
+
+def sweep_flops(p: Program, sw: Sweep, batch: int = 1) -> int:
+    """FLOPs of a whole sweep for one time step at the given batch."""
+    return sum(step_flops(p, s, ph == "step", batch) for ph, steps in sw.phases() for s in steps)

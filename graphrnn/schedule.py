@@ -1,8 +1,6 @@
-"""The schedule: from a Cell to the Program that backends run (``compile_program``).
-
-Pipeline: ``simplify`` -> ``merge_gemms`` (packed weights) -> ``backward_cell`` of the merged
-cell (so the backward is merged too) -> ``simplify`` -> residual choice -> for each sweep:
-``split.place`` -> ``fuse.group_nodes`` -> buffers ("homes") -> ordered steps.
+"""The schedule: the last passes of ``graphrnn.pipeline``, from the merged cell and its
+backward to the Program that backends run: residual choice, then for each sweep
+``split.place`` -> ``fuse.group_nodes`` -> buffers ("homes") -> ordered steps, then the Program.
 
 **Residuals** (what the forward saves for the backward) are a minimum cut, in the spirit of the
 functorch partitioner: every forward node is split into in/out vertices joined by an edge whose
@@ -29,26 +27,21 @@ scheduling, the backward's carried cotangents are re-associated by ``gemm_terms_
 ``(elementwise terms) + G_1 + .. + G_k``: PyTorch's GRU's ``d_h = z * dh' + dZ @ W_hᵀ`` becomes
 one kernel writing ``z * dh'`` into the carry (reading the old carry element for element) and
 one GEMM adding ``dZ @ W_hᵀ`` to it: 1 GEMM + 1 kernel per step, like the LSTM.
-
-``GRAPHRNN_DEBUG=1`` prints the IR after each pass, ``=2`` also the explained Program.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import networkx as nx
 
-from .autodiff import backward_cell, output_name
+from .autodiff import BackwardCell, output_name
 from .errors import BackendError
 from .fuse import build_program, fusable, group_nodes, kernel_spec
 from .ir import Cell, Node, apply, short_type, toposort
-from .merge import Layout, merge_gemms
+from .merge import Layout
 from .ops import GroupOp, Ops
-from .printer import format_cell, format_nodes
 from .program import (
     Buffer,
     Gather,
@@ -64,25 +57,12 @@ from .program import (
     Sweep,
     fill_kernel,
     identity_kernel,
-    validate,
+    reads_writes,
 )
 from .scalar import ScalarProgram
-from .simplify import simplify, simplify_cell
 from .split import LOOP, SEQ, STATIC, is_batch, place
 
 NOT_RECOMPUTABLE = frozenset({Ops.MATMUL, Ops.REDUCE, Ops.GATHER, Ops.SCATTER, Ops.FUSED})
-
-
-def debug_level() -> int:
-    try:
-        return int(os.environ.get("GRAPHRNN_DEBUG", "0") or 0)
-    except ValueError:
-        return 0
-
-
-def _debug(title: str, text: str) -> None:
-    if debug_level() >= 1:
-        print(f"---- {title} ----\n{text}", file=sys.stderr)
 
 
 def _narrow(r: Ref, a: int, b: int) -> Ref:
@@ -553,97 +533,111 @@ def choose_residuals(fwd_roots: Sequence[Node], bw_roots: Sequence[Node],
             and n not in free and n.op not in GroupOp.Leaf]
 
 
-# ---- the whole program ----
+# ---- the sweeps and the Program (the last passes of graphrnn.pipeline) ----
+
+Bound = dict[Node, tuple[Ref, int]]     # a leaf's view and its level (STATIC, SEQ or LOOP)
+
 
 @dataclass
-class Plan:
-    """The Program plus what the passes learned (for explain and tests)."""
-    program: Program
-    cell: Cell                  # simplified and merged
-    layout: Layout
-    forward_groups: list[list[Node]]
-    backward_groups: list[list[Node]]
-    forward_deps: nx.DiGraph
-    backward_deps: nx.DiGraph
-    residual_nodes: list[Node]
+class ForwardSchedule:
+    """The forward sweep and the buffers it made (what the backward binds its leaves to)."""
+    buffers: _Buffers
+    bound: Bound                                # the forward cell's leaves
+    inputs: list[tuple[str, str]]               # (input name, buffer)
+    states: list[tuple[str, str]]               # (state name, buffer S[0..T])
+    carry: list[tuple[Node, Ref]]               # (next state, S[t+1])
+    builder: SweepBuilder
+    sweep: Sweep
+    outputs: tuple[tuple[str, Ref], ...]
 
 
-def compile_plan(cell: Cell, dtype: str | None = None, use_sympy: bool = True) -> Plan:
-    if dtype is not None:
-        cell = cell.with_dtype(dtype)
-    dt = cell.dtype
-    user_params = cell.params
-    _debug("input cell", format_cell(cell))
-    cs = simplify_cell(cell)
-    _debug("simplify", format_cell(cs))
-    cm, layout = merge_gemms(cs)
-    _debug("merge gemms", format_cell(cm))
-    bw = backward_cell(cm)
-    ns, ni = len(bw.d_states), len(bw.d_inputs)
-    bw_roots = gemm_terms_last(simplify(list(bw.roots)), range(ns))
-    d_states, d_inputs, d_params = bw_roots[:ns], bw_roots[ns:ns + ni], bw_roots[ns + ni:]
-    if debug_level() >= 1:
-        lines, _ = format_nodes(bw_roots)
-        _debug("backward cell (simplified)", "\n".join(lines))
+@dataclass
+class BackwardSchedule:
+    """The backward sweep and where its leaves and results live."""
+    builder: SweepBuilder
+    sweep: Sweep
+    d_outputs: list[tuple[str, str]]            # (output name, buffer of its cotangent)
+    d_final: list[tuple[str, str]]              # (state name, carry buffer of its cotangent)
+    d_inputs: tuple[tuple[str, Ref | None], ...]
 
-    bufs = _Buffers(dt)
-    # ---- forward ----
-    bound: dict[Node, tuple[Ref, int]] = {}
-    inputs_b, states_b = [], []
-    for x in cm.inputs:
-        b = bufs.new(f"x_{x.arg}", "seq", int(x.shape[1]), dtype=x.dtype)
-        inputs_b.append((x.arg, b))
+
+def _is_zero(n: Node) -> bool:
+    return n.op is Ops.CONST and n.arg == 0.0
+
+
+def schedule_forward(merged: Cell, residual_nodes: Sequence[Node],
+                     use_sympy: bool) -> ForwardSchedule:
+    """Bind the merged cell's leaves to buffers, then split, fuse and schedule its sweep."""
+    buffers = _Buffers(merged.dtype)
+    bound: Bound = {}
+    inputs, states = [], []
+    for x in merged.inputs:
+        b = buffers.new(f"x_{x.arg}", "seq", int(x.shape[1]), dtype=x.dtype)
+        inputs.append((x.arg, b))
         bound[x] = (Ref(b), SEQ)
-    for s in cm.states:
-        b = bufs.new(f"s_{s.arg}", "seq", int(s.shape[1]), extra=1, dtype=s.dtype)
-        states_b.append((s.arg, b))
+    for s in merged.states:
+        b = buffers.new(f"s_{s.arg}", "seq", int(s.shape[1]), extra=1, dtype=s.dtype)
+        states.append((s.arg, b))
         bound[s] = (Ref(b, 0), LOOP)
-    for p in cm.params:
-        b = bufs.new(f"p_{p.arg}", "param", int(p.shape[1]), rows=int(p.shape[0]))
+    for p in merged.params:
+        b = buffers.new(f"p_{p.arg}", "param", int(p.shape[1]), rows=int(p.shape[0]))
         bound[p] = (Ref(b), STATIC)
-    carry_f = [(ns_, Ref(b, 1)) for ns_, (_n, b) in zip(cm.next_states, states_b, strict=True)]
-    free = set(cm.outputs) | set(cm.next_states) | set(cm.inputs) | set(cm.states)
-    saved = choose_residuals(cm.roots, bw_roots, free)
-    fsb = SweepBuilder(bufs, "f", cm.outputs, bound, carry_f, list(cm.outputs) + saved,
-                       reverse=False, fixed_kind="mat", use_sympy=use_sympy)
-    fwd = fsb.build()
-    outputs = tuple((output_name(cm, i), fsb.ref_of(o))
-                    for i, o in enumerate(cm.outputs))
-    # ---- backward ----
-    bbound: dict[Node, tuple[Ref, int]] = {}
-    for n, (r, _lv) in bound.items():
-        bbound[n] = (r, STATIC if n.op is Ops.PARAM else SEQ)
-    for n, r in list(fsb.home.items()) + list(zip(cm.next_states, [d for _n, d in carry_f],
-                                                  strict=True)):
-        kind = bufs.items[r.buf].kind
+    carry = [(nxt, Ref(b, 1)) for nxt, (_n, b) in zip(merged.next_states, states, strict=True)]
+    builder = SweepBuilder(buffers, "f", merged.outputs, bound, carry,
+                           list(merged.outputs) + list(residual_nodes), reverse=False,
+                           fixed_kind="mat", use_sympy=use_sympy)
+    sweep = builder.build()
+    outputs = tuple((output_name(merged, i), builder.ref_of(o))
+                    for i, o in enumerate(merged.outputs))
+    return ForwardSchedule(buffers, bound, inputs, states, carry, builder, sweep, outputs)
+
+
+def schedule_backward(merged: Cell, backward: BackwardCell, d_roots: Sequence[Node],
+                      fwd: ForwardSchedule, use_sympy: bool) -> BackwardSchedule:
+    """Bind the backward's leaves (the forward's values, the cotangents in), then split, fuse
+    and schedule its sweep. ``d_roots``: d_states, d_inputs, d_params, simplified."""
+    ns, ni = len(backward.d_states), len(backward.d_inputs)
+    d_states, d_inputs, d_params = d_roots[:ns], d_roots[ns:ns + ni], d_roots[ns + ni:]
+    buffers = fwd.buffers
+    bound: Bound = {n: (r, STATIC if n.op is Ops.PARAM else SEQ)
+                    for n, (r, _lv) in fwd.bound.items()}
+    homes = list(fwd.builder.home.items()) + [(nxt, r) for nxt, r in fwd.carry]
+    for n, r in homes:
+        kind = buffers.items[r.buf].kind
         if kind in ("seq", "mat"):
-            bbound.setdefault(n, (r, SEQ if kind == "seq" else STATIC))
-    d_out_b = []
-    for leaf in bw.d_outputs:
-        b = bufs.new(f"dy_{leaf.arg[2:]}", "seq", int(leaf.shape[1]))
-        d_out_b.append((leaf.arg[2:], b))
-        bbound[leaf] = (Ref(b), SEQ)
-    d_final_b, carry_b = [], []
-    for s, leaf, root in zip(cm.states, bw.d_next, d_states, strict=True):
-        b = bufs.new(f"d_{s.arg}", "carry", int(s.shape[1]))
-        d_final_b.append((s.arg, b))
-        bbound[leaf] = (Ref(b), LOOP)
-        carry_b.append((root, Ref(b)))
-    keep_b = [r for r in list(d_inputs) + list(d_params) if r.op is not Ops.CONST]
-    bsb = SweepBuilder(bufs, "b", [], bbound, carry_b, keep_b, reverse=True,
-                       fixed_kind="grad", use_sympy=use_sympy)
-    bwd = bsb.build()
-    d_inputs_b = tuple((x.arg, None if (r.op is Ops.CONST and r.arg == 0.0) else
-                        bsb.keep_ref.get(r) or bsb.ref_of(r))
-                       for x, r in zip(cm.inputs, d_inputs, strict=True))
-    for (name, ref), x in zip(d_inputs_b, cm.inputs, strict=True):
-        if ref is not None and bufs.items[ref.buf].kind != "seq":
+            bound.setdefault(n, (r, SEQ if kind == "seq" else STATIC))
+    d_outputs = []
+    for leaf in backward.d_outputs:
+        b = buffers.new(f"dy_{leaf.arg[2:]}", "seq", int(leaf.shape[1]))
+        d_outputs.append((leaf.arg[2:], b))
+        bound[leaf] = (Ref(b), SEQ)
+    d_final, carry = [], []
+    for s, leaf, root in zip(merged.states, backward.d_next, d_states, strict=True):
+        b = buffers.new(f"d_{s.arg}", "carry", int(s.shape[1]))
+        d_final.append((s.arg, b))
+        bound[leaf] = (Ref(b), LOOP)
+        carry.append((root, Ref(b)))
+    keep = [r for r in list(d_inputs) + list(d_params) if r.op is not Ops.CONST]
+    builder = SweepBuilder(buffers, "b", [], bound, carry, keep, reverse=True,
+                           fixed_kind="grad", use_sympy=use_sympy)
+    sweep = builder.build()
+    d_inputs_at = tuple((x.arg, None if _is_zero(r) else
+                         builder.keep_ref.get(r) or builder.ref_of(r))
+                        for x, r in zip(merged.inputs, d_inputs, strict=True))
+    for name, ref in d_inputs_at:
+        if ref is not None and buffers.items[ref.buf].kind != "seq":
             raise BackendError(f"schedule: gradient of input {name} is not a sequence")
-        del x
+    return BackwardSchedule(builder, sweep, d_outputs, d_final, d_inputs_at)
+
+
+def assemble_program(cell: Cell, merged: Cell, layout: Layout, d_params: Sequence[Node],
+                     fwd: ForwardSchedule, bwd: BackwardSchedule) -> Program:
+    """The Program: both sweeps, the buffers, and where each user-facing value lives.
+    ``cell``: the user's (its name and parameter shapes); ``merged``: what was scheduled."""
     param_pieces, grad_pieces = [], []
-    for p, g in zip(cm.params, d_params, strict=True):
-        pref = bound[p][0]
-        gref = None if (g.op is Ops.CONST and g.arg == 0.0) else bsb.ref_of(g)
+    for p, g in zip(merged.params, d_params, strict=True):
+        pref = fwd.bound[p][0]
+        gref = None if _is_zero(g) else bwd.builder.ref_of(g)
         for pc in layout[p.arg]:
             view = Ref(pref.buf, 0, pc.pcols, pc.prows)
             param_pieces.append(ParamPiece(pc.user, pc.urows, pc.ucols, view))
@@ -651,44 +645,27 @@ def compile_plan(cell: Cell, dtype: str | None = None, use_sympy: bool = True) -
                 gview = Ref(gref.buf, 0, _sub(gref.cols, pc.pcols), _sub(gref.rows, pc.prows))
                 grad_pieces.append(ParamPiece(pc.user, pc.urows, pc.ucols, gview))
     # residuals: buffers the forward wrote that the backward reads, beyond inputs/states/outputs
-    fw_written = {r.buf for ph in fwd.phases() for s in ph[1] for r in _writes(s)}
-    bw_read = {r.buf for ph in bwd.phases() for s in ph[1] for r in _reads(s)}
-    visible = {b for _n, b in inputs_b} | {b for _n, b in states_b} | \
-        {r.buf for _n, r in outputs}
-    residuals = tuple(sorted((fw_written & bw_read) - visible))
-    prog = Program(
-        cell_name=cell.name, dtype=dt, buffers=tuple(bufs.items.values()), forward=fwd,
-        backward=bwd, inputs=tuple(inputs_b), states=tuple(states_b), outputs=outputs,
-        param_pieces=tuple(param_pieces), d_outputs=tuple(d_out_b), d_final=tuple(d_final_b),
-        d_states=tuple((s.arg, Ref(b)) for s, (_n, b) in zip(cm.states, d_final_b,
+    fw_written = {r.buf for _ph, steps in fwd.sweep.phases() for s in steps
+                  for r in reads_writes(s)[1]}
+    bw_read = {r.buf for _ph, steps in bwd.sweep.phases() for s in steps
+               for r in reads_writes(s)[0]}
+    visible = {b for _n, b in fwd.inputs} | {b for _n, b in fwd.states} | \
+        {r.buf for _n, r in fwd.outputs}
+    return Program(
+        cell_name=cell.name, dtype=merged.dtype, buffers=tuple(fwd.buffers.items.values()),
+        forward=fwd.sweep, backward=bwd.sweep, inputs=tuple(fwd.inputs),
+        states=tuple(fwd.states), outputs=fwd.outputs, param_pieces=tuple(param_pieces),
+        d_outputs=tuple(bwd.d_outputs), d_final=tuple(bwd.d_final),
+        d_states=tuple((s.arg, Ref(b)) for s, (_n, b) in zip(merged.states, bwd.d_final,
                                                                strict=True)),
-        d_inputs=d_inputs_b, grad_pieces=tuple(grad_pieces), residuals=residuals,
-        param_shapes=tuple((p.arg, tuple(int(d) for d in p.shape)) for p in user_params))
-    validate(prog)
-    plan = Plan(prog, cm, layout, fsb.groups, bsb.groups, fsb.deps, bsb.deps, saved)
-    if debug_level() >= 2:
-        _debug("program", str(prog))  # the explained plan (graphrnn/display.py)
-    return plan
+        d_inputs=bwd.d_inputs, grad_pieces=tuple(grad_pieces),
+        residuals=tuple(sorted((fw_written & bw_read) - visible)),
+        param_shapes=tuple((p.arg, tuple(int(d) for d in p.shape)) for p in cell.params))
 
 
 def _sub(outer: tuple[int, int] | None, inner: tuple[int, int]) -> tuple[int, int]:
     o = outer[0] if outer is not None else 0
     return (o + inner[0], o + inner[1])
-
-
-def _writes(s: Step) -> list[Ref]:
-    from .program import _reads_writes
-    return _reads_writes(s)[1]
-
-
-def _reads(s: Step) -> list[Ref]:
-    from .program import _reads_writes
-    return _reads_writes(s)[0]
-
-
-def compile_program(cell: Cell, dtype: str | None = None, use_sympy: bool = True) -> Program:
-    """The Program for a cell: forward and backward sweeps, buffers, bindings."""
-    return compile_plan(cell, dtype, use_sympy).program
 
 
 def fusable_node(n: Node) -> bool:  # re-exported for tests

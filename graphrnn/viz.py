@@ -822,14 +822,6 @@ def stage_dot(cell: Cell, stage: str, sweeps: Sequence[str] = ("forward", "backw
     if stage == "backward":
         return backward_dot(cell)
     if stage == "plan":
-        return plan_dot(compile_plan(cell, **options), sweeps=sweeps)
+        from .pipeline import build_program  # the optimizer loads only for a plan picture
+        return plan_dot(build_program(cell, **options), sweeps=sweeps)
     raise ValueError(f"unknown stage {stage!r}; use forward, backward or plan")
-
-
-def compile_plan(cell: Cell, **options: Any) -> Any:
-    """The optimizer's Program for a cell (graphrnn.schedule.compile_program)."""
-    try:
-        from .schedule import compile_program
-    except ImportError as e:
-        raise BackendError(f"the optimizer is not available to draw a plan: {e}") from e
-    return compile_program(cell, **options)

@@ -96,7 +96,7 @@ def test_importing_the_backend_imports_no_cupy():
 
 
 def _needs_program():
-    pytest.importorskip("graphrnn.schedule")
+    pytest.importorskip("graphrnn.pipeline")
 
 
 def test_export_cuda_source_without_a_gpu():

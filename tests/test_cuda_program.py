@@ -5,7 +5,7 @@ order; results equal the reference interpreter forward and backward.
 Two Programs are written by hand here (so this file does not depend on the optimizer): an
 Elman RNN (GEMM in the loop, per-step kernels) and an IndRNN (a diagonal recurrence: one loop
 kernel for the whole sequence, a carry read and written in place). With the optimizer present
-(``graphrnn.schedule.compile_program``) every zoo cell is checked the same way."""
+(``graphrnn.pipeline.build_program``) every zoo cell is checked the same way."""
 
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def test_hand_written_program_kernels_compile_for_sm80_and_sm90(cache):
         assert all(i.spill_stores == 0 and i.spill_loads == 0 for i in rep.values()), rep
 
 
-# ---- every zoo cell, once the optimizer's compile_program exists ----
+# ---- every zoo cell, once the optimizer's build_program exists ----
 
 _PROGRAMS: dict = {}
 
@@ -217,11 +217,11 @@ _PROGRAMS: dict = {}
 def zoo_case(name: str, dtype: str):
     """(cell, Program) at sizes where H = 13 is no multiple of the block; built once."""
     from graphrnn.cells import SQUARE_INPUT, zoo_cell
-    compile_program = pytest.importorskip("graphrnn.schedule").compile_program
+    build_program = pytest.importorskip("graphrnn.pipeline").build_program
     if (name, dtype) not in _PROGRAMS:
         I, H = (13, 13) if name in SQUARE_INPUT else (5, 13)   # noqa: E741
         cell = zoo_cell(name, I, H, dtype)
-        _PROGRAMS[name, dtype] = (cell, compile_program(cell))
+        _PROGRAMS[name, dtype] = (cell, build_program(cell))
     return _PROGRAMS[name, dtype]
 
 
@@ -321,7 +321,7 @@ def test_ptx_export_falls_back_to_nvrtc_without_nvcc(monkeypatch):
     import codegen.cuda_cpu as cc
     from codegen.cuda import ptx
     from graphrnn.errors import BackendError
-    pytest.importorskip("graphrnn.schedule")
+    pytest.importorskip("graphrnn.pipeline")
     monkeypatch.setattr(cc, "find_tool", lambda name: None)
     cell = rnn_tanh(3, 5)
     if cc.nvrtc_version() is not None:

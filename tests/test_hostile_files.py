@@ -446,13 +446,13 @@ def test_the_cuda_shim_library_is_loaded_only_when_it_is_the_one_built(tmp_path)
     from codegen import cuda_cpu
     from codegen.cuda_exec import ProgramExecutor
     from graphrnn import cells
-    from graphrnn.schedule import compile_program
+    from graphrnn.pipeline import build_program
     cache = tmp_path / "cuda"
-    kernels = ProgramExecutor(compile_program(cells.zoo_cell("rnn_tanh", 3, 4))).kernels()
+    kernels = ProgramExecutor(build_program(cells.zoo_cell("rnn_tanh", 3, 4))).kernels()
     lib = cuda_cpu.ShimLibrary(kernels, cache)
     (so,) = cache.glob("shim_*.so")
     # another module's library put in its place: the digest no longer matches
-    other = ProgramExecutor(compile_program(cells.zoo_cell("gru", 3, 4))).kernels()
+    other = ProgramExecutor(build_program(cells.zoo_cell("gru", 3, 4))).kernels()
     cuda_cpu.ShimLibrary(other, tmp_path / "other")
     (other_so,) = (tmp_path / "other").glob("shim_*.so")
     shutil.copyfile(other_so, so)

@@ -282,12 +282,12 @@ def test_exported_header_of_a_non_ascii_cell_is_valid_c(tmp_path):
 
 def test_cuda_kernel_names_of_a_non_ascii_cell_are_c_identifiers():
     from codegen.cuda_exec import ProgramExecutor
-    from graphrnn.schedule import compile_program
+    from graphrnn.pipeline import build_program
     # a diagonal recurrence (no product on the state): its time loop is one kernel named after
     # the cell, besides the pointwise kernels
     cell = cell_from_equations("# cell: état\ninput xα: 3\nstate hβ: 4\n"
                                "hβ_next = tanh(Wα @ xα) + sigmoid(uβ * hβ) * hβ\n")
-    ex = ProgramExecutor(compile_program(cell))
+    ex = ProgramExecutor(build_program(cell))
     names = [k.name for k in ex.kernels()]
     assert names and any("loop" in n for n in names)
     for k in ex.kernels():

@@ -1,6 +1,6 @@
 """Property tests: random cells (random elementwise trees over inputs and states, random matmul
 placement) give the same forward values and gradients before and after optimization; every
-kernel group is convex; every Program validates (compile_plan runs validate).
+kernel group is convex; every Program validates (build_plan runs validate).
 
 The generator also writes Linears (``a @ W + b``, so biases on the blocks of packed GEMMs get
 packed), weights on the left (``a @ Wᵀ``, the equations' form) and states read both by a matmul
@@ -21,7 +21,7 @@ from frontends.trace import CellBuilder, concat, sigmoid, tanh  # noqa: E402
 from graphrnn.fuse import is_convex  # noqa: E402
 from graphrnn.ir import Node, apply  # noqa: E402
 from graphrnn.ops import Ops  # noqa: E402
-from graphrnn.schedule import compile_plan  # noqa: E402
+from graphrnn.pipeline import build_plan  # noqa: E402
 
 W = 3
 # a local soak: GRAPHRNN_HYPOTHESIS_EXAMPLES=600 pytest tests/test_opt_hypothesis.py
@@ -83,7 +83,7 @@ def random_cell(draw: st.DrawFn) -> object:
 @given(random_cell())
 def test_random_cells_match_reference(cell: object) -> None:
     compare(cell, T=3, B=2, tol=1e-9)  # type: ignore[arg-type]
-    plan = compile_plan(cell)  # type: ignore[arg-type]
+    plan = build_plan(cell)  # type: ignore[arg-type]
     for groups, deps in ((plan.forward_groups, plan.forward_deps),
                          (plan.backward_groups, plan.backward_deps)):
         for g in groups:

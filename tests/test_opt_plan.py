@@ -10,8 +10,8 @@ from helpers import assert_all_close, cotangents, flat, sequences
 import graphrnn
 from frontends.trace import CellBuilder, sigmoid, tanh
 from graphrnn.fuse import is_convex
+from graphrnn.pipeline import build_plan
 from graphrnn.program import Gemm, Kernel, Reduce, validate
-from graphrnn.schedule import compile_plan
 
 I, H = 3, 4
 
@@ -91,7 +91,7 @@ def compare(cell: graphrnn.Cell, T: int = 4, B: int = 3, seed: int = 0,
 
 @pytest.mark.parametrize("make", [lecture_lstm8, fused_lstm])
 def test_lstm_targets(make: object) -> None:
-    p = compile_plan(make()).program  # type: ignore[operator]
+    p = build_plan(make()).program  # type: ignore[operator]
     assert counts(p.forward, "pre") == (1, 0, 0)       # x @ [Wi|Wf|Wo|Wg] over T·B rows
     assert counts(p.forward, "step") == (1, 1, 0)      # h @ U, one fused kernel
     assert counts(p.forward, "post") == (0, 0, 0)
@@ -107,8 +107,8 @@ def test_lstm_targets(make: object) -> None:
 
 
 def test_lecture_and_charrnn_forms_give_the_same_plan() -> None:
-    a = compile_plan(lecture_lstm8()).program
-    b = compile_plan(fused_lstm()).program
+    a = build_plan(lecture_lstm8()).program
+    b = build_plan(fused_lstm()).program
     for sa, sb in ((a.forward, b.forward), (a.backward, b.backward)):
         for ph in ("pre", "step", "post"):
             assert counts(sa, ph) == counts(sb, ph), ph      # the 8 biases pack: 1 reduction
@@ -116,7 +116,7 @@ def test_lecture_and_charrnn_forms_give_the_same_plan() -> None:
 
 
 def test_lecture_lstm_packs_the_eight_linears() -> None:
-    plan = compile_plan(lecture_lstm8())
+    plan = build_plan(lecture_lstm8())
     packed = [n for n in plan.layout if n.startswith("__pack")]
     assert len(packed) == 2
     users = sorted(pc.user for n in packed for pc in plan.layout[n])
@@ -128,7 +128,7 @@ def test_lecture_lstm_packs_the_eight_linears() -> None:
 
 
 def test_gru_lecture_form() -> None:
-    p = compile_plan(lecture_gru()).program
+    p = build_plan(lecture_gru()).program
     g, k, _ = counts(p.forward, "step")
     assert g <= 2 and k <= 2                     # h@[Wz_h|Wr_h]; kernel r; (r*h)@W_h; kernel
     assert counts(p.forward, "pre")[0] == 1      # the x-parts of all three: one GEMM
@@ -136,7 +136,7 @@ def test_gru_lecture_form() -> None:
 
 
 def test_diagonal_recurrence_is_one_kernel() -> None:
-    p = compile_plan(diagonal_cell()).program
+    p = build_plan(diagonal_cell()).program
     assert counts(p.forward, "step") == (0, 1, 0)
     assert p.forward.diagonal and p.backward.diagonal
     assert counts(p.forward, "pre") == (1, 0, 0)
@@ -166,7 +166,7 @@ def test_float32_program_runs() -> None:
 
 def test_groups_are_convex_and_programs_validate() -> None:
     for make in (lecture_lstm8, fused_lstm, lecture_gru, diagonal_cell):
-        plan = compile_plan(make())
+        plan = build_plan(make())
         validate(plan.program)
         for groups, deps in ((plan.forward_groups, plan.forward_deps),
                              (plan.backward_groups, plan.backward_deps)):
@@ -190,7 +190,7 @@ def test_explain_lists_phases_gemm_shapes_and_residuals() -> None:
 def test_debug_env_prints_each_pass(monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("GRAPHRNN_DEBUG", "2")
-    compile_plan(diagonal_cell())
+    build_plan(diagonal_cell())
     err = capsys.readouterr().err
     for title in ("input cell", "simplify", "merge gemms", "backward cell", "program"):
         assert f"---- {title}" in err
@@ -201,7 +201,7 @@ def test_every_zoo_cell_runs_through_the_pipeline() -> None:
     for name, make in cells.ZOO.items():
         cell = make(4, 4, dtype="float64")
         compare(cell)
-        p = compile_plan(cell).program
+        p = build_plan(cell).program
         assert counts(p.forward, "pre")[0] >= 1, name   # the input projection is hoisted
 
 
@@ -292,7 +292,7 @@ def test_zoo_plan_counts(name: str) -> None:
     cells = pytest.importorskip("graphrnn.cells")
     assert set(ZOO_PLANS) == set(cells.ZOO)          # every zoo cell has its row
     pre, fwd, bwd, post, res = ZOO_PLANS[name]
-    p = compile_plan(cells.ZOO[name](4, 4, dtype="float64")).program
+    p = build_plan(cells.ZOO[name](4, 4, dtype="float64")).program
     assert counts(p.forward, "pre")[0] == pre
     assert all(p.buffer(s.out.buf).kind == "seq" for s in p.forward.pre if isinstance(s, Gemm))
     assert counts(p.forward, "step")[:2] == fwd
@@ -308,8 +308,8 @@ def test_zoo_plan_counts(name: str) -> None:
 
 def test_nngraph_lecture_and_charrnn_same_plan() -> None:
     nng = pytest.importorskip("frontends.nngraph")
-    a = compile_plan(nng.lecture_lstm(I, H, dtype="float64")).program
-    b = compile_plan(nng.charrnn_lstm(I, H, dtype="float64")).program
+    a = build_plan(nng.lecture_lstm(I, H, dtype="float64")).program
+    b = build_plan(nng.charrnn_lstm(I, H, dtype="float64")).program
     for sa, sb in ((a.forward, b.forward), (a.backward, b.backward)):
         for ph in ("pre", "step", "post"):
             assert counts(sa, ph) == counts(sb, ph), ph
@@ -324,7 +324,7 @@ def test_nngraph_lecture_and_charrnn_same_plan() -> None:
 def test_gru_torch_backward_writes_the_carry_then_accumulates() -> None:
     cells = pytest.importorskip("graphrnn.cells")
     cell = cells.gru_torch(3, 4, dtype="float64")
-    p = compile_plan(cell).program
+    p = build_plan(cell).program
     (dh_name,) = [b for _n, b in p.d_final]
     k, g = p.backward.step
     # the kernel reads the old carry and writes z * dh' into it (element for element) ...
@@ -337,7 +337,7 @@ def test_gru_torch_backward_writes_the_carry_then_accumulates() -> None:
 
 
 def test_lecture_gru_backward_is_two_gemms_two_kernels() -> None:
-    p = compile_plan(lecture_gru()).program
+    p = build_plan(lecture_gru()).program
     kinds = [type(s).__name__ for s in p.backward.step]
     assert kinds == ["Kernel", "Gemm", "Kernel", "Gemm"]
     assert p.backward.step[-1].accumulate                # d_h += [dz|dr] @ W_g_hᵀ
@@ -356,7 +356,7 @@ def two_gemm_carry_cell() -> graphrnn.Cell:
 
 
 def test_two_gemms_accumulate_into_one_carry() -> None:
-    p = compile_plan(two_gemm_carry_cell()).program
+    p = build_plan(two_gemm_carry_cell()).program
     (dh_name,) = [b for _n, b in p.d_final]
     assert counts(p.backward, "step") == (2, 1, 0)
     gemms = [s for s in p.backward.step if isinstance(s, Gemm)]
@@ -371,7 +371,7 @@ def test_tied_weight_gradient_accumulates_after_the_loop() -> None:
     W = cb.param("W", (H, H))
     h2 = tanh(x @ W + h @ W)
     cell = cb.build([h2], {"h": h2})
-    p = compile_plan(cell).program
+    p = build_plan(cell).program
     post = [s for s in p.backward.post if isinstance(s, Gemm)]
     acc = [s for s in post if s.accumulate]
     assert len(acc) == 1 and p.buffer(acc[0].out.buf).kind == "grad"
@@ -381,7 +381,7 @@ def test_tied_weight_gradient_accumulates_after_the_loop() -> None:
 
 def test_a_sum_read_elementwise_is_not_accumulated() -> None:
     # forward: x@W + h@U is read by tanh: the sum fuses into the kernel, no accumulation
-    p = compile_plan(fused_lstm()).program
+    p = build_plan(fused_lstm()).program
     assert not any(s.accumulate for s in p.forward.step if isinstance(s, Gemm))
 
 
@@ -392,7 +392,7 @@ def test_a_sum_read_elementwise_is_not_accumulated() -> None:
 def test_zoo_lstm_every_form_meets_the_targets(order: str, forget_bias: float) -> None:
     cells = pytest.importorskip("graphrnn.cells")
     cell = cells.lstm(I, H, dtype="float64", gate_order=order, forget_bias=forget_bias)
-    p = compile_plan(cell).program
+    p = build_plan(cell).program
     assert counts(p.forward, "pre") == (1, 0, 0)
     assert counts(p.forward, "step") == (1, 1, 0)
     assert counts(p.backward, "step") == (1, 1, 0)
@@ -406,7 +406,7 @@ def test_zoo_lstm_every_form_meets_the_targets(order: str, forget_bias: float) -
 # ---- inspection ----
 
 def test_explain_prints_totals_per_sweep() -> None:
-    p = compile_plan(fused_lstm()).program
+    p = build_plan(fused_lstm()).program
     text = graphrnn.explain(p, batch=2)
     from graphrnn.explain import sweep_flops
     res = p.residual_bytes_per_step(2)
@@ -430,7 +430,7 @@ def test_explain_prints_totals_per_sweep() -> None:
 def test_debug_levels(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                       level: str, titles: tuple[str, ...], absent: tuple[str, ...]) -> None:
     monkeypatch.setenv("GRAPHRNN_DEBUG", level)
-    compile_plan(diagonal_cell())
+    build_plan(diagonal_cell())
     err = capsys.readouterr().err
     for t in titles:
         assert f"---- {t}" in err
@@ -445,13 +445,13 @@ def test_debug_levels(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
 def test_debug_unset_prints_nothing(monkeypatch: pytest.MonkeyPatch,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("GRAPHRNN_DEBUG", raising=False)
-    compile_plan(diagonal_cell())
+    build_plan(diagonal_cell())
     assert capsys.readouterr().err == ""
 
 
 def test_program_repr_svg(monkeypatch: pytest.MonkeyPatch) -> None:
     from graphrnn import viz
-    p = compile_plan(diagonal_cell()).program
+    p = build_plan(diagonal_cell()).program
     svg = p._repr_svg_()
     if svg is not None:                          # None when graphviz/dot is missing
         assert "<svg" in svg
@@ -478,7 +478,7 @@ def test_equations_lstm_meets_the_targets(text: str) -> None:
     equations = pytest.importorskip("frontends.equations")
     cell = equations.cell_from_equations(text, inputs={"x": I}, states={"h": H, "c": H},
                                          dtype="float64", name="lstm_eq")
-    plan = compile_plan(cell)
+    plan = build_plan(cell)
     p = plan.program
     # W (out, in) used transposed: the packing stacks rows ([W_i; W_f; W_g; W_o] is (4H, in))
     packs = [n for n in plan.layout if n.startswith("__pack")]
@@ -492,7 +492,7 @@ def test_equations_lstm_meets_the_targets(text: str) -> None:
 
 
 def test_bias_packing_keeps_every_user_parameter() -> None:
-    plan = compile_plan(lecture_lstm8())
+    plan = build_plan(lecture_lstm8())
     biases = [n for n in plan.layout if n.startswith("__bias")]
     assert len(biases) == 2                           # the x-side and the h-side Linears
     users = sorted(pc.user for n in biases for pc in plan.layout[n])

@@ -341,8 +341,8 @@ def test_plan_renders(tmp_path):
 
 
 def test_lstm_plan_from_the_optimizer():
-    schedule = pytest.importorskip("graphrnn.schedule")
-    p = schedule.compile_program(zoo_cell("lstm", 8, 16))
+    pipeline = pytest.importorskip("graphrnn.pipeline")
+    p = pipeline.build_program(zoo_cell("lstm", 8, 16))
     src = viz.plan_dot(p).source
     kernel_steps = [s for sw in (p.forward, p.backward) for _ph, st in sw.phases() for s in st
                     if isinstance(s, Kernel)]
