@@ -1235,6 +1235,7 @@ class _Checker:
 
     def undefined(self, nm: str, line: _Line | None, role: str) -> EquationError:
         if nm in self.consts:
+            line = line or self.p.assigned[nm]  # the default h_next has no line: its own
             return self.p.err(line, f"{nm!r} is a named constant ({self.consts[nm]:g}) but is "
                                     f"given as the {role}: expected a per-example value",
                               col=line.text.find(nm) if line else None)
