@@ -21,6 +21,7 @@ The text, line by line
     ``param W: 20 x 10``      a parameter's shape (also ``(20, 10)``); ``param b: 20`` is (1, 20)
     ``output y, h_next``      the cell's outputs (default: the first state's next value)
     ``next h: hn``            the next value of state h (default: the variable ``h_next``)
+    ``const beta: 1.0``       a named constant, as the equation ``beta = 1.0``
   Sizes given as arguments (``inputs=``, ``states=``, ``params=``, ``outputs=``,
   ``next_states=``) are merged with the header; they must agree where both speak.
 - Every other line is one equation ``NAME = EXPRESSION``, evaluated top to bottom within one
@@ -195,7 +196,8 @@ def _layer_norm(a: Node, eps: float) -> Node:
     return call(Ops.DIV, d, call(Ops.SQRT, call(Ops.ADD, _mean(call(Ops.MUL, d, d)), eps)))
 
 _BINOPS = {ast.Add: Ops.ADD, ast.Sub: Ops.SUB, ast.Mult: Ops.MUL, ast.Div: Ops.DIV}
-_HEADER = re.compile(r"^(input|inputs|state|states|param|params|output|outputs|next|cell)"
+_HEADER = re.compile(r"^(input|inputs|state|states|param|params|output|outputs|next|cell|const"
+                     r"|consts)"
                      r"\s+([^\W\d].*)$")
 _CELL_COMMENT = re.compile(r"^#\s*cell\s*:\s*(\S+)\s*$")
 _TYPO_CUTOFF = 0.8
@@ -442,6 +444,7 @@ class _Parser:
         self.name = name
         self.equations: list[tuple[_Line, ast.Assign]] = []
         self.assigned: dict[str, _Line] = {}
+        self.consts: dict[str, tuple[float, _Line]] = {}   # from 'const beta: 1.0' lines
 
         for k, v in inputs.items():
             size = _check_size("input", k, v, filename)
@@ -567,6 +570,8 @@ class _Parser:
                     raise self.err(line, f"next {nm}: expected the name of its next value, got "
                                          f"{_show_literal(val)!r}", col=col)
                 self.next_states[nm] = (val, line)
+            elif kw in ("const", "consts"):
+                self._declare_const(nm, val, line, col)
             elif kw in ("input", "inputs", "state", "states"):
                 size = _digits(val)
                 if size is None or size <= 0:
@@ -588,6 +593,25 @@ class _Parser:
                 dims = [_digits(g) for g in pm.groups() if g is not None]
                 shape: Any = tuple(dims) if len(dims) == 2 else dims[0]
                 self._declare_param(nm, shape, line)
+
+    def _declare_const(self, nm: str, val: str, line: _Line, col: int) -> None:
+        """``const beta: 1.0``: the same named constant as the equation ``beta = 1.0``."""
+        where_ = line.text.find(val, col)
+        if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", val):
+            raise self.err(line, f"const {nm}: expected a number such as 1.0 or -2e-3, got "
+                                 f"{_show_literal(val)!r}", col=where_)
+        v = float(val)
+        if not abs(v) <= MAX_CONSTANT:
+            raise self.err(line, "number out of range: expected a finite number of magnitude "
+                                 f"at most {MAX_CONSTANT:.8g} (float32's largest), got "
+                                 f"{_show_literal(val)}", col=where_)
+        if nm in FUNCTIONS or nm in self.inputs or nm in self.states:
+            raise self.err(line, f"const {nm!r} is already a function, input or state name; "
+                                 "pick another name", col=line.text.find(nm))
+        if nm in self.consts and self.consts[nm][0] != v:
+            raise self.err(line, f"const {nm!r} is declared with two values, "
+                                 f"{self.consts[nm][0]:g} and {v:g}", col=line.text.find(nm))
+        self.consts[nm] = (v, line)
 
     def _equation(self, line: _Line) -> None:
         src = line.text[line.indent:]
@@ -727,10 +751,14 @@ class _Checker:
         self.rows: set[str] = set()             # names of (B, 1) values from reductions
         # named constants: a name bound to a number (beta = 1.0, or 2 * 0.5) is that number
         # wherever it is used, not a learned parameter
-        self.consts: dict[str, float] = {}
+        self.consts: dict[str, float] = {nm: v for nm, (v, _) in p.consts.items()}
         self.trees: list[tuple[str, _Line, _Expr]] = []
         for line, stmt in p.equations:
             targets = _target_names(stmt)
+            for t in targets:
+                if t.id in p.consts:
+                    raise p.err(line, f"cannot assign to {t.id!r}: it is a const (line "
+                                      f"{p.consts[t.id][1].lineno}); use a new name", t)
             if len(targets) > 1:
                 self.split_assign(stmt, targets, line)
                 continue
@@ -930,7 +958,7 @@ class _Checker:
             what, hint = _REJECTED[type(node)]
             raise p.err(line, f"{what} not allowed: '{line.segment(node)}'; {hint}", node)
         if not isinstance(node, ast.Name) or node.id in self.vars or node.id in FUNCTIONS \
-                or node.id in p.assigned:
+                or node.id in p.assigned or node.id in self.consts:
             if isinstance(node, ast.Name) and node.id in self.vars:
                 kind = ("input" if node.id in p.inputs else "state" if node.id in p.states
                         else "computed value")
@@ -960,7 +988,7 @@ class _Checker:
             prm = self.matrix_param(node.left, line, target)
             r = node.right
             if (isinstance(r, ast.Name) and r.id not in self.vars and r.id not in p.assigned
-                    and r.id not in p.param_shapes):
+                    and r.id not in p.param_shapes and r.id not in self.consts):
                 # W @ name with an unknown name: it would silently become a (1, n) parameter
                 raise p.err(line, f"undefined name {r.id!r} on the right of @: it must be an "
                                   "input, a state or a value assigned above (declare it with "
@@ -1235,7 +1263,8 @@ class _Checker:
 
     def undefined(self, nm: str, line: _Line | None, role: str) -> EquationError:
         if nm in self.consts:
-            line = line or self.p.assigned[nm]  # the default h_next has no line: its own
+            # the default h_next has no line: report the constant's own
+            line = line or self.p.assigned.get(nm) or self.p.consts[nm][1]
             return self.p.err(line, f"{nm!r} is a named constant ({self.consts[nm]:g}) but is "
                                     f"given as the {role}: expected a per-example value",
                               col=line.text.find(nm) if line else None)

@@ -207,6 +207,14 @@ def test_named_constants_are_numbers_not_parameters():
     np.testing.assert_allclose(out, h + 0.5 - 0.25)
 
 
+def test_const_header_is_a_named_constant():
+    cell = eq("const beta: 0.5, n: 2\nh_next = beta * [h[n:], h[0:n]] + W @ x")
+    assert sorted(p.arg for p in cell.params) == ["W"]
+    h = np.arange(4.0).reshape(1, 4)
+    (out, _nxt) = step(cell, h, {"W": np.zeros((4, 3))}, np.zeros((1, 3)))
+    np.testing.assert_allclose(out, 0.5 * np.array([[2.0, 3.0, 0.0, 1.0]]))
+
+
 # ---- the layer-norm LSTM ----
 
 def test_layer_norm_lstm_compiles_everywhere_with_gradients():
@@ -277,6 +285,15 @@ LANG_REJECT = [
     ("beta = 2\ny = h * beta\nh_next = beta", 3,
      r"'h_next' is a named constant \(2\) but is given as the next value of state 'h'"),
     ("beta = 2", 1, r"only named constants found"),
+    ("const beta: one\nh_next = h", 1,
+     r"const beta: expected a number such as 1.0 or -2e-3, got 'one'"),
+    ("const beta: 1e39\nh_next = h", 1, r"number out of range"),
+    ("const beta: 1\nbeta = 2\nh_next = h", 2,
+     r"cannot assign to 'beta': it is a const \(line 1\)"),
+    ("const beta: 1\nh_next = beta @ h", 2, r"the left of @ must be a weight matrix"),
+    ("const h_next: 1", 1, r"no equations found"),
+    ("const beta: 1\nnext h: beta\ny = h * beta", 2,
+     r"'beta' is a named constant \(1\) but is given as the next value"),
     ("h_next = h - sum(h) * [h, h]", 1, r"shape mismatch"),
 ]
 
@@ -289,5 +306,5 @@ def test_rejections(text, lineno, message):
         return
     with pytest.raises(EquationError, match=message) as ei:
         eq(text, inputs={})
-    if "only named constants" not in message:
+    if "only named constants" not in message and "no equations" not in message:
         assert f"lang.eq:{lineno}:" in str(ei.value)
