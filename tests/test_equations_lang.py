@@ -185,9 +185,19 @@ def test_slices_on_every_backend_with_gradients():
                    "differ from ref's, while ref matches finite differences and program matches "
                    "ref")
 def test_llvm_gradient_of_sliced_matmul_plus_rotated_state():
+    # smallest form found: T=1 is enough; z[0:4] instead of z[8:12], or h instead of the
+    # rotated h, and llvm agrees; program agrees with ref throughout
     cell = eq("z = W @ [x, h]\nh_next = [h[1:], h[0:1]] + z[8:12]", {"x": 3}, {"h": 4},
               params={"W": (12, 7)})
     check_backends_and_gradients(cell)
+
+
+@pytest.mark.xfail(strict=True, reason="the same llvm backend bug, without x: the gradients of "
+                   "W and h differ from ref's at T=1")
+def test_llvm_gradient_of_sliced_matmul_plus_rotated_state_smallest():
+    cell = eq("z = W @ h\nh_next = [h[1:], h[0:1]] + z[8:12]", {}, {"h": 4},
+              params={"W": (12, 4)})
+    check_backends_and_gradients(cell, T=1)
 
 
 # ---- named constants ----
