@@ -21,6 +21,7 @@ The text, line by line
     ``param W: 20 x 10``      a parameter's shape (also ``(20, 10)``); ``param b: 20`` is (1, 20)
     ``output y, h_next``      the cell's outputs (default: the first state's next value)
     ``next h: hn``            the next value of state h (default: the variable ``h_next``)
+    ``const beta: 1.0``       a named constant, as the equation ``beta = 1.0``
   Sizes given as arguments (``inputs=``, ``states=``, ``params=``, ``outputs=``,
   ``next_states=``) are merged with the header; they must agree where both speak.
 - Every other line is one equation ``NAME = EXPRESSION``, evaluated top to bottom within one
@@ -33,7 +34,25 @@ The text, line by line
     ``[a, b]``           concatenation along the features (the lectures' ``W · [h, x]``)
     ``f(a)``             f in sigmoid, tanh, relu, exp, log, softplus, sqrt, abs, square
     ``max(a, b)``, ``min(a, b)``         elementwise
-  Numbers fold: ``2 * 0.5`` is the constant 1.
+    ``sum(v)``, ``mean(v)``, ``max(v)``, ``min(v)``, ``var(v)``, ``std(v)``, ``logsumexp(v)``
+                         reductions over the features: one value per example, (B, 1), that
+                         broadcasts back where it meets a (B, n) value (``v - mean(v)``; the IR
+                         gets an explicit EXPAND). ``var`` is the biased (population) variance,
+                         computed in two passes (centre, then square); ``std(v) = sqrt(var(v))``
+                         with no epsilon (its gradient is infinite where all features are
+                         equal); ``logsumexp`` is shifted by the row max, so it never overflows.
+                         Reductions need a per-example argument (not parameters alone).
+    ``layer_norm(v)``    ``(v - mean(v)) / sqrt(var(v) + 1e-5)``; ``layer_norm(v, eps)`` with
+                         a positive number eps. Gain and bias are ordinary parameters:
+                         ``g * layer_norm(v) + b``
+    ``v[a:b]``           features a..b-1 of v (a SLICE); the bounds are non-negative integer
+                         literals or named constants, ``v[a:]`` runs to the end; checked
+                         against v's size once it is known
+    ``i, f, g, o = split(z, 4)``  on its own line: z's features in equal consecutive parts
+                         (one SLICE each); z's size must be a multiple of the count
+  Numbers fold: ``2 * 0.5`` is the constant 1. A name bound to a number (``beta = 1.0``,
+  ``half = 1 / 2``) is a named constant: that number wherever it is used, never a learned
+  parameter; it cannot be an output or a next value.
 
 Parameters are the free names: those that are neither inputs, states nor assigned above. A name
 on the left of ``@`` is a weight matrix (out, in); any other free name is a vector (1, n) that is
@@ -46,9 +65,10 @@ iterated to a fixed point. A size that stays unknown is an error naming the para
 
 Safety: the text is only ever parsed (``ast.parse``), one line at a time, and walked through a
 whitelist; nothing is ``eval``'d, ``exec``'d, compiled to run, or handed to ``sympify``. Attribute
-access, subscripts, lambdas, imports, keyword arguments, comparisons, unknown functions, undefined
-names, reassignment, use of a name before its assignment and shape mismatches are rejected with an
-``EquationError`` naming the file, the line, the column of the token, and a hint.
+access, subscripts other than feature slices, lambdas, imports, keyword arguments, comparisons,
+unknown functions, undefined names, reassignment, use of a name before its assignment and shape
+mismatches are rejected with an ``EquationError`` naming the file, the line, the column of the
+token, and a hint.
 
 Limits, each a declaration error naming the line, what was expected and what was received:
 numbers are finite and at most float32's largest (3.4028235e38) in magnitude, also after folding
@@ -112,7 +132,10 @@ def _neg(v: Any) -> Any:
     return call(Ops.NEG, v) if isinstance(v, Node) else -v
 
 
-# name -> (arity, builder on IR nodes / numbers)
+# layer_norm(v) = (v - mean(v)) / sqrt(var(v) + LAYER_NORM_EPS), as torch.nn.LayerNorm
+LAYER_NORM_EPS = 1e-5
+
+# name -> (arity or the allowed argument counts, builder on IR nodes / numbers)
 FUNCTIONS: dict[str, tuple[int, Callable[..., Node]]] = {
     "sigmoid": (1, lambda a: call(Ops.SIGMOID, a)),
     "tanh": (1, lambda a: call(Ops.TANH, a)),
@@ -123,12 +146,58 @@ FUNCTIONS: dict[str, tuple[int, Callable[..., Node]]] = {
     "sqrt": (1, lambda a: call(Ops.SQRT, a)),
     "abs": (1, lambda a: call(Ops.MAX, a, call(Ops.NEG, a))),
     "square": (1, lambda a: call(Ops.MUL, a, a)),
-    "max": (2, lambda a, b: call(Ops.MAX, a, b)),
-    "min": (2, lambda a, b: call(Ops.NEG, call(Ops.MAX, _neg(a), _neg(b)))),
+    # one argument: the row's max/min over the features (a reduction); two: elementwise
+    "max": ((1, 2), lambda a, b=None: _rmax(a) if b is None else call(Ops.MAX, a, b)),
+    "min": ((1, 2), lambda a, b=None: _neg(_rmax(_neg(a))) if b is None
+            else call(Ops.NEG, call(Ops.MAX, _neg(a), _neg(b)))),
+    "sum": (1, lambda a: _rsum(a)),
+    "mean": (1, lambda a: _mean(a)),
+    "var": (1, lambda a: _var(a)),
+    "std": (1, lambda a: call(Ops.SQRT, _var(a))),
+    "logsumexp": (1, lambda a: _logsumexp(a)),
+    "layer_norm": ((1, 2), lambda a, eps=LAYER_NORM_EPS: _layer_norm(a, eps)),
+    "split": (2, lambda a, k: a),  # only in 'i, f = split(z, 2)'; lowered by the checker
 }
+# The functions that reduce over the features to one value per example, (B, 1); that value
+# broadcasts back where it meets a (B, n) one (the builder inserts the EXPAND, as for biases).
+REDUCTIONS = frozenset({"sum", "mean", "var", "std", "logsumexp"})
+
+
+def _reduces(fn: str, nargs: int) -> bool:
+    return fn in REDUCTIONS or (fn in ("max", "min") and nargs == 1)
+
+
+def _rsum(a: Node) -> Node:
+    return apply(Ops.REDUCE, a, arg=("sum", 1))
+
+
+def _rmax(a: Node) -> Node:
+    return apply(Ops.REDUCE, a, arg=("max", 1))
+
+
+def _mean(a: Node) -> Node:
+    return call(Ops.MUL, _rsum(a), 1.0 / int(a.shape[1]))
+
+
+def _var(a: Node) -> Node:
+    # two passes (centre, then square): E[x^2] - E[x]^2 cancels catastrophically
+    d = call(Ops.SUB, a, _mean(a))
+    return _mean(call(Ops.MUL, d, d))
+
+
+def _logsumexp(a: Node) -> Node:
+    # shifted by the row max so exp never overflows; the shift's gradient cancels exactly
+    m = _rmax(a)
+    return call(Ops.ADD, m, call(Ops.LOG, _rsum(call(Ops.EXP, call(Ops.SUB, a, m)))))
+
+
+def _layer_norm(a: Node, eps: float) -> Node:
+    d = call(Ops.SUB, a, _mean(a))
+    return call(Ops.DIV, d, call(Ops.SQRT, call(Ops.ADD, _mean(call(Ops.MUL, d, d)), eps)))
 
 _BINOPS = {ast.Add: Ops.ADD, ast.Sub: Ops.SUB, ast.Mult: Ops.MUL, ast.Div: Ops.DIV}
-_HEADER = re.compile(r"^(input|inputs|state|states|param|params|output|outputs|next|cell)"
+_HEADER = re.compile(r"^(input|inputs|state|states|param|params|output|outputs|next|cell|const"
+                     r"|consts)"
                      r"\s+([^\W\d].*)$")
 _CELL_COMMENT = re.compile(r"^#\s*cell\s*:\s*(\S+)\s*$")
 _TYPO_CUTOFF = 0.8
@@ -153,13 +222,14 @@ _TYPO_EXHAUSTIVE = 200
 _REJECTED: dict[type, tuple[str, str]] = {
     ast.Attribute: ("attribute access", "write plain names; functions are called directly, "
                     "e.g. tanh(a), and W @ x needs no .T"),
-    ast.Subscript: ("subscripts", "slices are not part of the equation language; declare "
-                    "separate parameters or states instead"),
+    ast.Subscript: ("subscripts", "only feature slices v[a:b] with constant integer bounds "
+                    "0 <= a < b are allowed (or i, f = split(z, 2))"),
     ast.Lambda: ("lambdas", "write the expression inline"),
     ast.Compare: ("comparisons", "comparisons have no gradient; use relu, max(a, b) or min(a, b)"),
     ast.BoolOp: ("'and'/'or'", "use elementwise * and max(a, b)"),
     ast.IfExp: ("conditional expressions", "use max(a, b), min(a, b) or relu"),
-    ast.Tuple: ("tuples", "write [a, b] to concatenate along the features"),
+    ast.Tuple: ("tuples", "write [a, b] to concatenate along the features (a tuple is only a "
+                "left side: i, f = split(z, 2))"),
     ast.Dict: ("dicts", "only numbers, names, operators, [a, b] and known functions are allowed"),
     ast.Set: ("sets", "write [a, b] to concatenate along the features"),
     ast.ListComp: ("comprehensions", "write [a, b] to concatenate along the features"),
@@ -192,13 +262,16 @@ class _Line:
 
 @dataclass
 class _Expr:
-    """A checked expression: kind in name, num, matmul, bin, neg, pow, call, concat."""
+    """A checked expression: kind in name, num, matmul, bin, neg, pow, call, concat, slice,
+    split. ``row``: one value per example, (B, 1), from a reduction; it broadcasts over the
+    features where it meets a (B, n) value instead of unifying sizes with it."""
     kind: str
     node: ast.AST
     line: _Line
     dim: int | None = None           # size variable; None for a number
     value: Any = None                # num: the float; name: the name; bin: Ops; call: fn name
     parts: list[_Expr] = field(default_factory=list)
+    row: bool = False
 
 
 @dataclass
@@ -371,6 +444,7 @@ class _Parser:
         self.name = name
         self.equations: list[tuple[_Line, ast.Assign]] = []
         self.assigned: dict[str, _Line] = {}
+        self.consts: dict[str, tuple[float, _Line]] = {}   # from 'const beta: 1.0' lines
 
         for k, v in inputs.items():
             size = _check_size("input", k, v, filename)
@@ -496,6 +570,8 @@ class _Parser:
                     raise self.err(line, f"next {nm}: expected the name of its next value, got "
                                          f"{_show_literal(val)!r}", col=col)
                 self.next_states[nm] = (val, line)
+            elif kw in ("const", "consts"):
+                self._declare_const(nm, val, line, col)
             elif kw in ("input", "inputs", "state", "states"):
                 size = _digits(val)
                 if size is None or size <= 0:
@@ -517,6 +593,25 @@ class _Parser:
                 dims = [_digits(g) for g in pm.groups() if g is not None]
                 shape: Any = tuple(dims) if len(dims) == 2 else dims[0]
                 self._declare_param(nm, shape, line)
+
+    def _declare_const(self, nm: str, val: str, line: _Line, col: int) -> None:
+        """``const beta: 1.0``: the same named constant as the equation ``beta = 1.0``."""
+        where_ = line.text.find(val, col)
+        if not re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", val):
+            raise self.err(line, f"const {nm}: expected a number such as 1.0 or -2e-3, got "
+                                 f"{_show_literal(val)!r}", col=where_)
+        v = float(val)
+        if not abs(v) <= MAX_CONSTANT:
+            raise self.err(line, "number out of range: expected a finite number of magnitude "
+                                 f"at most {MAX_CONSTANT:.8g} (float32's largest), got "
+                                 f"{_show_literal(val)}", col=where_)
+        if nm in FUNCTIONS or nm in self.inputs or nm in self.states:
+            raise self.err(line, f"const {nm!r} is already a function, input or state name; "
+                                 "pick another name", col=line.text.find(nm))
+        if nm in self.consts and self.consts[nm][0] != v:
+            raise self.err(line, f"const {nm!r} is declared with two values, "
+                                 f"{self.consts[nm][0]:g} and {v:g}", col=line.text.find(nm))
+        self.consts[nm] = (v, line)
 
     def _equation(self, line: _Line) -> None:
         src = line.text[line.indent:]
@@ -570,19 +665,34 @@ class _Parser:
             raise self.err(line, "chained assignment a = b = ... is not allowed; one name per "
                                  "equation", stmt.targets[1])
         target = stmt.targets[0]
-        if not isinstance(target, ast.Name):
+        if isinstance(target, ast.Tuple):
+            # i, f, g, o = split(z, 4): the one form with several names on the left
+            if not (isinstance(stmt.value, ast.Call) and isinstance(stmt.value.func, ast.Name)
+                    and stmt.value.func.id == "split"):
+                raise self.err(line, "the left side must be a single name, got "
+                                     f"'{line.segment(target)}'; several names need split on "
+                                     "the right: 'i, f = split(z, 2)'", target)
+            bad = next((t for t in target.elts if not isinstance(t, ast.Name)), None)
+            if bad is not None or len(target.elts) < 2:
+                raise self.err(line, "the left side of split must be two or more names, got "
+                                     f"'{line.segment(target)}'", bad or target)
+            names: list[ast.Name] = list(target.elts)  # type: ignore[arg-type]
+        elif isinstance(target, ast.Name):
+            names = [target]
+        else:
             raise self.err(line, "the left side must be a single name, got "
                                  f"'{line.segment(target)}'", target)
-        nm = target.id
-        if nm in FUNCTIONS:
-            raise self.err(line, f"'{nm}' is a function name and cannot be assigned", target)
-        if nm in self.inputs or nm in self.states:
-            raise self._assigned_leaf(nm, line, target)
-        if nm in self.assigned:
-            raise self.err(line, f"reassignment of {nm!r} (first assigned on line "
-                                 f"{self.assigned[nm].lineno}); each name is assigned once "
-                                 "per step: use a new name", target)
-        self.assigned[nm] = line
+        for t in names:
+            nm = t.id
+            if nm in FUNCTIONS:
+                raise self.err(line, f"'{nm}' is a function name and cannot be assigned", t)
+            if nm in self.inputs or nm in self.states:
+                raise self._assigned_leaf(nm, line, t)
+            if nm in self.assigned:
+                raise self.err(line, f"reassignment of {nm!r} (first assigned on line "
+                                     f"{self.assigned[nm].lineno}); each name is assigned once "
+                                     "per step: use a new name", t)
+            self.assigned[nm] = line
         self.equations.append((line, stmt))
 
     def _assigned_leaf(self, nm: str, line: _Line, target: ast.AST) -> EquationError:
@@ -594,9 +704,15 @@ class _Parser:
     def _check_assigned_leaves(self) -> None:
         """Headers may come anywhere: 'h = x' above 'state h: 4' is caught once all are read."""
         for line, stmt in self.equations:
-            nm = stmt.targets[0].id  # type: ignore[attr-defined]
-            if nm in self.inputs or nm in self.states:
-                raise self._assigned_leaf(nm, line, stmt.targets[0])
+            for t in _target_names(stmt):
+                if t.id in self.inputs or t.id in self.states:
+                    raise self._assigned_leaf(t.id, line, t)
+
+
+def _target_names(stmt: ast.Assign) -> list[ast.Name]:
+    """The names an equation assigns: one, or several for 'i, f = split(z, 2)'."""
+    t = stmt.targets[0]
+    return list(t.elts) if isinstance(t, ast.Tuple) else [t]  # type: ignore[list-item]
 
 
 def _split_top(s: str) -> list[str]:
@@ -631,17 +747,68 @@ class _Checker:
         self.near = _NearNames(list(p.inputs) + list(p.states) + list(p.assigned))
         for nm, size in list(p.inputs.items()) + list(p.states.items()):
             self.vars[nm] = self.dims.new(size)
+        self.slices: list[_Expr] = []           # v[a:b] and the parts of split
+        self.rows: set[str] = set()             # names of (B, 1) values from reductions
+        # named constants: a name bound to a number (beta = 1.0, or 2 * 0.5) is that number
+        # wherever it is used, not a learned parameter
+        self.consts: dict[str, float] = {nm: v for nm, (v, _) in p.consts.items()}
         self.trees: list[tuple[str, _Line, _Expr]] = []
         for line, stmt in p.equations:
-            nm = stmt.targets[0].id  # type: ignore[attr-defined]
+            targets = _target_names(stmt)
+            for t in targets:
+                if t.id in p.consts:
+                    raise p.err(line, f"cannot assign to {t.id!r}: it is a const (line "
+                                      f"{p.consts[t.id][1].lineno}); use a new name", t)
+            if len(targets) > 1:
+                self.split_assign(stmt, targets, line)
+                continue
+            nm = targets[0].id
             e = self.expr(stmt.value, line, nm)
-            if e.dim is None:
-                raise p.err(line, f"{nm!r} is a plain number ({e.value:g}); equations define "
-                                  "per-example values: write the number where it is used",
-                            stmt.value)
-            self.vars[nm] = e.dim
             self.defined_at[nm] = line.lineno
+            if e.dim is None:
+                self.consts[nm] = e.value
+                continue
+            self.vars[nm] = e.dim
+            if e.row:
+                self.rows.add(nm)
             self.trees.append((nm, line, e))
+
+    def split_assign(self, stmt: ast.Assign, targets: list[ast.Name], line: _Line) -> None:
+        """``i, f, g, o = split(z, 4)``: equal consecutive parts of z's features."""
+        p, call_ = self.p, stmt.value
+        assert isinstance(call_, ast.Call)
+        if call_.keywords or len(call_.args) != 2:
+            raise p.err(line, "split takes two arguments by position: expected split(z, N), got "
+                              f"'{line.segment(call_)}'", call_)
+        k = self.int_bound(call_.args[1], line, "the number of parts of split")
+        if k != len(targets):
+            raise p.err(line, f"split into {k} parts but {len(targets)} names on the left: "
+                              "expected as many names as parts", call_.args[1])
+        z = self.expr(call_.args[0], line, targets[0].id)
+        if z.dim is None:
+            raise p.err(line, "split of a plain number: expected a per-example value",
+                        call_.args[0])
+        part = self.dims.new()
+        for i, t in enumerate(targets):
+            e = _Expr("split", call_, line, part, (k, i), [z])
+            self.slices.append(e)
+            self.vars[t.id] = part
+            self.defined_at[t.id] = line.lineno
+            self.trees.append((t.id, line, e))
+
+    def int_bound(self, node: ast.AST | None, line: _Line, what: str) -> int:
+        """A non-negative integer literal, or a named constant holding one."""
+        v: Any = None
+        if isinstance(node, ast.Constant):
+            v = node.value
+        elif isinstance(node, ast.Name) and node.id in self.consts:
+            v = self.consts[node.id]
+            v = int(v) if float(v).is_integer() else v
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            got = f"'{line.segment(node)}'" if node is not None else "nothing"
+            raise self.p.err(line, f"{what} must be a constant non-negative integer: expected a "
+                                   f"number such as 4 or a name bound to one, got {got}", node)
+        return v
 
     def unify(self, a: int, b: int, line: _Line, node: ast.AST, what: Callable[[], str]) -> None:
         # the message is built only on a conflict: source segments cost a scan of the line
@@ -681,7 +848,7 @@ class _Checker:
                 return a
             if a.dim is None:
                 return _Expr("num", node, line, None, -a.value)  # same magnitude: in bounds
-            return _Expr("neg", node, line, a.dim, None, [a])
+            return _Expr("neg", node, line, a.dim, None, [a], a.row)
         if isinstance(node, ast.BinOp):
             return self.binop(node, line, target)
         if isinstance(node, ast.Call):
@@ -701,6 +868,8 @@ class _Checker:
             out = _Expr("concat", node, line, self.dims.new(total), None, parts)
             self.concats.append(out)
             return out
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Slice):
+            return self.slice(node, line, target)
         entry = _REJECTED.get(type(node))
         if entry is not None:
             raise p.err(line, f"{entry[0]} not allowed: '{line.segment(node)}'; {entry[1]}",
@@ -709,11 +878,34 @@ class _Checker:
                           "an equation; use names, numbers, + - * / @ **, [a, b] and the "
                           f"functions {', '.join(FUNCTIONS)}", node)
 
+    def slice(self, node: ast.Subscript, line: _Line, target: str) -> _Expr:
+        """``v[a:b]`` over the features; the bounds are checked once v's size is known."""
+        p, sl = self.p, node.slice
+        assert isinstance(sl, ast.Slice)
+        if sl.step is not None:
+            raise p.err(line, f"slice steps are not allowed: expected v[a:b], got "
+                              f"'{line.segment(node)}'", sl.step)
+        start = self.int_bound(sl.lower, line, "a slice bound") if sl.lower is not None else 0
+        stop = self.int_bound(sl.upper, line, "a slice bound") if sl.upper is not None else None
+        if stop is not None and stop <= start:
+            raise p.err(line, f"empty slice '{line.segment(node)}': expected bounds a < b, got "
+                              f"{start} and {stop}", sl)
+        v = self._expr(node.value, line, target)
+        if v.dim is None:
+            raise p.err(line, "slice of a plain number: expected a per-example value",
+                        node.value)
+        out = _Expr("slice", node, line, self.dims.new(None if stop is None else stop - start),
+                    (start, stop), [v])
+        self.slices.append(out)
+        return out
+
     def name(self, node: ast.Name, line: _Line, target: str) -> _Expr:
         self._check_use(node, line, target)
         nm = node.id
+        if nm in self.consts:
+            return _Expr("num", node, line, None, self.consts[nm])
         if nm in self.vars:
-            return _Expr("name", node, line, self.vars[nm], nm)
+            return _Expr("name", node, line, self.vars[nm], nm, row=nm in self.rows)
         return _Expr("name", node, line, self.vector_param(nm, node, line).out, nm)
 
     def _check_use(self, node: ast.Name, line: _Line, target: str) -> None:
@@ -766,7 +958,7 @@ class _Checker:
             what, hint = _REJECTED[type(node)]
             raise p.err(line, f"{what} not allowed: '{line.segment(node)}'; {hint}", node)
         if not isinstance(node, ast.Name) or node.id in self.vars or node.id in FUNCTIONS \
-                or node.id in p.assigned:
+                or node.id in p.assigned or node.id in self.consts:
             if isinstance(node, ast.Name) and node.id in self.vars:
                 kind = ("input" if node.id in p.inputs else "state" if node.id in p.states
                         else "computed value")
@@ -796,7 +988,7 @@ class _Checker:
             prm = self.matrix_param(node.left, line, target)
             r = node.right
             if (isinstance(r, ast.Name) and r.id not in self.vars and r.id not in p.assigned
-                    and r.id not in p.param_shapes):
+                    and r.id not in p.param_shapes and r.id not in self.consts):
                 # W @ name with an unknown name: it would silently become a (1, n) parameter
                 raise p.err(line, f"undefined name {r.id!r} on the right of @: it must be an "
                                   "input, a state or a value assigned above (declare it with "
@@ -818,8 +1010,10 @@ class _Checker:
                 raise p.err(line, "only the powers ** 2, ** 0.5 and ** 1 with a number "
                                   f"exponent are supported, got '{line.segment(node)}'", node)
             if a.dim is None:
-                raise p.err(line, "a power of a plain number; write the number", node)
-            return _Expr("pow", node, line, a.dim, k.value, [a])
+                if a.value < 0 and k.value == 0.5:
+                    raise p.err(line, f"square root of the negative number {a.value:g}", node)
+                return _Expr("num", node, line, None, self.folded(a.value ** k.value, line, node))
+            return _Expr("pow", node, line, a.dim, k.value, [a], a.row)
         op = _BINOPS.get(type(node.op))
         if op is None:
             raise p.err(line, f"operator '{_op_text(node.op)}' is not allowed; use + - * / @ "
@@ -836,12 +1030,14 @@ class _Checker:
             # h / 0 would be a constant 0 in the IR and inf (or nan) at every element
             raise p.err(line, f"division by the number zero in '{line.segment(node)}': expected "
                               "a nonzero divisor", node.right)
-        if a.dim is not None and b.dim is not None:
+        if a.dim is not None and b.dim is not None and a.row == b.row:
             self.unify(a.dim, b.dim, line, node,
                        lambda: f"'{line.segment(node.left)}' has {self._show(a.dim)} but "
                        f"'{line.segment(node.right)}' has {self._show(b.dim)}")
-        dim = a.dim if a.dim is not None else b.dim
-        return _Expr("bin", node, line, dim, op, [a, b])
+        # a (B, 1) reduction broadcasts over the other side's features
+        full = [x for x in (a, b) if x.dim is not None and not x.row]
+        dim = full[0].dim if full else (a.dim if a.dim is not None else b.dim)
+        return _Expr("bin", node, line, dim, op, [a, b], not full)
 
     def call(self, node: ast.Call, line: _Line, target: str) -> _Expr:
         p = self.p
@@ -861,21 +1057,37 @@ class _Checker:
             kw = node.keywords[0]
             raise p.err(line, f"keyword arguments are not allowed: {fn}(... "
                               f"{kw.arg or '**'}=...); pass values by position", kw)
+        if fn == "split":
+            raise p.err(line, "split gives several values: expected it alone on the right of "
+                              "'i, f = split(z, 2)', got it inside an expression", node)
         arity = FUNCTIONS[fn][0]
+        counts = arity if isinstance(arity, tuple) else (arity,)
         if any(isinstance(a, ast.Starred) for a in node.args):
             raise p.err(line, f"starred arguments are not allowed in {fn}(...)", node)
-        if len(node.args) != arity:
-            raise p.err(line, f"{fn}() takes {arity} argument{'s' * (arity > 1)}, got "
+        if len(node.args) not in counts:
+            want = " or ".join(map(str, counts))
+            raise p.err(line, f"{fn}() takes {want} argument{'s' * (max(counts) > 1)}, got "
                               f"{len(node.args)}", node)
         args = [self._expr(a, line, target) for a in node.args]
+        if fn == "layer_norm" or _reduces(fn, len(args)):
+            if args[0].dim is None:
+                raise p.err(line, f"{fn}() of a plain number: expected a per-example value",
+                            node.args[0])
+        if fn == "layer_norm":
+            if len(args) == 2 and (args[1].dim is not None or not args[1].value > 0):
+                raise p.err(line, "the epsilon of layer_norm(v, eps) must be a positive number, "
+                                  f"got '{line.segment(node.args[1])}'", node.args[1])
+            return _Expr("call", node, line, args[0].dim, fn, args, args[0].row)
+        if _reduces(fn, len(args)):
+            return _Expr("call", node, line, self.dims.new(1), fn, args, True)
         dims = [a.dim for a in args if a.dim is not None]
         if not dims:
             raise p.err(line, f"{fn}() of plain numbers; pass a per-example value", node)
-        for a in args[1:]:
-            if a.dim is not None and args[0].dim is not None:
-                self.unify(args[0].dim, a.dim, line, node,
-                           lambda: f"the arguments of {fn}() differ in size")
-        return _Expr("call", node, line, dims[0], fn, args)
+        full = [a for a in args if a.dim is not None and not a.row]
+        for a in full[1:]:
+            self.unify(full[0].dim, a.dim, line, node,  # type: ignore[arg-type]
+                       lambda: f"the arguments of {fn}() differ in size")
+        return _Expr("call", node, line, full[0].dim if full else dims[0], fn, args, not full)
 
     def number(self, v: int | float, line: _Line, node: ast.AST) -> float:
         """A literal as a float within MAX_CONSTANT (float(10**400) raises OverflowError, 1e999
@@ -938,6 +1150,13 @@ class _Checker:
                                             f"already have {total - rest}", e.parts[k].node)
                     self.dims.value[self.dims.find(e.parts[k].dim)] = rest  # type: ignore
                     changed = True
+            for e in self.slices:
+                changed |= self.solve_slice(e)
+        for e in self.slices:
+            if self.dims.get(e.parts[0].dim) is None:  # type: ignore[arg-type]
+                raise p.err(e.line, f"cannot infer the size of "
+                                    f"'{e.line.segment(e.parts[0].node)}' that is sliced here",
+                            e.node)
         for prm in self.params.values():
             out = self.dims.get(prm.out)
             inn = self.dims.get(prm.inn) if prm.inn is not None else 1
@@ -960,6 +1179,48 @@ class _Checker:
         if unused:
             raise EquationError(f"shapes given for parameters {sorted(unused)} that no equation "
                                 "uses", p.filename)
+
+    def solve_slice(self, e: _Expr) -> bool:
+        """One step of size inference for v[a:b] or a part of split(v, k); True if it bound
+        a size. Out-of-range bounds and indivisible splits are errors here, where v's size is
+        first known."""
+        p, d = self.p, self.dims
+        v = e.parts[0]
+        n, m = d.get(v.dim), d.get(e.dim)  # type: ignore[arg-type]
+        seg = e.line.segment(e.node)
+        if e.kind == "split":
+            k = e.value[0]
+            if n is not None:
+                if n % k:
+                    raise p.err(e.line, f"split not divisible in '{seg}': expected a size that "
+                                        f"is a multiple of {k}, got {n} features", e.node)
+                if m is None:
+                    d.value[d.find(e.dim)] = n // k  # type: ignore[arg-type]
+                    return True
+                if m != n // k:
+                    raise p.err(e.line, f"shape mismatch in '{seg}': each of the {k} parts of "
+                                        f"{n} features has {n // k}, but {m} are needed", e.node)
+            elif m is not None:
+                d.value[d.find(v.dim)] = m * k  # type: ignore[arg-type]
+                return True
+            return False
+        start, stop = e.value
+        if n is not None:
+            if (stop if stop is not None else n) > n or start >= n:
+                raise p.err(e.line, f"slice out of range in '{seg}': expected bounds 0 <= a < b "
+                                    f"<= {n} (the features of "
+                                    f"'{e.line.segment(v.node)}'), got [{start}:"
+                                    f"{'' if stop is None else stop}]", e.node)
+            if stop is None and m is None:
+                d.value[d.find(e.dim)] = n - start  # type: ignore[arg-type]
+                return True
+            if stop is None and m != n - start:
+                raise p.err(e.line, f"shape mismatch in '{seg}': it has {n - start} features "
+                                    f"but {m} are needed", e.node)
+        elif stop is None and m is not None:
+            d.value[d.find(v.dim)] = start + m  # type: ignore[arg-type]
+            return True
+        return False
 
     def check_bounds(self) -> None:
         """Inferred sizes within MAX_SIZE: declared ones are checked where they are read, but a
@@ -1001,6 +1262,12 @@ class _Checker:
         return out
 
     def undefined(self, nm: str, line: _Line | None, role: str) -> EquationError:
+        if nm in self.consts:
+            # the default h_next has no line: report the constant's own
+            line = line or self.p.assigned.get(nm) or self.p.consts[nm][1]
+            return self.p.err(line, f"{nm!r} is a named constant ({self.consts[nm]:g}) but is "
+                                    f"given as the {role}: expected a per-example value",
+                              col=line.text.find(nm) if line else None)
         known = list(self.vars)
         close = difflib.get_close_matches(nm, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; defined names: {known}"
@@ -1090,7 +1357,19 @@ class _Builder:
         if k == "bin":
             return call(e.value, *parts)
         if k == "call":
+            if e.value == "layer_norm" or _reduces(e.value, len(parts)):
+                if parts[0].shape[0] != B:
+                    raise self.c.p.err(e.line, f"{e.value}() of parameters and numbers only: "
+                                               "expected a per-example value (B, n), got "
+                                               f"{parts[0].shape}", e.node)
             return FUNCTIONS[e.value][1](*parts)
+        if k == "slice":
+            start, stop = e.value
+            return apply(Ops.SLICE, parts[0],
+                         arg=(start, int(parts[0].shape[1]) if stop is None else stop))
+        if k == "split":
+            n, i = int(parts[0].shape[1]) // e.value[0], e.value[1]
+            return apply(Ops.SLICE, parts[0], arg=(i * n, (i + 1) * n))
         if k == "concat":
             return apply(Ops.CONCAT, *parts)
         raise AssertionError(k)
@@ -1172,6 +1451,10 @@ def cell_from_equations(text: str, inputs: Mapping[str, int] | None = None,
             raise EquationError("no equations found; write one NAME = EXPRESSION per line",
                                 filename)
         c = _Checker(p)
+        if not c.trees:
+            raise EquationError("only named constants found: expected at least one equation "
+                                "computing a per-example value from an input or a state",
+                                filename)
         c.solve()
         nxt = c.next_map()
         out_names = [o for o, _ in p.outputs]

@@ -62,6 +62,9 @@ def _expr(depth: int = 4) -> st.SearchStrategy[str]:
             inner.map(lambda e: f"({e})"),
             inner.map(lambda e: f"{e}[0]"),
             inner.map(lambda e: f"{e}.T"),
+            st.tuples(inner, st.sampled_from(["0:2", "1:", ":3", "2:1", "0:99", "-1:", "a:b",
+                                              "::2", "0:1.5", "0:n"]))
+            .map(lambda t: f"{t[0]}[{t[1]}]"),
         )
     return st.recursive(leaf, grow, max_leaves=12)
 
@@ -83,6 +86,11 @@ def _sound_expr() -> st.SearchStrategy[str]:
             st.tuples(inner, st.sampled_from(["2", "0.5", "1"])).map(lambda t: f"{t[0]} ** {t[1]}"),
             st.tuples(inner, inner).map(lambda t: f"(V @ [{t[0]}, {t[1]}])"),
             inner.map(lambda e: f"-({e})"),
+            # the issue-15 forms: reductions broadcast back, layer_norm keeps the size, two
+            # slices that add up to the whole (sound for h's 4 features)
+            st.tuples(st.sampled_from(["max", "min", "layer_norm"]), inner)
+            .map(lambda t: f"{t[0]}({t[1]})"),
+            inner.map(lambda e: f"[({e})[0:2], ({e})[2:]]"),
         )
     return st.recursive(leaf, grow, max_leaves=10)
 
@@ -120,6 +128,10 @@ HEADER = st.one_of(
 EQUATION = st.one_of(
     st.tuples(st.sampled_from(NAMES), _expr()).map(lambda t: f"{t[0]} = {t[1]}"),
     st.tuples(st.sampled_from(["h_next", "a"]), _deep()).map(lambda t: f"{t[0]} = {t[1]}"),
+    # several names on the left: split (right or wrong count), or a tuple that is not split
+    st.tuples(st.lists(st.sampled_from(NAMES), min_size=1, max_size=4),
+              st.sampled_from(["split", "max", ""]), _expr(2), st.sampled_from(["2", "3", "n"]))
+    .map(lambda t: f"{', '.join(t[0])} = {t[1]}({t[2]}, {t[3]})"),
 )
 GARBAGE_LINE = st.lists(st.sampled_from(GARBAGE + NAMES + LITERALS), max_size=6).map(" ".join)
 LINE = st.tuples(st.sampled_from(["", "", "  ", "\t"]),
@@ -136,6 +148,8 @@ BASES = [
     "# cell: état\ninput xα: 2\nstate hβ: 3\nhβ_next = tanh(Wα @ xα + U @ hβ + β) * 0.5",
     "input x: 2\nstate h: 2, c: 2\nc_next = sigmoid(c) * c + relu(W @ x)\n"
     "h_next = max(c_next, h) - min(h, 1) + abs(h) ** 0.5 + square(h) / 2",
+    "input x: 3\nstate h: 4\nbeta = 0.5\nz = W @ x + U @ h\ni, f = split(z, 2)\n"
+    "h_next = sigmoid(i) * h + beta * g * layer_norm(f) - mean(h) + logsumexp(z[0:3])",
 ]
 
 
