@@ -242,9 +242,10 @@ class SweepBuilder:
             if w in rd and not (units[w].kernel and all(
                     s is leaf for m in units[w].nodes for s in m.src if self.base(s) is leaf)):
                 continue
-            if w in rd and leaf not in toposort([first]):
-                # the kernel reads the old value for another output only: its outputs are
-                # noalias (llvm), so this store could move above that load (a swap of states)
+            if w in rd and not self._reads_only_for(units[w].nodes, first, leaf):
+                # the kernel reads the old value for another output: its outputs are noalias
+                # (llvm), so this store could move above that load (a swap of states, or a
+                # rotated state plus a slice of a product)
                 continue
             trial = ug.copy()
             trial.add_edges_from((x, w) for x in rd if x != w)
@@ -332,6 +333,18 @@ class SweepBuilder:
                 acc[n] = (a, m)
                 break
         return acc
+
+    def _reads_only_for(self, nodes: Sequence[Node], out: Node, leaf: Node) -> bool:
+        """Whether every node of a kernel that reads ``leaf`` computes ``out`` (is among its
+        ancestors inside the kernel): then each element of ``leaf`` is loaded before the store
+        of ``out`` that depends on it, and ``out`` may overwrite ``leaf`` in place."""
+        inside, anc, todo = set(nodes), set(), [out]
+        while todo:
+            m = todo.pop()
+            if m in inside and m not in anc:
+                anc.add(m)
+                todo.extend(m.src)
+        return all(m in anc for m in nodes if any(self.base(s) is leaf for s in m.src))
 
     def _assign_homes(self, units: list[_Unit], unit_of: dict[Node, int],
                       readers: dict[Node, set[int]]) -> None:
