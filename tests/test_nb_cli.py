@@ -147,3 +147,133 @@ def test_notebook_svgs_with_dot() -> None:
     cc = graphrnn.compile(lstm(2, 3), backend="ref")
     svg = cc._repr_svg_()  # type: ignore[attr-defined]
     assert svg is not None and "<svg" in svg
+
+
+# ---- the command line: one spelling and one default per concept ----
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    from graphrnn.tools.cli import main
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _sub(name: str) -> object:
+    from graphrnn.tools.cli import build_parser
+    parser = build_parser()
+    return next(a for a in parser._actions if a.dest == "command").choices[name]  # type: ignore
+
+
+TRAIN = ["--steps", "2", "--layers", "1", "--batch", "2", "--seq-len", "8", "--backend", "ref",
+         "--eval-every", "1"]
+
+
+def test_train_spells_sizes_and_samples_as_the_other_commands(corpus: Path,
+                                                               tmp_path: Path) -> None:
+    p = _sub("train")
+    new = p.parse_args(["--hidden-size", "8", "--length", "10"])  # type: ignore[attr-defined]
+    old = p.parse_args(["--hidden", "8", "--sample-length", "10"])  # type: ignore[attr-defined]
+    assert new.hidden == old.hidden == 8 and new.sample_length == old.sample_length == 10
+    assert new.given_options == old.given_options == {"hidden"}   # --resume still sees them
+    help_text = p.format_help()  # type: ignore[attr-defined]
+    assert "--hidden-size" in help_text and "--length" in help_text
+    assert "--hidden " not in help_text and "--sample-length" not in help_text  # hidden aliases
+
+
+def test_sample_and_train_share_the_temperature_default() -> None:
+    assert _sub("train").parse_args([]).temperature == \
+        _sub("sample").parse_args(["x.npz"]).temperature  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("command, args", [
+    ("train", []), ("sample", ["x.npz"]), ("explain", ["lstm"]),
+])
+def test_backend_is_checked_against_the_backends_everywhere(command: str, args: list[str],
+                                                            capsys: pytest.CaptureFixture[str],
+                                                            corpus: Path) -> None:
+    from graphrnn.api import BACKENDS
+    help_text = _sub(command).format_help()  # type: ignore[attr-defined]
+    assert "{" + ",".join(sorted(BACKENDS)) in help_text
+    if command == "train":
+        args = ["--data", str(corpus), "--steps", "1"]
+    rc, _, err = _cli(capsys, command, *args, "--backend", "fast")
+    assert rc == 1 and "unknown backend 'fast'; choose from cuda, llvm, program, ref" in err
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "explain", "viz", "compile", "bench"])
+def test_help_shows_defaults(command: str) -> None:
+    help_text = " ".join(_sub(command).format_help().split())  # type: ignore[attr-defined]
+    assert "(default: " in help_text
+    expected = {"train": "(default: 128)", "sample": "(default: 500)", "explain": "(default: llvm)",
+                "viz": "(default: forward)", "compile": "(default: sm_80)",
+                "bench": "(default: 32)"}[command]
+    assert expected in help_text
+
+
+def test_list_options_take_spaces_or_commas() -> None:
+    from graphrnn.tools.cli_tools import split_list
+    assert split_list(["ir", "so"]) == split_list(["ir,so"]) == split_list("ir, so") == ["ir", "so"]
+    a = _sub("bench").parse_args(["lstm", "--backends", "ref", "program"])  # type: ignore
+    b = _sub("bench").parse_args(["lstm", "--backends", "ref,program"])  # type: ignore
+    assert split_list(a.backends) == split_list(b.backends) == ["ref", "program"]
+
+
+def test_compile_emit_with_commas(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    pytest.importorskip("llvmlite")
+    rc, out, err = _cli(capsys, "compile", "rnn_tanh", "--emit", "ir,header", "-o", tmp_path,
+                        "--input-size", 3, "--hidden-size", 4)
+    assert rc == 0, err
+    assert sorted(f.suffix for f in tmp_path.iterdir()) == [".h", ".ll"]
+
+
+def test_viz_refuses_sweep_without_plan(capsys: pytest.CaptureFixture[str],
+                                        tmp_path: Path) -> None:
+    rc, _, err = _cli(capsys, "viz", "gru", "--stage", "forward", "--sweep", "forward", "-o",
+                      tmp_path / "f.dot", "--input-size", 3, "--hidden-size", 4)
+    assert rc == 1 and "--sweep applies to --stage plan only, not --stage forward" in err
+    assert not (tmp_path / "f.dot").exists()
+    rc, _, err = _cli(capsys, "viz", "gru", "--stage", "forward", "-o", tmp_path / "f.dot",
+                      "--input-size", 3, "--hidden-size", 4)
+    assert rc == 0, err
+
+
+def test_train_with_missing_data_leaves_no_run_folder(capsys: pytest.CaptureFixture[str],
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    rc, _, err = _cli(capsys, "train", "--data", tmp_path / "missing.txt", "--out", out, *TRAIN)
+    assert rc == 1 and "missing.txt" in err
+    assert not out.exists()
+
+
+def test_train_without_progress_prints_each_evaluation(capsys: pytest.CaptureFixture[str],
+                                                       corpus: Path, tmp_path: Path) -> None:
+    rc, out, err = _cli(capsys, "train", "--data", corpus, "--out", tmp_path / "run",
+                        "--no-progress", "--hidden-size", 8, "--length", 5, *TRAIN)
+    assert rc == 0, err
+    lines = [ln for ln in out.splitlines() if "validation loss" in ln and ln.startswith("step")]
+    assert [ln.split(":")[0] for ln in lines] == ["step 1", "step 2"]
+    # printed as training goes, before the summary
+    assert out.index("step 1: validation loss") < out.index("trained 2 steps")
+
+
+def test_bench_does_not_time_the_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first call 50x slower than the others (a JIT, a cold cache) stays out of the timings."""
+    import time
+
+    from graphrnn.cells import rnn_tanh
+    from graphrnn.tools import cli_tools
+    calls = {"infer": 0, "train": 0}
+
+    def fake_impl(cell: object, backend: str, T: int, B: int, dtype: str) -> tuple:
+        def timed(kind: str) -> object:
+            def fn() -> None:
+                calls[kind] += 1
+                time.sleep(0.1 if calls[kind] == 1 else 0.002)
+            return fn
+        return 0.0, timed("infer"), timed("train")
+
+    monkeypatch.setattr(cli_tools, "_graphrnn_impl", fake_impl)
+    (row,) = cli_tools.bench_cell(rnn_tanh(2, 3), ["ref"], 3, 2, 3)
+    assert calls == {"infer": 4, "train": 4}               # one warm-up and 3 timed
+    assert row["infer_ms"] < 50 and row["infer_spread_ms"] < row["infer_ms"] + 50
+    assert row["train_ms"] < 50 and row["train_spread_ms"] < 50
