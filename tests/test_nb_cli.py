@@ -258,16 +258,19 @@ def test_train_without_progress_prints_each_evaluation(capsys: pytest.CaptureFix
 
 def test_bench_does_not_time_the_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """A first call 50x slower than the others (a JIT, a cold cache) stays out of the timings."""
+    import gc
     import time
 
     from graphrnn.cells import rnn_tanh
     from graphrnn.tools import cli_tools
     calls = {"infer": 0, "train": 0}
+    gc_on: list[bool] = []
 
     def fake_impl(cell: object, backend: str, T: int, B: int, dtype: str) -> tuple:
         def timed(kind: str) -> object:
             def fn() -> None:
                 calls[kind] += 1
+                gc_on.append(gc.isenabled())
                 time.sleep(0.1 if calls[kind] == 1 else 0.002)
             return fn
         return 0.0, timed("infer"), timed("train")
@@ -277,3 +280,5 @@ def test_bench_does_not_time_the_warm_up(monkeypatch: pytest.MonkeyPatch) -> Non
     assert calls == {"infer": 4, "train": 4}               # one warm-up and 3 timed
     assert row["infer_ms"] < 50 and row["infer_spread_ms"] < row["infer_ms"] + 50
     assert row["train_ms"] < 50 and row["train_spread_ms"] < 50
+    # no collection pauses inside the timed calls, and the collector is back on afterwards
+    assert gc_on[2:] == [False] * 6 and gc.isenabled()

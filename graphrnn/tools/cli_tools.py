@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.util
 import inspect
 import os
@@ -662,15 +663,25 @@ def bench_cell(cell: Cell, backends: Sequence[str], T: int, B: int, repeat: int,
     if not impls:
         raise CellSpecError("no backend could run the benchmark; tried " + ", ".join(backends))
     times: dict[str, dict[str, list[float]]] = {k: {"infer": [], "train": []} for k in impls}
-    for _, infer, train in impls.values():  # warm up: caches, JIT, thread pools
+    for _, infer, train in impls.values():  # warm up, untimed: caches, JIT, thread pools
         infer()
         train()
-    for _ in range(repeat):
-        for name, (_, infer, train) in impls.items():
-            for kind, fn in (("infer", infer), ("train", train)):
-                t0 = time.perf_counter()
-                fn()
-                times[name][kind].append(time.perf_counter() - t0)
+    # no garbage collection inside a timed call (as timeit): a full collection of what the
+    # imports left (torch, the benchmark module) cost one ~20 ms call and a spread larger than
+    # the median at --repeat 3
+    gc.collect()
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            for name, (_, infer, train) in impls.items():
+                for kind, fn in (("infer", infer), ("train", train)):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name][kind].append(time.perf_counter() - t0)
+    finally:
+        if gc_was_on:
+            gc.enable()
     rows = []
     for name, (compile_s, _, _) in impls.items():
         im, isp = _median_spread(times[name]["infer"])
