@@ -282,3 +282,16 @@ def test_bench_does_not_time_the_warm_up(monkeypatch: pytest.MonkeyPatch) -> Non
     assert row["train_ms"] < 50 and row["train_spread_ms"] < 50
     # no collection pauses inside the timed calls, and the collector is back on afterwards
     assert gc_on[2:] == [False] * 6 and gc.isenabled()
+
+
+def test_resume_conflicts_name_the_spelling_typed(capsys: pytest.CaptureFixture[str],
+                                                 corpus: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    rc, _, err = _cli(capsys, "train", "--data", corpus, "--out", run, "--no-progress",
+                      "--hidden-size", 8, "--length", 5, *TRAIN)
+    assert rc == 0, err
+    for flag in ("--hidden-size", "--hidden"):
+        rc, _, err = _cli(capsys, "train", "--data", corpus, "--out", tmp_path / "r2",
+                          "--resume", run / "checkpoint.npz", "--steps", 1, "--no-progress",
+                          flag, 16)
+        assert rc == 1 and f"{flag} 16 conflicts with the checkpoint" in err, err

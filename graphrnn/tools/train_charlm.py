@@ -328,6 +328,10 @@ class _Given(argparse.Action):
         given = set(getattr(namespace, "given_options", ()))
         given.add(self.dest)
         namespace.given_options = given
+        # the spelling typed (--hidden-size or its older --hidden), for error messages
+        flags = dict(getattr(namespace, "given_flags", {}))
+        flags[self.dest] = option_string
+        namespace.given_flags = flags
 
 
 def _given(a: argparse.Namespace) -> dict[str, Any]:
@@ -335,7 +339,7 @@ def _given(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_resume(path: str, opts: dict[str, Any], meta: dict[str, Any],
-                  given: dict[str, Any]) -> None:
+                  given: dict[str, Any], flags: dict[str, str] | None = None) -> None:
     """An option given with --resume must agree with the checkpoint where the checkpoint
     decides (FROM_CHECKPOINT): one line naming the option and both values otherwise."""
     from ..checkpoint import CheckpointError
@@ -350,7 +354,7 @@ def _check_resume(path: str, opts: dict[str, Any], meta: dict[str, Any],
             continue
         want = stored_cell_spec(given[k]) if k == "cell" else given[k]
         if want != held[k]:
-            flag = "--" + k.replace("_", "-")
+            flag = (flags or {}).get(k) or "--" + k.replace("_", "-")
             raise CheckpointError(f"{flag} {given[k]} conflicts with the checkpoint {path}, "
                                   f"which has {k} {held[k]}; leave {flag} out to resume (the "
                                   "model and data layout come from the checkpoint)")
@@ -377,7 +381,7 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
         arrays, resume_meta = ckpt.load(a.resume)
         resume_params = ckpt.group(arrays, "param")
         opts = check_options(a.resume, resume_meta, resume_params)
-        _check_resume(a.resume, opts, resume_meta, given)
+        _check_resume(a.resume, opts, resume_meta, given, getattr(a, "given_flags", None))
         if "backend" in given:
             opts["backend"] = given["backend"]
         vocab = Vocab.from_json(resume_meta["vocab"])
