@@ -1210,6 +1210,24 @@ class gModule:  # noqa: N801 - Torch's name
         raise ModuleUsageError("using a gModule as a module of another graph is not supported; "
                                "build one graph (call the function that builds it on your nodes)")
 
+    def _repr_svg_(self) -> str | None:
+        """Jupyter's picture: the module-level graph (``g.fg``); None without ``dot``."""
+        from graphrnn import viz
+        try:
+            return viz.svg(self.module_dot())
+        except Exception:  # a notebook repr must never raise
+            return None
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        """Jupyter's text view, shown without ``dot``: the cell's SSA text under the repr."""
+        text = repr(self)
+        if not cycle:
+            try:
+                text += "\n" + str(self.to_cell())
+            except Exception:  # e.g. a graph to_cell cannot read without being told its states
+                pass
+        p.text(text)
+
     def __repr__(self) -> str:
         return (f"nn.gModule({len(self.inputs)} inputs, {len(self.outputs)} outputs, "
                 f"{len(self.nodes)} nodes, created at {self._site})")

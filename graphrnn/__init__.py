@@ -34,9 +34,9 @@ __version__ = "0.1.0"
 
 # name -> module that provides it, imported on first use
 _LAZY = {
-    "nn": "frontends.nngraph",
-    "equations": "frontends.equations",
-    "trace": "frontends.trace",
+    "nn": "graphrnn.nn",  # each replaces itself with its frontends module
+    "equations": "graphrnn.equations",
+    "trace": "graphrnn.trace",
     "cells": "graphrnn.cells",
 }
 

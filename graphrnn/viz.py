@@ -18,16 +18,22 @@ shape, the description, graphAttributes applied as Graphviz attributes, and the 
 tooltip. Inputs, states and parameters have their own shapes and colors; a recurrent edge
 (next state -> state) is drawn dashed, in red, and does not constrain the layout.
 
-DOT text is built with the ``graphviz`` Python package and needs no binary; SVG and PNG need the
-``dot`` program. Without it ``render`` still writes the DOT text and raises ``DotNotFoundError``
-naming the package to install. ``debug_forward`` is nngraph's debug mode: when a forward fails it
+DOT text is plain text: built with the ``graphviz`` Python package when it is installed, else with
+``PlainDigraph`` (the subset of ``graphviz.Digraph`` this module uses); neither needs a binary.
+SVG and PNG need the ``dot`` program (called through the package, or directly without it).
+Without ``dot``, ``render`` still writes the DOT text and raises ``DotNotFoundError`` naming the
+package to install. ``debug_forward`` is nngraph's debug mode: when a forward fails it
 writes an SVG with the failing node in red and says where that node was created.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +76,72 @@ class DotNotFoundError(GraphRNNError, RuntimeError):
     """The Graphviz ``dot`` program is missing, so only DOT text could be written."""
 
 
+_ID = re.compile(r"^[A-Za-z_\x80-\uffff][A-Za-z_0-9\x80-\uffff]*$"
+                 r"|^-?(\.[0-9]+|[0-9]+(\.[0-9]*)?)$")
+_KEYWORDS = {"node", "edge", "graph", "digraph", "subgraph", "strict"}
+
+
+def _quote(text: str) -> str:
+    """A DOT ID: bare when it can be, else double-quoted. Backslashes are kept (labels carry
+    DOT's own escapes such as ``\\n``, as with the graphviz package); quotes are escaped."""
+    if _ID.match(text) and text.lower() not in _KEYWORDS:
+        return text
+    return '"' + re.sub(r'(?<!\\)"', '\\"', text) + '"'
+
+
+def _attr_list(attrs: dict[str, Any]) -> str:
+    items = [f"{k}={_quote(str(v))}" for k, v in attrs.items() if v is not None]
+    return f" [{' '.join(items)}]" if items else ""
+
+
+class PlainDigraph:
+    """The part of ``graphviz.Digraph`` this module and nngraph_viz use, written as plain DOT
+    text, so that DOT output needs no graphviz package (it is only needed, with ``dot``, to
+    render pictures)."""
+
+    def __init__(self, name: str = "", _subgraph: bool = False) -> None:
+        self.name = name
+        self._subgraph = _subgraph
+        self.body: list[str] = []
+
+    def attr(self, kw: str | None = None, **attrs: Any) -> None:
+        if kw is None:
+            self.body += [f"\t{k}={_quote(str(v))}" for k, v in attrs.items() if v is not None]
+        else:
+            self.body.append(f"\t{kw}{_attr_list(attrs)}")
+
+    def node(self, name: str, label: str | None = None, **attrs: Any) -> None:
+        self.body.append(f"\t{_quote(name)}{_attr_list({'label': label, **attrs})}")
+
+    def edge(self, tail: str, head: str, label: str | None = None, **attrs: Any) -> None:
+        attrs = _attr_list({"label": label, **attrs})
+        self.body.append(f"\t{_quote(tail)} -> {_quote(head)}{attrs}")
+
+    @contextmanager
+    def subgraph(self, name: str = "") -> Iterator[PlainDigraph]:
+        sub = PlainDigraph(name, _subgraph=True)
+        yield sub
+        self.body += ["\t" + line for line in sub.source.splitlines()]
+
+    @property
+    def source(self) -> str:
+        head = "subgraph" if self._subgraph else "digraph"
+        head += f" {_quote(self.name)}" if self.name else ""
+        return "\n".join([head + " {", *self.body, "}"]) + "\n"
+
+    def __str__(self) -> str:
+        return self.source
+
+
+class _Plain:
+    """``need_graphviz()`` without the package: the plain-text Digraph, no renderer."""
+
+    Digraph = PlainDigraph
+
+
 def need_graphviz() -> Any:
-    if graphviz is None:
-        raise ModuleNotFoundError("graphrnn.viz needs the graphviz Python package: "
-                                  "pip install graphviz (or pip install graphrnn[viz])")
-    return graphviz
+    """What builds DOT graphs: the graphviz package, or the plain-text fallback without it."""
+    return graphviz if graphviz is not None else _Plain
 
 
 # ---- labels ----
@@ -261,15 +328,29 @@ def dot_source(g: Any) -> str:
     return g if isinstance(g, str) else str(g.source)
 
 
+def _dot_missing(fmt: str) -> DotNotFoundError:
+    return DotNotFoundError(f"cannot render {fmt.upper()}: the Graphviz `dot` program was not "
+                            f"found on PATH; {INSTALL_HINT}")
+
+
 def pipe(g: Any, fmt: str) -> bytes:
-    """Render DOT to bytes in ``fmt`` (svg, png, pdf); DotNotFoundError without ``dot``."""
-    gv = need_graphviz()
-    src = gv.Source(dot_source(g))
+    """Render DOT to bytes in ``fmt`` (svg, png, pdf); DotNotFoundError without ``dot``. The
+    graphviz package runs ``dot`` when installed; without it ``dot`` is run here."""
+    if graphviz is None:
+        exe = shutil.which("dot")
+        if exe is None:
+            raise _dot_missing(fmt)
+        r = subprocess.run([exe, f"-T{fmt}"], input=dot_source(g).encode(), capture_output=True,
+                           timeout=120)
+        if r.returncode != 0:
+            raise subprocess.CalledProcessError(r.returncode, [exe, f"-T{fmt}"], r.stdout,
+                                                r.stderr)
+        return r.stdout
+    src = graphviz.Source(dot_source(g))
     try:
         return bytes(src.pipe(format=fmt))
-    except gv.ExecutableNotFound as e:
-        raise DotNotFoundError(f"cannot render {fmt.upper()}: the Graphviz `dot` program was "
-                               f"not found on PATH; {INSTALL_HINT}") from e
+    except graphviz.ExecutableNotFound as e:
+        raise _dot_missing(fmt) from e
 
 
 FORMATS = ("dot", "gv", "svg", "png", "pdf")
@@ -303,18 +384,16 @@ def render(g: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def svg(g: Any) -> str | None:
-    """SVG text, or None when it cannot be rendered (no graphviz package or no ``dot``)."""
-    if graphviz is None:
-        return None
+    """SVG text, or None when it cannot be rendered (no ``dot`` program)."""
     try:
         return pipe(g, "svg").decode()
-    except (DotNotFoundError, gv_errors()):
+    except (DotNotFoundError, *gv_errors()):
         return None
 
 
 def gv_errors() -> tuple[type[BaseException], ...]:
     if graphviz is None:
-        return ()
+        return (subprocess.CalledProcessError, subprocess.TimeoutExpired)
     return (graphviz.CalledProcessError, graphviz.ExecutableNotFound)
 
 

@@ -37,17 +37,18 @@ def _train(a: argparse.Namespace) -> int:
 # ---- sample ----
 
 def _sample_args(p: argparse.ArgumentParser) -> None:
-    from .cli_tools import CELL_EXEC_HELP, number
+    from .cli_tools import CELL_EXEC_HELP, SAMPLE_TEMPERATURE, add_backend_arg, number
     p.epilog = ("A checkpoint holds arrays and JSON only and never makes graphrnn run code: a "
                 "model whose cell is file.py:function needs --cell file.py:function given "
                 "again. " + CELL_EXEC_HELP)
     p.add_argument("checkpoint", metavar="CKPT", help="a checkpoint written by graphrnn train")
     p.add_argument("--length", type=number(int, ge=0), default=500, help="tokens to generate")
     p.add_argument("--prime", default="", help="text fed to the model before sampling")
-    p.add_argument("--temperature", type=number(float, gt=0), default=1.0)
+    # the same default as the samples graphrnn train prints
+    p.add_argument("--temperature", type=number(float, gt=0), default=SAMPLE_TEMPERATURE)
     p.add_argument("--argmax", action="store_true", help="always take the most likely token")
     p.add_argument("--seed", type=number(int, ge=0), default=0)
-    p.add_argument("--backend", default=None, help="override the checkpoint's backend")
+    add_backend_arg(p, None, extra=("auto",), help="override the checkpoint's backend")
     p.add_argument("--cell", default=None, metavar="CELL",
                    help="rebuild the model with this cell instead of the checkpoint's; needed "
                    "for a file.py:function cell (this runs the file)")
@@ -57,7 +58,9 @@ def _sample(a: argparse.Namespace) -> int:
     from .. import checkpoint as ckpt
     from ..data import Vocab
     from ..sample import generate
+    from .cli_tools import check_backend
     from .train_charlm import build_model, check_options
+    check_backend(a.backend, extra=("auto",))   # before the checkpoint: a typo is cheap to say
     arrays, meta = ckpt.load(a.checkpoint)
     if "options" not in meta or "vocab" not in meta:
         raise ckpt.CheckpointError(f"{a.checkpoint} has no model options or vocabulary; it was "
@@ -88,15 +91,13 @@ EXPLAIN_HELP = ("The plan shown is the optimizer's Program, which every compiled
 
 
 def _explain_args(p: argparse.ArgumentParser) -> None:
-    from .cli_tools import CELL_EXEC_HELP, CELL_HELP, SIZES_HELP, add_size_args
+    from .cli_tools import CELL_EXEC_HELP, CELL_HELP, SIZES_HELP, add_backend_arg, add_size_args
     p.epilog = f"{EXPLAIN_HELP} {SIZES_HELP} {CELL_EXEC_HELP}"
     p.add_argument("cell", metavar="CELL", help=CELL_HELP)
     add_size_args(p)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     # validated so a typo is not silently accepted; every compiled backend runs the same plan
-    p.add_argument("--backend", default="llvm",
-                   help="ref, program, llvm or cuda (default llvm); the plan does not depend on "
-                   "it")
+    add_backend_arg(p, "llvm", help="the plan does not depend on it")
 
 
 def _find_explain() -> Callable[..., Any] | None:
@@ -110,13 +111,10 @@ def _find_explain() -> Callable[..., Any] | None:
 
 
 def _explain(a: argparse.Namespace) -> int:
-    from ..api import BACKENDS
-    from .cli_tools import cell_sizes, check_sizes
+    from .cli_tools import cell_sizes, check_backend, check_sizes
     from .train_charlm import resolve_layer_cell
     check_sizes(a)
-    if a.backend not in BACKENDS:
-        raise ValueError(f"unknown backend {a.backend!r}; choose from "
-                         f"{', '.join(sorted(BACKENDS))}")
+    check_backend(a.backend)
     cell = resolve_layer_cell(a.cell, a.input_size, a.hidden_size, a.dtype)
     print(f"cell {cell.name}: {cell_sizes(cell)}, {a.dtype}")
     fn = _find_explain()
@@ -153,10 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "recurrent cells declared as graphs or equations.")
     parser.add_argument("--version", action="version", version=f"graphrnn {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    from .cli_tools import show_defaults
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text, add_args, fn in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
+        show_defaults(p)
         p.set_defaults(func=fn)
     try:
         from .cli_tools import add_subcommands

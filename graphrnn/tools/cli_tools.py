@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import importlib.util
 import inspect
 import os
@@ -431,6 +432,62 @@ def add_size_args(p: argparse.ArgumentParser) -> None:
                    f"{DEFAULT_HIDDEN})")
 
 
+# one default for graphrnn sample and the samples graphrnn train prints
+SAMPLE_TEMPERATURE = 0.8
+
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, unless its help already speaks of it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # a flag's default (off) goes without saying
+        if (action.help and "default" in action.help) or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def show_defaults(p: argparse.ArgumentParser) -> None:
+    """Every option of ``p`` lists its default in ``--help`` (argparse shows none for an option
+    without help text, so those get one that is just the default)."""
+    p.formatter_class = DefaultsFormatter
+    for a in p._actions:
+        if (a.help is None and a.option_strings and a.default not in (None, False)
+                and a.default is not argparse.SUPPRESS):
+            a.help = "(default: %(default)s)"
+
+
+def add_alias(p: Any, old: str, dest: str, **kw: Any) -> None:
+    """An older spelling of an option (``--hidden`` for ``--hidden-size``): accepted, so scripts
+    keep working, but hidden from ``--help`` and without a default of its own."""
+    p.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
+
+
+def backend_names(extra: Sequence[str] = ()) -> list[str]:
+    from ..api import BACKENDS
+    return sorted(BACKENDS) + list(extra)
+
+
+def add_backend_arg(p: Any, default: str | None, extra: Sequence[str] = (), help: str = "",
+                    **kw: Any) -> None:
+    """``--backend`` with graphrnn.api.BACKENDS as its choices, the same in every command. The
+    choice is checked by ``check_backend`` rather than argparse, for the one-line error."""
+    names = backend_names(extra)
+    p.add_argument("--backend", default=default, metavar="{" + ",".join(names) + "}",
+                   help=help or None, **kw)
+
+
+def check_backend(name: str | None, extra: Sequence[str] = ()) -> None:
+    if name is not None and name not in backend_names(extra):
+        raise CellSpecError(f"unknown backend {name!r}; choose from "
+                            f"{', '.join(backend_names(extra))}")
+
+
+def split_list(values: Sequence[str] | str) -> list[str]:
+    """A list option given space- or comma-separated (``--emit ir so``, ``--emit ir,so``)."""
+    items = [values] if isinstance(values, str) else list(values)
+    return [v.strip() for item in items for v in item.split(",") if v.strip()]
+
+
 def check_sizes(args: argparse.Namespace) -> None:
     for name in ("input_size", "hidden_size"):
         v = getattr(args, name)
@@ -458,8 +515,12 @@ def cmd_viz(args: argparse.Namespace) -> int:
     if out.suffix.lower().lstrip(".") not in viz.FORMATS:
         raise CellSpecError(f"cannot write {out}: unknown picture format {out.suffix!r}; use "
                             ".svg, .png, .pdf or .dot")
+    if args.sweep is not None and args.stage != "plan":
+        # a forward or backward picture has no sweeps: refuse rather than ignore the option
+        raise CellSpecError(f"--sweep applies to --stage plan only, not --stage {args.stage}")
     cell = _cell_from_args(args)
-    sweeps = ("forward", "backward") if args.sweep == "both" else (args.sweep,)
+    sweep = args.sweep or "both"
+    sweeps = ("forward", "backward") if sweep == "both" else (sweep,)
     g = viz.stage_dot(cell, args.stage, sweeps=sweeps)
     try:
         written = viz.render(g, out)
@@ -475,7 +536,7 @@ EMITS = {"llvm": ("ir", "obj", "so", "header"), "cuda": ("cu", "ptx")}
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    emits = list(dict.fromkeys(args.emit or EMITS[args.backend]))
+    emits = list(dict.fromkeys(split_list(args.emit or []) or EMITS[args.backend]))
     bad = [e for e in emits if e not in EMITS[args.backend]]
     if bad:
         raise CellSpecError(f"--backend {args.backend} cannot emit {', '.join(bad)}; it emits "
@@ -602,15 +663,25 @@ def bench_cell(cell: Cell, backends: Sequence[str], T: int, B: int, repeat: int,
     if not impls:
         raise CellSpecError("no backend could run the benchmark; tried " + ", ".join(backends))
     times: dict[str, dict[str, list[float]]] = {k: {"infer": [], "train": []} for k in impls}
-    for _, infer, train in impls.values():  # warm up: caches, JIT, thread pools
+    for _, infer, train in impls.values():  # warm up, untimed: caches, JIT, thread pools
         infer()
         train()
-    for _ in range(repeat):
-        for name, (_, infer, train) in impls.items():
-            for kind, fn in (("infer", infer), ("train", train)):
-                t0 = time.perf_counter()
-                fn()
-                times[name][kind].append(time.perf_counter() - t0)
+    # no garbage collection inside a timed call (as timeit): a full collection of what the
+    # imports left (torch, the benchmark module) cost one ~20 ms call and a spread larger than
+    # the median at --repeat 3
+    gc.collect()
+    gc_was_on = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            for name, (_, infer, train) in impls.items():
+                for kind, fn in (("infer", infer), ("train", train)):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name][kind].append(time.perf_counter() - t0)
+    finally:
+        if gc_was_on:
+            gc.enable()
     rows = []
     for name, (compile_s, _, _) in impls.items():
         im, isp = _median_spread(times[name]["infer"])
@@ -711,7 +782,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if getattr(args, name) <= 0:
             raise CellSpecError(f"--{name.replace('_', '-')} must be positive, got "
                                 f"{getattr(args, name)}")
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    backends = split_list(args.backends)
     from ..api import BACKENDS
     unknown = [b for b in backends if b not in BACKENDS and b != "torch"]
     if unknown:
@@ -795,8 +866,8 @@ def add_subcommands(subparsers: Any) -> None:
                               "optimized plan as SVG, PNG, PDF or DOT.", epilog=CELL_EPILOG)
     _add_cell_args(p)
     p.add_argument("--stage", choices=("forward", "backward", "plan"), default="forward")
-    p.add_argument("--sweep", choices=("forward", "backward", "both"), default="both",
-                   help="with --stage plan: which sweep to draw (default both)")
+    p.add_argument("--sweep", choices=("forward", "backward", "both"), default=None,
+                   help="with --stage plan only: which sweep to draw (default both)")
     p.add_argument("-o", "--output", metavar="FILE",
                    help="out.svg, out.png, out.pdf or out.dot (default CELL_STAGE.svg)")
     p.set_defaults(func=_run(cmd_viz, "viz"))
@@ -808,9 +879,10 @@ def add_subcommands(subparsers: Any) -> None:
     _add_cell_args(p)
     p.add_argument("--backend", choices=tuple(EMITS), default="llvm")
     p.add_argument("--emit", nargs="+", metavar="KIND",
-                   help="llvm: ir obj so header; cuda: cu ptx (default: all of the backend's)")
+                   help="llvm: ir obj so header; cuda: cu ptx, space- or comma-separated "
+                   "(default: all of the backend's)")
     p.add_argument("-o", "--output", metavar="DIR", default=".", help="output directory")
-    p.add_argument("--arch", default="sm_80", help="cuda --emit ptx: target (default sm_80)")
+    p.add_argument("--arch", default="sm_80", help="cuda --emit ptx: target")
     p.set_defaults(func=_run(cmd_compile, "compile"))
 
     p = subparsers.add_parser("bench", help="time one cell on the available backends",
@@ -821,12 +893,14 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq-len", type=int, default=50)
     p.add_argument("--repeat", type=int, default=5, help="timed repetitions (median reported)")
-    p.add_argument("--backends", default="ref,llvm,torch",
-                   help="comma-separated: ref, program, llvm, cuda, torch (default "
-                   "ref,llvm,torch; missing ones are skipped)")
+    p.add_argument("--backends", nargs="+", default=["ref", "llvm", "torch"], metavar="BACKEND",
+                   help="ref, program, llvm, cuda, torch, space- or comma-separated (default "
+                   "ref llvm torch; missing ones are skipped)")
     p.add_argument("--plot", metavar="FILE.png", help="bar chart (default bench_CELL.png)")
     p.add_argument("--no-plot", action="store_true", help="do not draw the bar chart")
     p.set_defaults(func=_run(cmd_bench, "bench"))
+    for name in ("viz", "compile", "bench"):
+        show_defaults(subparsers.choices[name])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
     python -m graphrnn.tools.train_charlm               # stdlib source, nngraph LSTM, ~3 minutes
     python -m graphrnn.tools.train_charlm --data input.txt --minutes 10
-    graphrnn train --cell gru --layers 2 --hidden 256 --steps 2000
+    graphrnn train --cell gru --layers 2 --hidden-size 256 --steps 2000
 
 By default the LSTM is declared with the nngraph frontend (char-rnn's ``LSTM.lua`` in Python,
 ``cli_tools.nngraph_lstm``), compiled with the llvm backend (the slow ``ref`` backend with a warning
@@ -28,7 +28,7 @@ change on resume: the given value wins and the learning rate used is printed.
 
 Layer sizes reach an equations file the way ``--input-size``/``--hidden-size`` do for the other
 commands (``graphrnn.tools.cli_tools.equations_cell``): layer 0's input is the vocabulary
-(one-hot) or ``--embed``, upper layers' the layer below, every state gets ``--hidden``; a file
+(one-hot) or ``--embed``, upper layers' the layer below, every state gets ``--hidden-size``; a file
 without ``input``/``state`` lines is read as input ``x`` and state ``h``.
 """
 
@@ -226,8 +226,8 @@ def _check_same_cells(checkpoint: str | None, spec: str, cells: list[Cell],
 # ---- the command line of the training job (shared with ``graphrnn train``) ----
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    from .cli_tools import CELL_EXEC_HELP, number
-    p.epilog = ("--resume CKPT continues a run: the cell, --layers, --hidden, --embed, "
+    from .cli_tools import CELL_EXEC_HELP, SAMPLE_TEMPERATURE, add_alias, add_backend_arg, number
+    p.epilog = ("--resume CKPT continues a run: the cell, --layers, --hidden-size, --embed, "
                 "--dropout, --dtype, --batch, --seq-len and --optimizer come from the "
                 "checkpoint, and giving one with another value is an error; --lr and --backend "
                 "may change on resume (the given value wins; the learning rate used is "
@@ -247,12 +247,15 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    "file, or file.py:function returning a Cell or an nngraph gModule (this runs "
                    "the file, as python would). An "
                    "equations file gets the layer's input size (vocabulary, --embed or the layer "
-                   "below) and --hidden for every state; sizes it declares must agree; without "
-                   "'input NAME: SIZE' / 'state NAME: SIZE' lines it is read as input x, state h")
-    g.add_argument("--backend", default="auto", action=_Given,
-                   help="auto (llvm, else ref), llvm, ref, program, cuda")
+                   "below) and --hidden-size for every state; sizes it declares must agree; "
+                   "without 'input NAME: SIZE' / 'state NAME: SIZE' lines it is read as input x, "
+                   "state h")
+    add_backend_arg(g, "auto", extra=("auto",), help="auto: llvm, else ref", action=_Given)
     g.add_argument("--layers", type=int, default=2, action=_Given)
-    g.add_argument("--hidden", type=int, default=128, action=_Given)
+    # --hidden-size as in explain, viz, compile and bench; --hidden is the older spelling
+    g.add_argument("--hidden-size", dest="hidden", type=int, default=128, action=_Given,
+                   metavar="H", help="state size of each layer")
+    add_alias(g, "--hidden", "hidden", type=int, action=_Given)
     g.add_argument("--embed", type=int, default=0, action=_Given,
                    help="embedding size (0: one-hot characters, as char-rnn)")
     g.add_argument("--dropout", type=float, default=0.0, action=_Given)
@@ -290,9 +293,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", default="runs/charlm", help="folder for checkpoint.npz and loss.png")
     g.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (see below)")
-    g.add_argument("--sample-length", type=number(int, ge=0), default=400)
-    g.add_argument("--temperature", type=number(float, gt=0), default=0.8)
-    g.add_argument("--no-progress", action="store_true")
+    # --length and --temperature as in graphrnn sample; --sample-length is the older spelling
+    g.add_argument("--length", dest="sample_length", type=number(int, ge=0), default=400,
+                   metavar="N",
+                   help="characters of the sample printed after training")
+    add_alias(g, "--sample-length", "sample_length", type=number(int, ge=0))
+    g.add_argument("--temperature", type=number(float, gt=0), default=SAMPLE_TEMPERATURE)
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one line per evaluation instead")
 
 
 def _check_args(a: argparse.Namespace) -> None:
@@ -320,6 +328,10 @@ class _Given(argparse.Action):
         given = set(getattr(namespace, "given_options", ()))
         given.add(self.dest)
         namespace.given_options = given
+        # the spelling typed (--hidden-size or its older --hidden), for error messages
+        flags = dict(getattr(namespace, "given_flags", {}))
+        flags[self.dest] = option_string
+        namespace.given_flags = flags
 
 
 def _given(a: argparse.Namespace) -> dict[str, Any]:
@@ -327,7 +339,7 @@ def _given(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _check_resume(path: str, opts: dict[str, Any], meta: dict[str, Any],
-                  given: dict[str, Any]) -> None:
+                  given: dict[str, Any], flags: dict[str, str] | None = None) -> None:
     """An option given with --resume must agree with the checkpoint where the checkpoint
     decides (FROM_CHECKPOINT): one line naming the option and both values otherwise."""
     from ..checkpoint import CheckpointError
@@ -342,7 +354,7 @@ def _check_resume(path: str, opts: dict[str, Any], meta: dict[str, Any],
             continue
         want = stored_cell_spec(given[k]) if k == "cell" else given[k]
         if want != held[k]:
-            flag = "--" + k.replace("_", "-")
+            flag = (flags or {}).get(k) or "--" + k.replace("_", "-")
             raise CheckpointError(f"{flag} {given[k]} conflicts with the checkpoint {path}, "
                                   f"which has {k} {held[k]}; leave {flag} out to resume (the "
                                   "model and data layout come from the checkpoint)")
@@ -353,21 +365,23 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
     out = out or sys.stdout
     given = _given(a)
     _check_args(a)
-    # the output folder now, before minutes of training, with a one-line reason when it fails
-    from .cli_tools import check_output_dir
-    outdir = Path(a.out)
-    check_output_dir(outdir)
+    from .cli_tools import check_backend, check_output_dir
+    check_backend(a.backend, extra=("auto",))
+    # the data before the output folder: a missing data file must not leave an empty run folder
     if a.data:
         text, source = read_text(a.data), a.data
     else:
         text, source = stdlib_corpus(a.max_chars), "the Python standard library's source"
+    # the output folder now, before minutes of training, with a one-line reason when it fails
+    outdir = Path(a.out)
+    check_output_dir(outdir)
     resume_params = None
     if a.resume:
         from .. import checkpoint as ckpt
         arrays, resume_meta = ckpt.load(a.resume)
         resume_params = ckpt.group(arrays, "param")
         opts = check_options(a.resume, resume_meta, resume_params)
-        _check_resume(a.resume, opts, resume_meta, given)
+        _check_resume(a.resume, opts, resume_meta, given, getattr(a, "given_flags", None))
         if "backend" in given:
             opts["backend"] = given["backend"]
         vocab = Vocab.from_json(resume_meta["vocab"])
@@ -422,8 +436,10 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
                       progress=not a.no_progress, seed=a.seed)
     nval = min(len(val), a.val_batches or len(val)) if val is not None else 0
     vb = (lambda: (val.batch(k) for k in range(nval))) if val is not None else None
+    # without the bar, each evaluation is a line of its own, printed as it happens
+    log = (lambda m: print(m, file=out, flush=True)) if a.no_progress else None
     tr = Trainer(model, params, opt, lambda step, rng: train.batch(step), vb, cfg,
-                 meta={"vocab": vocab.to_json(), "options": opts, "kind": "charlm"})
+                 meta={"vocab": vocab.to_json(), "options": opts, "kind": "charlm"}, log=log)
     if a.resume:
         tr.load(a.resume)
         print(f"resumed from {a.resume} at step {tr.step}", file=out)
@@ -448,7 +464,8 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
     print(f"checkpoint: {ck}", file=out)
     print(f"loss plot: {plot}" if plot else "loss plot: not written (matplotlib missing)",
           file=out)
-    print(f"sample more: graphrnn sample {ck} --length 1000 --temperature 0.8", file=out)
+    print(f"sample more: graphrnn sample {ck} --length 1000 --temperature {a.temperature}",
+          file=out)
     return 0
 
 
@@ -459,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "(default: char-level LSTM on the stdlib source)")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     add_train_args(p)
+    from .cli_tools import show_defaults
+    show_defaults(p)
     p.set_defaults(func=run)
     return run_command(p, sys.argv[1:] if argv is None else argv)
 
