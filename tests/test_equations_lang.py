@@ -3,12 +3,14 @@ logsumexp) that broadcast back, layer_norm, feature slices v[a:b], ``i, f = spli
 named constants. Each form: the values it means (numpy), ref/program/llvm agreement at float64,
 gradients against central finite differences, and its errors (line, expected, received)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers import TOL, assert_all_close, cotangents, fd_and_backward, flat, sequences
 
 import graphrnn
-from frontends.equations import cell_from_equations
+from frontends.equations import cell_from_equations, parse_file
 from graphrnn.errors import EquationError
 from graphrnn.interp import evaluate
 from graphrnn.ops import Ops
@@ -313,3 +315,17 @@ def test_rejections(text, lineno, message):
         eq(text, inputs={})
     if "only named constants" not in message and "no equations" not in message:
         assert f"lang.eq:{lineno}:" in str(ei.value)
+
+
+# ---- the .eq example files ----
+
+EXAMPLE_FILES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.eq"))
+
+
+def test_there_are_eq_example_files() -> None:
+    assert EXAMPLE_FILES, "examples/ should show the .eq format"
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
+def test_eq_example_files_compile_everywhere_with_checked_gradients(path: Path) -> None:
+    check_backends_and_gradients(parse_file(path, dtype="float64"))
