@@ -165,8 +165,8 @@ def test_sample_names_the_missing_python_cell_file(tmp_path, corpus, cells_dir, 
     # a path under a regular file cannot be a directory, even for root
     (["train", "--out", "{corpus}/run", "--data", "{corpus}", *TINY],
      "cannot write to {corpus}/run: Not a directory"),
-    (["train", "--cell", "{d}/h8.eq", "--data", "{corpus}", *TINY, "--hidden", "16"],
-     "h8.eq:1: state h is declared with size 8, but --hidden gives 16"),
+    (["train", "--cell", "{d}/h8.eq", "--data", "{corpus}", *TINY, "--hidden-size", "16"],
+     "h8.eq:1: state h is declared with size 8, but --hidden-size gives 16"),
     (["train", "--cell", "{d}/gm.py:make", "--data", "{corpus}", *TINY],
      "make returned an nngraph gModule, whose every input is a per-step input: return "
      "g.to_cell(inputs=[...], states=[...], next_states=[...])"),

@@ -188,7 +188,7 @@ def build_model(opts: dict[str, Any], checkpoint: str | None = None,
     for i in range(int(opts["layers"])):
         # where a layer's sizes come from, for the message when an equations file disagrees
         first = "--embed" if embed else "the vocabulary size (one-hot input)"
-        flags = (first if i == 0 else "the layer below", "--hidden")
+        flags = (first if i == 0 else "the layer below", "--hidden-size")
         if eq is not None:
             c = equations_cell(eq["text"], eq.get("name", "cell.eq"), size, hidden, dtype,
                                flags)
@@ -304,13 +304,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def _check_args(a: argparse.Namespace) -> None:
-    positive = {"--layers": a.layers, "--hidden": a.hidden, "--batch": a.batch,
+    positive = {"--layers": a.layers, "--hidden-size": a.hidden, "--batch": a.batch,
                 "--seq-len": a.seq_len, "--lr": a.lr}
     for name, v in positive.items():
         if not 0 < v < float("inf"):
             raise ValueError(f"{name} must be positive and finite, got {v}")
     if a.layers > MAX_LAYERS or a.hidden > MAX_SIZE or a.embed > MAX_SIZE:
-        raise ValueError(f"--layers must be <= {MAX_LAYERS}, --hidden and --embed <= "
+        raise ValueError(f"--layers must be <= {MAX_LAYERS}, --hidden-size and --embed <= "
                          f"{MAX_SIZE}, got {a.layers}, {a.hidden}, {a.embed}")
     if not 0 <= a.dropout < 1:
         raise ValueError(f"--dropout must be in [0, 1), got {a.dropout}")
