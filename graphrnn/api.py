@@ -226,6 +226,13 @@ def checked_array(what: str, x: Any, expect: str, ids: bool = False) -> Any:
     return x
 
 
+def _one_per(value: Any, n: int) -> list[Any]:
+    """Cotangents as given to backward: None (all zero), a list or tuple, or a single array."""
+    if value is None:
+        return [None] * n
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 class CompiledCell:
     """Shared argument handling; backends implement ``_forward``, ``_backward``."""
 
@@ -415,21 +422,11 @@ class CompiledCell:
         (``convert``: to numpy, or to the device)."""
         T, B = res.T, res.B
         outs, states = self.cell.outputs, self.cell.states
-        if d_ys is None:
-            d_ys = [None] * len(outs)
-        elif isinstance(d_ys, (list, tuple)):
-            d_ys = list(d_ys)
-        else:
-            d_ys = [d_ys]
+        d_ys = _one_per(d_ys, len(outs))
         if len(d_ys) != len(outs):
             raise RuntimeInputError(f"backward: {len(outs)} output cotangents expected, got "
                                     f"{len(d_ys)} (d_ys: one per output, None for zero)")
-        if d_final is None:
-            d_final = [None] * len(states)
-        elif isinstance(d_final, (list, tuple)):
-            d_final = list(d_final)
-        else:
-            d_final = [d_final]
+        d_final = _one_per(d_final, len(states))
         if len(d_final) != len(states):
             raise RuntimeInputError(f"backward: {len(states)} final-state cotangents expected, "
                                     f"got {len(d_final)} (d_final: one per state "

@@ -233,14 +233,18 @@ def warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
+def _refuse_dir(folder: Path, why: str) -> None:
+    warn_once(f"graphrnn: not using the cache directory {folder}: {why}; compiling without the "
+              "disk cache")
+
+
 def read_cache_file(path: Path, max_bytes: int) -> bytes | None:
     """The bytes of a cache entry, or None (and one warning) when it must not be trusted: not
     a regular file, a symlink, not ours, writable by others, in a directory others may write,
     or larger than ``max_bytes``. A missing entry is None without a warning."""
     why = untrusted_dir(path.parent)
     if why is not None:
-        warn_once(f"graphrnn: not using the cache directory {path.parent}: {why}; compiling "
-                  "without the disk cache")
+        _refuse_dir(path.parent, why)
         return None
     try:
         f = open_regular(path, follow_symlinks=False)
@@ -250,8 +254,9 @@ def read_cache_file(path: Path, max_bytes: int) -> bytes | None:
         warn_once(f"graphrnn: ignoring the cache entry {path}: {e.strerror or e}")
         return None
     with f:
-        why = untrusted_entry(os.fstat(f.fileno()))
-        if why is None and os.fstat(f.fileno()).st_size > max_bytes:
+        st = os.fstat(f.fileno())
+        why = untrusted_entry(st)
+        if why is None and st.st_size > max_bytes:
             why = f"it is larger than {max_bytes} bytes"
         if why is not None:
             warn_once(f"graphrnn: ignoring the cache entry {path}: {why}")
@@ -264,8 +269,7 @@ def write_cache_file(path: Path, data: bytes) -> bool:
     the directory is not ours alone, or the write fails (a read-only home is not an error)."""
     why = make_private_dir(path.parent)
     if why is not None:
-        warn_once(f"graphrnn: not using the cache directory {path.parent}: {why}; compiling "
-                  "without the disk cache")
+        _refuse_dir(path.parent, why)
         return False
     try:
         atomic_write(path, data, fsync=False)
