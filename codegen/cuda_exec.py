@@ -24,8 +24,8 @@ import numpy as np
 
 from graphrnn.errors import BackendError
 from graphrnn.ir import Cell
-from graphrnn.program import Buffer, Kernel, Program, Ref, Sweep, overlap
-from graphrnn.runtime import Device, ExecutedCell, Executor, cols_of
+from graphrnn.program import Buffer, Kernel, Program, Ref, Sweep, cols_of, overlap
+from graphrnn.runtime import Device, ExecutedCell, Executor
 
 from .cuda_render import (
     DEFAULT_BLOCK,

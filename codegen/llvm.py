@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from graphrnn.api import CompiledCell, Grads, Residuals
+from graphrnn.api import CompiledCell, Grads, Residuals, data_address
 from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
 from graphrnn.program import Gather, Program, Scatter, reads_writes, sweep_flops
@@ -108,15 +108,6 @@ class ArrayPool:
             lst = self.free.setdefault((a.shape, a.dtype), [])
             if len(lst) < self.per_key:
                 lst.append(a)
-
-
-def _address(a: np.ndarray) -> int:
-    """The data pointer of a C-contiguous array; ``c_char.from_buffer`` is 3x cheaper than
-    ``a.ctypes.data`` but needs a writable buffer (inputs may be read-only views)."""
-    try:
-        return ctypes.addressof(ctypes.c_char.from_buffer(a))
-    except (TypeError, ValueError, BufferError):
-        return int(a.ctypes.data)
 
 
 def _written(sweep: Any) -> set[str]:
@@ -322,7 +313,7 @@ class LLVMBackend(CompiledCell):
         return plan
 
     def _pointers(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        return np.fromiter(map(_address, map(arrays.__getitem__, self._buf_names)), np.uintp,
+        return np.fromiter(map(data_address, map(arrays.__getitem__, self._buf_names)), np.uintp,
                            len(self._buf_names))
 
     def _check_ids(self, arrays: dict[str, np.ndarray]) -> None:

@@ -392,8 +392,13 @@ class _Written:
         return pos >= cols[1]
 
 
+def cols_of(r: Ref, b: Buffer) -> tuple[int, int]:
+    """The column range a view covers in its buffer."""
+    return r.cols if r.cols is not None else (0, b.cols)
+
+
 def _cols(r: Ref, bufs: dict[str, Buffer]) -> tuple[int, int]:
-    return r.cols if r.cols is not None else (0, bufs[r.buf].cols)
+    return cols_of(r, bufs[r.buf])
 
 
 def overlap(a: Ref, b: Ref, bufs: dict[str, Buffer], in_loop: bool) -> bool:

@@ -24,7 +24,6 @@ from .api import CompiledCell, Grads
 from .api import Residuals as ResidualToken
 from .errors import BackendError, RuntimeInputError
 from .program import (
-    Buffer,
     Gather,
     Gemm,
     Kernel,
@@ -34,14 +33,9 @@ from .program import (
     Ref,
     Scatter,
     Sweep,
+    cols_of,
 )
 from .scalar import run_scalar_program
-
-
-def cols_of(r: Ref, b: Buffer) -> tuple[int, int]:
-    """The column range a view covers in its buffer."""
-    return r.cols if r.cols is not None else (0, b.cols)
-
 
 # ---- views of a Ref, by buffer kind (the llvm backend binds its arrays with these too) ----
 
