@@ -25,7 +25,6 @@ typedef struct grnn_dim3 dim3;
 static dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 /* device intrinsics that have a plain C meaning */
-#define __expf(x) expf(x)
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }
 static inline double __longlong_as_double(long long i) {
   double d; memcpy(&d, &i, sizeof d); return d;

@@ -192,8 +192,8 @@ def _logsumexp(a: Node) -> Node:
 
 
 def _layer_norm(a: Node, eps: float) -> Node:
-    d = call(Ops.SUB, a, _mean(a))
-    return call(Ops.DIV, d, call(Ops.SQRT, call(Ops.ADD, _mean(call(Ops.MUL, d, d)), eps)))
+    # hash-consing makes _var's centred value the very node divided here
+    return call(Ops.DIV, call(Ops.SUB, a, _mean(a)), call(Ops.SQRT, call(Ops.ADD, _var(a), eps)))
 
 _BINOPS = {ast.Add: Ops.ADD, ast.Sub: Ops.SUB, ast.Mult: Ops.MUL, ast.Div: Ops.DIV}
 _HEADER = re.compile(r"^(input|inputs|state|states|param|params|output|outputs|next|cell|const"
@@ -1187,18 +1187,20 @@ class _Checker:
         p, d = self.p, self.dims
         v = e.parts[0]
         n, m = d.get(v.dim), d.get(e.dim)  # type: ignore[arg-type]
-        seg = e.line.segment(e.node)
+        # scanning the line for the source segment is only worth it for a message (this runs
+        # for every slice on every pass of solve's fixed point)
+        seg = lambda: e.line.segment(e.node)  # noqa: E731
         if e.kind == "split":
             k = e.value[0]
             if n is not None:
                 if n % k:
-                    raise p.err(e.line, f"split not divisible in '{seg}': expected a size that "
+                    raise p.err(e.line, f"split not divisible in '{seg()}': expected a size that "
                                         f"is a multiple of {k}, got {n} features", e.node)
                 if m is None:
                     d.value[d.find(e.dim)] = n // k  # type: ignore[arg-type]
                     return True
                 if m != n // k:
-                    raise p.err(e.line, f"shape mismatch in '{seg}': each of the {k} parts of "
+                    raise p.err(e.line, f"shape mismatch in '{seg()}': each of the {k} parts of "
                                         f"{n} features has {n // k}, but {m} are needed", e.node)
             elif m is not None:
                 d.value[d.find(v.dim)] = m * k  # type: ignore[arg-type]
@@ -1207,7 +1209,7 @@ class _Checker:
         start, stop = e.value
         if n is not None:
             if (stop if stop is not None else n) > n or start >= n:
-                raise p.err(e.line, f"slice out of range in '{seg}': expected bounds 0 <= a < b "
+                raise p.err(e.line, f"slice out of range in '{seg()}': expected bounds 0 <= a < b "
                                     f"<= {n} (the features of "
                                     f"'{e.line.segment(v.node)}'), got [{start}:"
                                     f"{'' if stop is None else stop}]", e.node)
@@ -1215,7 +1217,7 @@ class _Checker:
                 d.value[d.find(e.dim)] = n - start  # type: ignore[arg-type]
                 return True
             if stop is None and m != n - start:
-                raise p.err(e.line, f"shape mismatch in '{seg}': it has {n - start} features "
+                raise p.err(e.line, f"shape mismatch in '{seg()}': it has {n - start} features "
                                     f"but {m} are needed", e.node)
         elif stop is None and m is not None:
             d.value[d.find(v.dim)] = start + m  # type: ignore[arg-type]
