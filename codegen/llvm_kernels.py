@@ -219,6 +219,16 @@ class Math:
         num = self.sel(self.lt(x, self.c(0.0)), e, self.c(1.0))
         return self.div(num, self.add(self.c(1.0), e))
 
+    def _exp_reduced(self, x: ir.Value, fx: ir.Value) -> ir.Value:
+        """exp(x) / 2^fx for k = fx = round(x log2 e) (float32, Cephes): x reduced by k ln 2 in
+        two parts, then a degree-6 polynomial; ``exp`` and ``exp_neg`` scale it by 2^k."""
+        r = self.sub(self.sub(x, self.mul(fx, self.c(0.693359375))),
+                     self.mul(fx, self.c(-2.12194440e-4)))
+        z = self.mul(r, r)
+        y = self.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                          1.6666665459e-1, 5.0000001201e-1])
+        return self.add(self.add(self.mul(y, z), r), self.c(1.0))
+
     def exp(self, x: ir.Value) -> ir.Value:
         if self.dtype == "float64":
             return self.intrinsic("llvm.exp", x)
@@ -227,12 +237,7 @@ class Math:
         xc = self.clamp(self.sel(nan, self.c(0.0), x), -104.0, 89.0)
         fx = self.intrinsic("llvm.floor", self.add(self.mul(xc, self.c(1.44269504088896341)),
                                                     self.c(0.5)))
-        r = self.sub(self.sub(xc, self.mul(fx, self.c(0.693359375))),
-                     self.mul(fx, self.c(-2.12194440e-4)))
-        z = self.mul(r, r)
-        y = self.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-                          1.6666665459e-1, 5.0000001201e-1])
-        y = self.add(self.add(self.mul(y, z), r), self.c(1.0))
+        y = self._exp_reduced(xc, fx)
         # y * 2^k in two halves so that k in [-150, 129] neither wraps nor flushes early
         k = b.fptosi(fx, I32)
         k1 = b.ashr(k, ir.Constant(I32, 1))
@@ -254,12 +259,7 @@ class Math:
         # k = round(-a log2 e) (rint: one constant fewer than floor(x + 0.5), which matters in
         # an LSTM kernel, where tanh's constants already fill most vector registers)
         fx = self.intrinsic("llvm.rint", self.mul(a, self.c(-1.44269504088896341)))
-        r = self.sub(self.sub(self.b.fneg(a), self.mul(fx, self.c(0.693359375))),
-                     self.mul(fx, self.c(-2.12194440e-4)))
-        z = self.mul(r, r)
-        y = self.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
-                          1.6666665459e-1, 5.0000001201e-1])
-        y = self.add(self.add(self.mul(y, z), r), self.c(1.0))
+        y = self._exp_reduced(self.b.fneg(a), fx)
         # 2^k: k + 127 sits in the low mantissa bits of fx + 2^23 + 127 (exact for integers k in
         # [-127, 0]); shifting them into the exponent field needs no fptosi, which would make a
         # NaN poison: a NaN stays NaN through y instead
