@@ -209,8 +209,10 @@ def _cached_library(path: Path, key: str) -> bool:
     """Whether the library at ``path`` is ours, in our private directory, and the one built for
     ``key`` (its digest file says so): only then is it loaded."""
     so = read_cache_file(path, MAX_ENTRY_BYTES)
+    if so is None:
+        return False
     digest = read_cache_file(path.with_name(path.name + ".sum"), 64)
-    return so is not None and digest is not None and keyed_digest(key, so) == digest
+    return digest is not None and keyed_digest(key, so) == digest
 
 
 class ShimLibrary:

@@ -261,7 +261,7 @@ def read_cache_file(path: Path, max_bytes: int) -> bytes | None:
         if why is not None:
             warn_once(f"graphrnn: ignoring the cache entry {path}: {why}")
             return None
-        return f.read(max_bytes + 1)[:max_bytes]
+        return f.read(max_bytes)
 
 
 def write_cache_file(path: Path, data: bytes) -> bool:

@@ -83,15 +83,17 @@ def _missing_cell_file(opts: dict[str, Any]) -> str | None:
     return None
 
 
-def stored_cell_spec(spec: str) -> str:
+def stored_cell_spec(spec: str, eq: dict[str, Any] | None = None) -> str:
     """How a CELL argument is recorded in a checkpoint's options: a ``file.py:function`` with
     its absolute path (findable from elsewhere), an equations file as its absolute path
-    (information only), anything else as given."""
+    (information only), anything else as given. ``eq``: the equations file already read for
+    ``spec`` (``equations_source``), so it is not read again."""
     from .cli_tools import equations_source, is_python_spec
     if is_python_spec(spec):
         head, sep, fn = spec.rpartition(":")
         return str(Path(head).resolve()) + sep + fn
-    eq = equations_source(spec)
+    if eq is None:
+        eq = equations_source(spec)
     return eq["path"] if eq is not None else spec
 
 
@@ -389,7 +391,7 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
         from .cli_tools import equations_source
         vocab = Vocab.from_text(text)
         eq = equations_source(a.cell)
-        opts = {"cell": stored_cell_spec(a.cell), "layers": a.layers, "hidden": a.hidden,
+        opts = {"cell": stored_cell_spec(a.cell, eq), "layers": a.layers, "hidden": a.hidden,
                 "embed": a.embed, "dropout": a.dropout, "dtype": a.dtype,
                 "backend": a.backend, "vocab_size": len(vocab), "seq_len": a.seq_len,
                 "batch": a.batch}
