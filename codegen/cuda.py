@@ -8,9 +8,11 @@ through cuBLAS, the time loop driven from Python on one stream.
   compiled once with ``cupy.RawModule`` (NVRTC, or nvcc where the NVRTC library is missing) and
   cached by a hash of source, options, compiler and the device's compute capability (CuPy also
   keeps its own on-disk cache keyed the same way).
-- GEMMs: ``cublas<s|d>gemm`` called directly on the strided views of the Program (a column block
-  of a packed buffer is a matrix with a leading dimension), so nothing is copied or allocated:
-  the hoisted input projection is one GEMM over all T·B rows.
+- GEMMs: ``cublas<S|D>gemm_v2`` called directly on the strided views of the Program (a column
+  block of a packed buffer is a matrix with a leading dimension), so nothing is copied or
+  allocated: the hoisted input projection is one GEMM over all T·B rows. They are called in
+  libcublas through ctypes, on a handle of the cell's own bound to its stream once, with a
+  workspace of its own: CuPy's wrappers refuse any cuBLAS call while a stream is captured.
 - Diagonal recurrences (no GEMM or reduction in the loop) run as one kernel over the whole time
   loop (``codegen.cuda_exec.loop_spec``).
 - Reductions use CuPy's reduction kernels (a fixed tree, no ``atomicAdd``): two runs give the
@@ -30,7 +32,10 @@ through cuBLAS, the time loop driven from Python on one stream.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
+import weakref
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -49,6 +54,7 @@ NVRTC_OPTIONS = ("--std=c++14",)
 # cuBLAS / CUDA enums (part of their ABI): cudaDataType CUDA_R_32F, cublasComputeType_t
 # CUBLAS_COMPUTE_32F_FAST_TF32, cublasGemmAlgo_t CUBLAS_GEMM_DEFAULT
 CUDA_R_32F, COMPUTE_32F_FAST_TF32, GEMM_DEFAULT = 0, 77, -1
+WORKSPACE_BYTES = 32 << 20
 _MODULES: dict[str, Any] = {}   # hash(source, options, arch, compiler) -> cupy.RawModule
 
 
@@ -103,6 +109,43 @@ def module_compiler() -> str:
                        "nvidia-cuda-nvrtc (or install the CUDA toolkit)")
 
 
+_P, _I, _SIZE = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
+_GEMM = [_P, _I, _I, _I, _I, _I, _P, _P, _I, _P, _I, _P, _P, _I]
+# the libcublas functions the backend calls, with their C prototypes (cublas_api.h): handle,
+# enums and ints as int, pointers (device or host) as void*; each returns a cublasStatus_t
+CUBLAS_PROTOTYPES: dict[str, list[Any]] = {
+    "cublasSgemm_v2": _GEMM, "cublasDgemm_v2": _GEMM,
+    "cublasGemmEx": [_P, _I, _I, _I, _I, _I, _P, _P, _I, _I, _P, _I, _I, _P, _P, _I, _I, _I, _I],
+    "cublasSetWorkspace_v2": [_P, _P, _SIZE],
+}
+
+
+def cublas_lib() -> Any:
+    """libcublas as CuPy loaded it (found among the process's mapped files, so the very library
+    CuPy's handles belong to), its functions typed by ``CUBLAS_PROTOTYPES``."""
+    path = None
+    try:
+        with open("/proc/self/maps") as f:
+            path = next((w[-1] for w in map(str.split, f)
+                         if len(w) > 5 and "/libcublas.so" in w[-1]), None)
+    except OSError:
+        pass
+    path = path or ctypes.util.find_library("cublas")
+    if path is None:
+        raise BackendError("cuda: CuPy's cuBLAS library was not found among the loaded "
+                           "libraries (nor by ctypes.util.find_library)")
+    lib = ctypes.CDLL(path)
+    for name, argtypes in CUBLAS_PROTOTYPES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return lib
+
+
+def _check_blas(status: int, name: str) -> None:
+    if status != 0:
+        raise BackendError(f"cuda: {name} failed with cublasStatus_t {status}")
+
+
 class GpuDevice(Device):
     """CuPy arrays, RawModule kernels, cuBLAS GEMMs on the current stream."""
 
@@ -127,6 +170,20 @@ class GpuDevice(Device):
             raise BackendError(f"cuda: {compiler} could not compile the kernels: {e}") from e
         self._scalars: dict[tuple[str, float], np.ndarray] = {}
         self._scratch: dict[tuple[tuple[int, ...], str], Any] = {}
+        # one stream for everything the cell does, and a cuBLAS handle of our own bound to it
+        # once, here: CuPy's cuBLAS wrappers set the stream on every call and refuse to while a
+        # stream is captured, so the GEMMs are called in libcublas itself (``cublas_lib``)
+        from cupy_backends.cuda.libs import cublas
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        self.handle = cublas.create()   # first: CuPy may load libcublas only now
+        weakref.finalize(self, cublas.destroy, self.handle)
+        self.blas = cublas_lib()
+        cublas.setStream(self.handle, self.stream.ptr)
+        # a workspace of our own, so that a captured GEMM never allocates (32 MiB: what the
+        # cuBLAS documentation recommends for Hopper, enough for every earlier chip)
+        self._workspace = cp.empty(WORKSPACE_BYTES, dtype=np.uint8)
+        _check_blas(self.blas.cublasSetWorkspace_v2(
+            self.handle, self._workspace.data.ptr, WORKSPACE_BYTES), "cublasSetWorkspace_v2")
 
     def launch(self, kernel: RenderedKernel, rows: int, args: Sequence[Any]) -> None:
         grid = grid_for(rows, kernel.spec.cols, kernel.block)
@@ -140,25 +197,24 @@ class GpuDevice(Device):
         return self._scalars[key]
 
     def gemm(self, out: Any, a: Any, b: Any, ta: bool, tb: bool, acc: bool) -> None:
-        from cupy_backends.cuda.libs import cublas
-        cp = self.xp
         args = cublas_gemm_args(out, a, b, ta, tb)
         if args is None:
             if not acc:
                 out[...] = 0
             return
         opb, opa, m, n, k, ldb, lda, ldc = args
-        handle = cp.cuda.device.get_cublas_handle()
-        cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
+        # host-pointer scalars: a captured graph keeps their values from capture time
         alpha, beta = self._scalar(1.0, out.dtype), self._scalar(1.0 if acc else 0.0, out.dtype)
         if self.tf32 and out.dtype == np.float32:
-            cublas.gemmEx(handle, opb, opa, m, n, k, alpha.ctypes.data, b.data.ptr, CUDA_R_32F,
-                          ldb, a.data.ptr, CUDA_R_32F, lda, beta.ctypes.data, out.data.ptr,
-                          CUDA_R_32F, ldc, COMPUTE_32F_FAST_TF32, GEMM_DEFAULT)
+            _check_blas(self.blas.cublasGemmEx(
+                self.handle, opb, opa, m, n, k, alpha.ctypes.data, b.data.ptr, CUDA_R_32F, ldb,
+                a.data.ptr, CUDA_R_32F, lda, beta.ctypes.data, out.data.ptr, CUDA_R_32F, ldc,
+                COMPUTE_32F_FAST_TF32, GEMM_DEFAULT), "cublasGemmEx")
             return
-        fn = cublas.sgemm if out.dtype == np.float32 else cublas.dgemm
-        fn(handle, opb, opa, m, n, k, alpha.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda,
-           beta.ctypes.data, out.data.ptr, ldc)
+        name = "cublasSgemm_v2" if out.dtype == np.float32 else "cublasDgemm_v2"
+        _check_blas(getattr(self.blas, name)(
+            self.handle, opb, opa, m, n, k, alpha.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda,
+            beta.ctypes.data, out.data.ptr, ldc), name)
 
     def reduce(self, out: Any, src: Any, op: str, axis: int, acc: bool) -> None:
         # CuPy's reduction is a fixed tree (no atomics): deterministic. It writes into a
@@ -224,12 +280,11 @@ class CudaBackend(ExecutedCell):
         super().__init__(cell, dtype, program)
         self.executor = ProgramExecutor(self.program, block, loop_kernels)
         self.device = GpuDevice(self.executor.kernels(), tf32=tf32)
+        self._stream = self.device.stream
         self.cuda_graph = cuda_graph
         self._graphs: dict[tuple[str, int, int], Any] = {}
         self._arrays: dict[tuple[int, int], dict[str, Any]] = {}
         self._generation: dict[tuple[int, int], int] = {}
-        # one stream for everything this cell does (conversions, binds, sweeps, copies out)
-        self._stream = self.device.xp.cuda.Stream(non_blocking=True)
         if cuda_graph:
             for sw in (self.program.forward, self.program.backward):
                 for _ph, steps in sw.phases():

@@ -202,8 +202,7 @@ def _gemm_run(dtype, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ld
 def _gemm(dtype):
     def gemm(handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
         _gemm_run(dtype, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc)
-    return _api(f"cupy_backends.cuda.libs.cublas.{'s' if dtype == np.float32 else 'd'}gemm",
-                gemm)
+    return gemm
 
 
 def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb, beta, C,
@@ -211,6 +210,32 @@ def _gemm_ex(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ld
     assert Atype == Btype == Ctype == 0 and computeType == 77, "only float32 with TF32 here"
     _gemm_run(np.float32, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc,
               tf32=True)
+
+
+def _libcublas():
+    """libcublas as ``codegen.cuda.cublas_lib`` would give it: each function takes exactly the
+    arguments its ctypes prototype converts (a wrong count or type raises as ctypes would) and
+    returns a cublasStatus_t; calls are recorded as ``libcublas.<name>``."""
+    from codegen.cuda import CUBLAS_PROTOTYPES
+    impl = {"cublasSgemm_v2": _gemm(np.float32), "cublasDgemm_v2": _gemm(np.float64),
+            "cublasGemmEx": _gemm_ex, "cublasSetWorkspace_v2": lambda h, ptr, size: None}
+
+    def function(name, fn):
+        def call(*args):
+            assert len(args) == len(CUBLAS_PROTOTYPES[name]), f"{name}: {len(args)} arguments"
+            for ctype, a in zip(CUBLAS_PROTOTYPES[name], args):
+                ctype(a)   # TypeError where ctypes would refuse the value
+            API_CALLS.append((f"libcublas.{name}", args, {}))
+            fn(*args)
+            return 0
+        return call
+    return types.SimpleNamespace(**{k: function(k, f) for k, f in impl.items()})
+
+
+def _refused_in_capture(handle, stream):
+    if CAPTURE is not None:   # as CuPy's own wrapper does
+        raise NotImplementedError("calling cuBLAS API during stream capture is currently "
+                                  "unsupported")
 
 
 def _reduction(np_fn):
@@ -257,16 +282,13 @@ def fake_cupy(monkeypatch):
     cp.cuda = types.SimpleNamespace(
         runtime=runtime, Device=_api("cupy.cuda.Device", lambda device=None: the_device),
         Stream=_api("cupy.cuda.Stream", _Stream),
-        device=types.SimpleNamespace(
-            get_cublas_handle=_api("cupy.cuda.device.get_cublas_handle", lambda: 0)),
         get_current_stream=_api("cupy.cuda.get_current_stream", lambda: _Stream()))
     cupyx = types.ModuleType("cupyx")
     cupyx.scatter_add = _api("cupyx.scatter_add", _scatter_add)
     cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")
-    cublas.sgemm, cublas.dgemm = _gemm(np.float32), _gemm(np.float64)
-    cublas.gemmEx = _api("cupy_backends.cuda.libs.cublas.gemmEx", _gemm_ex)
-    cublas.setStream = _api("cupy_backends.cuda.libs.cublas.setStream",
-                            lambda handle, ptr: None)
+    cublas.create = _api("cupy_backends.cuda.libs.cublas.create", lambda: 1)
+    cublas.destroy = _api("cupy_backends.cuda.libs.cublas.destroy", lambda handle: None)
+    cublas.setStream = _api("cupy_backends.cuda.libs.cublas.setStream", _refused_in_capture)
     libs = types.ModuleType("cupy_backends.cuda.libs")
     libs.cublas = cublas
     for name, mod in (("cupy", cp), ("cupyx", cupyx),
@@ -277,6 +299,7 @@ def fake_cupy(monkeypatch):
         monkeypatch.setitem(sys.modules, name, mod)
     import codegen.cuda as cuda_mod
     monkeypatch.setattr(cuda_mod, "_MODULES", {})
+    monkeypatch.setattr(cuda_mod, "cublas_lib", _libcublas)
     for k in _CALLS:
         _CALLS[k] = 0
     API_CALLS.clear()
@@ -333,8 +356,7 @@ def test_tf32_gemms_go_through_gemm_ex(fake_cupy):
     API_CALLS.clear()
     tf = np.asarray(graphrnn.compile(cell, "cuda", "float32", tf32=True)
                     .forward(params, xs)[0][0])
-    assert {p for p, _a, _k in API_CALLS if "gemm" in p} == {
-        "cupy_backends.cuda.libs.cublas.gemmEx"}
+    assert {p for p, _a, _k in API_CALLS if "gemm" in p.lower()} == {"libcublas.cublasGemmEx"}
     assert _CALLS["gemms"] == 2 * n_plain
     np.testing.assert_allclose(plain, want, rtol=1e-5, atol=1e-6)
     err = np.abs(tf - want).max()
@@ -499,11 +521,11 @@ def test_every_call_of_the_stand_in_fits_the_real_cupy(fake_cupy, monkeypatch):
         graphrnn.compile(gru, "ref").init_params(seed=0), np.zeros((2, 2, 4), np.float32))
     seen = _assert_fits_real_cupy(list(API_CALLS), monkeypatch)
     assert {"cupy.RawModule", "cupy.RawModule.get_function", "cupy.RawKernel.__call__",
-            "cupy_backends.cuda.libs.cublas.sgemm", "cupy_backends.cuda.libs.cublas.dgemm",
+            "libcublas.cublasSgemm_v2", "libcublas.cublasDgemm_v2", "libcublas.cublasGemmEx",
+            "libcublas.cublasSetWorkspace_v2", "cupy_backends.cuda.libs.cublas.create",
             "cupy_backends.cuda.libs.cublas.setStream", "cupy.cuda.Stream",
             "cupy.cuda.Stream.begin_capture", "cupy.cuda.Stream.end_capture",
-            "cupy.cuda.graph.Graph.launch", "cupy.sum", "cupyx.scatter_add",
-            "cupy_backends.cuda.libs.cublas.gemmEx"} <= seen, seen
+            "cupy.cuda.graph.Graph.launch", "cupy.sum", "cupyx.scatter_add"} <= seen, seen
     from cupy_backends.cuda.api import runtime
 
     from codegen import cuda
@@ -517,6 +539,9 @@ def _assert_fits_real_cupy(calls, monkeypatch) -> set[str]:
         del sys.modules[mod]
     seen = set()
     for path, args, kwargs in calls:
+        seen.add(path)
+        if path.startswith("libcublas."):   # typed by its ctypes prototype when called
+            continue
         sig = _real_signature(path)
         try:
             bound = sig.bind(*args, **kwargs)
@@ -531,7 +556,6 @@ def _assert_fits_real_cupy(calls, monkeypatch) -> set[str]:
             elif ctype in ("str", "tuple"):
                 assert type(value).__name__ == ctype, \
                     f"{path}: {ctype} {name} got {type(value).__name__}"
-        seen.add(path)
     for path in REAL_ATTRIBUTES:
         owner, attr = path.rsplit(".", 1)
         assert hasattr(_resolve(owner), attr), f"real CuPy has no {path}"
@@ -562,4 +586,4 @@ def test_bench_gpu_runs_on_the_stand_in(fake_cupy, monkeypatch):
     if REAL_CUPY:
         seen = _assert_fits_real_cupy(list(API_CALLS), monkeypatch)
         assert {"cupy.random.standard_normal", "cupy.cuda.Device.synchronize",
-                "cupy_backends.cuda.libs.cublas.gemmEx"} <= seen
+                "libcublas.cublasGemmEx"} <= seen
