@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_cpu.py --cells lstm,mut1 --hidden 256 --batch 64
     .venv/bin/python benchmarks/bench_cpu.py --cells lstm --hidden 256 --compile-runs 10
                                                   # compile time only, in fresh processes
+    .venv/bin/python benchmarks/bench_cpu.py --alone 5    # also each implementation alone
 
 For each cell (LSTM, the lectures' GRU, peephole LSTM, MUT1), T=50, B in {32, 64} and
 H = I in {128, 256, 1024}, float32, it times
@@ -25,14 +26,22 @@ the cell's math: forward 2·T·B·K·N per matrix product, training three times 
 fraction of this machine's sgemm peak, measured in the same run with numpy's BLAS (the one
 graphrnn calls). Compile times (cold: no cache; warm: from the disk cache) are listed per cell.
 The output is a markdown table.
+
+Interleaved figures flatter whoever runs after a quiet neighbour: thread pools keep spinning
+after a call (OpenMP's, XLA's, graphrnn's own) and slow the next implementation. ``--alone R``
+therefore also times each implementation alone, in a fresh process of its own that builds and
+runs nothing else, R alternating rounds per configuration, and judges the targets on those
+figures too (the table gains "alone ms" and "alone / llvm alone").
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +65,8 @@ def interleaved(fns: dict[str, Callable[[], Any]], rounds: int, budget_s: float
     spent (at least 3 rounds). Returns seconds per call, by name."""
     names = list(fns)
     times: dict[str, list[float]] = {n: [] for n in names}
+    if not names:
+        return times
     for n in names:          # warm-up: TorchScript's profiling executor optimizes on run 2-3
         for _ in range(3):
             fns[n]()
@@ -291,9 +302,15 @@ def compile_table(cells: list[str], hs: list[int], runs: int) -> None:
 # ---- one configuration ----
 
 def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
-                 with_ref: bool, modes: list[str]) -> tuple[list[dict[str, Any]],
-                                                           dict[str, float]]:
+                 with_ref: bool, modes: list[str], only: str | None = None
+                 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Time every implementation of one configuration, interleaved; with ``only``, build and
+    time that implementation alone (no other one runs in this process, not even the
+    cross-checks, which the interleaved run makes)."""
     import graphrnn
+
+    def want(name: str) -> bool:
+        return only is None or name == only
     from graphrnn.cells import zoo_cell
 
     c = zoo_cell(cell, H, H, "float32")
@@ -331,8 +348,9 @@ def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
         fns.get("infer", {})[name] = infer
         fns.get("train", {})[name] = train
 
-    add_graphrnn("graphrnn llvm", cc)
-    if with_ref:
+    if want("graphrnn llvm"):
+        add_graphrnn("graphrnn llvm", cc)
+    if with_ref and want("graphrnn ref"):
         add_graphrnn("graphrnn ref", graphrnn.compile(c, backend="ref", dtype="float32"))
 
     try:
@@ -343,7 +361,8 @@ def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
         torch.manual_seed(0)
         tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
         h0 = torch.zeros(B, H)
-        if cell in ("lstm", "gru"):
+        nn_name = f"torch.nn.{'LSTM' if cell == 'lstm' else 'GRU'}"
+        if cell in ("lstm", "gru") and want(nn_name):
             mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(H, H)
 
             def nn_infer() -> Any:
@@ -354,18 +373,22 @@ def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
                 mod.zero_grad(set_to_none=True)
                 y, _ = mod(tx)
                 y.backward(tdy)
-            fns.get("infer", {})[f"torch.nn.{'LSTM' if cell == 'lstm' else 'GRU'}"] = nn_infer
-            fns.get("train", {})[f"torch.nn.{'LSTM' if cell == 'lstm' else 'GRU'}"] = nn_train
+            fns.get("infer", {})[nn_name] = nn_infer
+            fns.get("train", {})[nn_name] = nn_train
+    if torch is not None and (want("torch eager") or want("TorchScript")):
         tparams = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in params.items()}
         loops = torch_loops(torch)
         eager = loops[cell]
-        ty = eager(tx, h0, h0, tparams)
-        ty.backward(tdy)
-        same = check_against(f"PyTorch loop {LABEL[cell]} H={H} B={B}", cc, params, x, dy,
-                             ty.detach().numpy(),
-                             {k: v.grad.numpy() for k, v in tparams.items()})
+        same = True   # alone (``only``): the interleaved run made the cross-check
+        if only is None:
+            ty = eager(tx, h0, h0, tparams)
+            ty.backward(tdy)
+            same = check_against(f"PyTorch loop {LABEL[cell]} H={H} B={B}", cc, params, x, dy,
+                                 ty.detach().numpy(),
+                                 {k: v.grad.numpy() for k, v in tparams.items()})
         scripted = torch.jit.script(eager)
-        for label, fn in (("torch eager", eager), ("TorchScript", scripted)) if same else ():
+        routes = [r for r in (("torch eager", eager), ("TorchScript", scripted)) if want(r[0])]
+        for label, fn in routes if same else ():
             def t_infer(fn: Any = fn) -> Any:
                 with torch.no_grad():
                     return fn(tx, h0, h0, tparams)
@@ -376,7 +399,7 @@ def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
                 fn(tx, h0, h0, tparams).backward(tdy)
             fns.get("infer", {})[label] = t_infer
             fns.get("train", {})[label] = t_train
-    run = jax_loop(cell)
+    run = jax_loop(cell) if want("JAX jit+scan") else None
     if run is not None:
         import jax
         import jax.numpy as jnp
@@ -385,9 +408,10 @@ def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
         j_inf = jax.jit(run)
         # the training step: forward + BPTT to every parameter gradient of <ys, dy>
         j_grad = jax.jit(jax.grad(lambda p, xx, hh, d: jnp.sum(run(xx, hh, hh, p) * d)))
-        if check_against(f"JAX jit+scan {LABEL[cell]} H={H} B={B}", cc, params, x, dy,
-                         np.asarray(j_inf(jx, jh, jh, jp)),
-                         {k: np.asarray(v) for k, v in j_grad(jp, jx, jh, jdy).items()}):
+        if only is not None or check_against(
+                f"JAX jit+scan {LABEL[cell]} H={H} B={B}", cc, params, x, dy,
+                np.asarray(j_inf(jx, jh, jh, jp)),
+                {k: np.asarray(v) for k, v in j_grad(jp, jx, jh, jdy).items()}):
             fns.get("infer", {})["JAX jit+scan"] = \
                 lambda: j_inf(jx, jh, jh, jp).block_until_ready()
             fns.get("train", {})["JAX jit+scan"] = \
@@ -410,6 +434,38 @@ def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
         for row in rows[-len(times):]:
             row["vs_llvm"] = row["ms"] / 1e3 / base if base else float("nan")
     return rows, compile_s
+
+
+def alone_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """Add ``row["alone"]`` to each row: the implementation timed alone in a fresh process
+    (``--only``), ``args.alone`` rounds per configuration in a rotating order of
+    implementations, so that no pool left spinning by another one slows it; the figure is the
+    median over rounds of each process's median."""
+    by_config: dict[tuple[str, int, int, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        by_config.setdefault((r["cell"], r["H"], r["B"], r["mode"]), []).append(r)
+    cell_of = {v: k for k, v in LABEL.items()}
+    for (label, H, B, mode), group in by_config.items():
+        meds: dict[str, list[float]] = {r["impl"]: [] for r in group}
+        names = list(meds)
+        for k in range(args.alone):
+            for name in names[k % len(names):] + names[:k % len(names)]:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--cells", cell_of[label], "--hidden", str(H),
+                     "--batch", str(B), "--T", str(args.T), "--modes", mode, "--rounds",
+                     str(args.rounds), "--budget", str(args.budget), "--threads",
+                     str(args.threads), "--only", name], capture_output=True, text=True)
+                line = [x for x in out.stdout.splitlines() if x.startswith("ROWS ")]
+                if out.returncode != 0 or not line:
+                    raise RuntimeError(f"alone run of {name} failed:\n{out.stderr[-2000:]}")
+                meds[name] += [o["ms"] for o in json.loads(line[0][5:])]
+        base = statistics.median(meds["graphrnn llvm"]) if "graphrnn llvm" in meds else None
+        for r in group:
+            ms = statistics.median(meds[r["impl"]])
+            r["alone"] = {"ms": ms, "gflops": r["gflops"] * r["ms"] / ms,
+                          "vs_llvm": ms / base if base else float("nan")}
+        print(f"<!-- alone: {label} H={H} B={B} {mode}: " + ", ".join(
+            f"{n} {statistics.median(v):.2f} ms" for n, v in meds.items()) + " -->", flush=True)
 
 
 CUSTOM_RIVALS = ("torch eager", "TorchScript", "JAX jit+scan")
@@ -456,6 +512,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-ref", action="store_true")
     ap.add_argument("--compile-runs", type=int, default=0,
                     help="only measure compile time: this many fresh processes per cell and H")
+    ap.add_argument("--alone", type=int, default=0, metavar="ROUNDS",
+                    help="also time each implementation alone in its own process: this many "
+                         "alternating rounds of one fresh process per implementation; the "
+                         "targets are then judged on the alone figures")
+    ap.add_argument("--only", default=None, help=argparse.SUPPRESS)   # one --alone process
     ap.add_argument("--threads", type=int, default=0,
                     help="threads for every implementation: numpy's OpenBLAS (graphrnn's), "
                          "torch.set_num_threads, XLA (1 thread or its default); default: "
@@ -476,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from codegen.llvm_blas import blas_info, blas_threads
     match_threads(args.threads)
+    if args.only is not None:   # one implementation, one configuration: its rows as JSON
+        rows, _cs = bench_config(cells[0], args.T, bs[0], hs[0], args.rounds, args.budget,
+                                 True, modes, only=args.only)
+        print("ROWS " + json.dumps(rows))
+        return 0
     peak = sgemm_peak()
     info = blas_info()
     try:
@@ -503,18 +569,27 @@ def main(argv: list[str] | None = None) -> int:
                 compiles.append((LABEL[cell], H, B, cs))
                 all_rows += rows
                 print(f"<!-- done: {LABEL[cell]} H={H} B={B} -->", flush=True)
+    if args.alone:
+        alone_rows(all_rows, args)
     peak_end = sgemm_peak()
     peak = max(peak, peak_end)
     print(f"\nsgemm peak (best of start and end of the run): {peak:.1f} GFLOP/s\n")
+    alone = "alone" in all_rows[0] if all_rows else False
     print("| cell | H | B | mode | implementation | median ms | spread (min-max) | GFLOP/s |"
-          " % sgemm peak | time / llvm |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          " % sgemm peak | time / llvm |" + (" alone ms | alone / llvm alone |" if alone else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if alone else ""))
     for r in all_rows:
         print(f"| {r['cell']} | {r['H']} | {r['B']} | {r['mode']} | {r['impl']} | "
               f"{r['ms']:.2f} | {r['min']:.2f}-{r['max']:.2f} | "
               f"{r['gflops']:.1f} | {100 * r['gflops'] / peak:.0f}% | "
-              f"{r['vs_llvm']:.2f} |")
+              f"{r['vs_llvm']:.2f} |" + (f" {r['alone']['ms']:.2f} | "
+                                         f"{r['alone']['vs_llvm']:.2f} |" if alone else ""))
+    if alone:
+        print("\nTargets judged on the interleaved figures:")
     target_table(all_rows, peak)
+    if alone:
+        print("\nTargets judged on the alone figures (each implementation in its own process):")
+        target_table([{**r, **r["alone"]} for r in all_rows], peak)
     print("\n| cell | H | B | compile cold (s) | compile warm (s) |\n|---|---|---|---|---|")
     for label, H, B, cs in compiles:
         print(f"| {label} | {H} | {B} | {cs['cold']:.3f} | {cs['warm']:.3f} |")
