@@ -36,7 +36,6 @@ import numpy as np
 
 from graphrnn.errors import BackendError
 from graphrnn.safefile import (
-    atomic_write,
     keyed_digest,
     make_private_dir,
     read_cache_file,
@@ -68,8 +67,6 @@ def default_cache_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"graphrnn-cuda-{os.getuid()}"
 
 
-# the name tests/test_cuda_fake_gpu.py imports; the one atomic write is safefile's
-_atomic_write = atomic_write
 PTX_MAGIC = b"GRNNPTX1"
 MAX_ENTRY_BYTES = 256 << 20
 

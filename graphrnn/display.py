@@ -22,22 +22,15 @@ from .program import Program
 
 def cell_svg(cell: Cell) -> str | None:
     """Jupyter's picture of a cell (``graphrnn.viz.cell_svg``); None without graphviz."""
-    try:
-        from . import viz
-    except ImportError:
-        return None
+    from . import viz
     return viz.cell_svg(cell)
 
 
 def program_svg(program: Program) -> str | None:
     """Jupyter's picture of the plan (``graphrnn.viz.plan_svg``); None when it cannot be
     drawn (no graphviz, no ``dot`` binary, ...), so Jupyter falls back to the text repr."""
-    try:
-        from . import viz
-        plan_svg = getattr(viz, "plan_svg", None)
-        return plan_svg(program) if plan_svg is not None else None
-    except Exception:  # a notebook repr must never raise
-        return None
+    from . import viz
+    return viz.plan_svg(program)
 
 
 def program_text(program: Program) -> str:

@@ -124,7 +124,8 @@ class _RawModule:
         import tempfile
         from pathlib import Path
 
-        from codegen.cuda_cpu import SHIM_HEADER, _atomic_write, _run, default_cache_dir
+        from codegen.cuda_cpu import SHIM_HEADER, _run, default_cache_dir
+        from graphrnn.safefile import atomic_write
         helper = ('\nextern "C" void grnn_fake_set(unsigned bx, unsigned tx, unsigned gx, '
                   "unsigned bdx) { blockIdx.x = bx; blockIdx.y = blockIdx.z = 0; threadIdx.x = "
                   "tx; threadIdx.y = threadIdx.z = 0; gridDim.x = gx; gridDim.y = gridDim.z = 1;"
@@ -138,7 +139,7 @@ class _RawModule:
                 (Path(tmp) / "k.cpp").write_text(src)
                 _run(["g++", "-std=c++17", "-O1", "-shared", "-fPIC", "-include",
                       str(SHIM_HEADER), "k.cpp", "-o", "k.so"], "g++", tmp)
-                _atomic_write(path, (Path(tmp) / "k.so").read_bytes())
+                atomic_write(path, (Path(tmp) / "k.so").read_bytes())
         self.lib = ctypes.CDLL(str(path))
         self.options = options
 
