@@ -83,17 +83,25 @@ def chunked_bptt(model: RNNModel, params: Arrays, ids: np.ndarray, targets: np.n
     forward (losses, final state) equals one long forward, and with one chunk its gradients equal
     full BPTT; with several chunks they differ by exactly the cross-chunk terms.
     ``detach=False`` carries the state's cotangent backwards between chunks: full BPTT."""
-    T = ids.shape[0]
+    if model.pool != "step":
+        raise ValueError(f"chunked_bptt needs a per-step head; this model's head is pooled "
+                         f"({model.pool!r}) over whole sequences")
+    tax = 1 if model.batch_first else 0  # the time axis, along which chunks are cut
+    T = ids.shape[tax]
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     bounds = [(a, min(a + chunk, T)) for a in range(0, T, chunk)]
-    total = float(ids.size)
+
+    def cut(x: np.ndarray, a: int, b: int) -> np.ndarray:
+        return x[:, a:b] if tax else x[a:b]
+    # the loss is a mean over tokens (and over outputs, for a regression head)
+    total = float(T * ids.shape[1 - tax] * (model.n_classes if model.head == "regress" else 1))
     scale = 1.0 / total
     grads: Arrays = {k: np.zeros_like(v) for k, v in params.items()}
     loss = 0.0
     if detach:
         for a, b in bounds:
-            r = model.loss_and_grads(params, ids[a:b], targets[a:b], state, rng=rng,
+            r = model.loss_and_grads(params, cut(ids, a, b), cut(targets, a, b), state, rng=rng,
                                      grad_scale=scale)
             loss += r.loss * r.tokens
             for k, g in r.grads.items():
@@ -103,9 +111,8 @@ def chunked_bptt(model: RNNModel, params: Arrays, ids: np.ndarray, targets: np.n
         return Result(loss / total, grads, state, total)
     caches = []
     for a, b in bounds:
-        logits, state, cache = model.forward(params, ids[a:b], state, rng=rng)
-        w = np.ones(logits.shape[:2], model.dtype)
-        ls, d, _ = model._softmax_ce(logits, model._targets(targets[a:b], logits.shape[:2]), w)
+        logits, state, cache = model.forward(params, cut(ids, a, b), state, rng=rng)
+        ls, d, _ = model._loss(logits, cut(targets, a, b), None, None)
         loss += ls
         caches.append((cache, d * np.asarray(scale, model.dtype)))
     assert state is not None
