@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint as ckpt
-from .data import Batch
+from .data import Batch, IterableData, to_batch
 from .errors import GraphRNNError
 from .model import Arrays, Result, RNNModel, State
 from .optim import Optimizer, clip_elementwise, clip_global_norm, global_norm, optimizer_from_json
@@ -268,13 +268,17 @@ class TrainConfig:
 
 @dataclass
 class Trainer:
-    """The training loop. ``data(step, rng) -> Batch``; ``val_data() -> iterable of Batch``.
-    ``meta`` (vocab, model options, ...) is stored in checkpoints as JSON."""
+    """The training loop. ``data``: ``data(step, rng) -> Batch`` (a StreamBatcher's
+    ``batch``), or any iterable of batches (a list, a generator, a PyTorch DataLoader; see
+    ``data.to_batch`` for the items it reads, in the model's layout, and ``data.IterableData``
+    for epochs; a generator that runs out ends the run). ``val_data``: ``() -> iterable of
+    Batch``, or such an iterable itself. ``meta`` (vocab, model options, ...) is stored in
+    checkpoints as JSON."""
     model: RNNModel
     params: Arrays
     opt: Optimizer
-    data: Callable[[int, np.random.Generator], Batch]
-    val_data: Callable[[], Iterable[Batch]] | None = None
+    data: Callable[[int, np.random.Generator], Batch] | Iterable[Any]
+    val_data: Callable[[], Iterable[Any]] | Iterable[Any] | None = None
     config: TrainConfig = field(default_factory=TrainConfig)
     meta: dict[str, Any] = field(default_factory=dict)
     rng: np.random.Generator | None = None
@@ -290,6 +294,8 @@ class Trainer:
         if self.rng is None:
             self.rng = np.random.default_rng(self.config.seed)
         self.model.check_params(self.params)
+        if not callable(self.data):
+            self.data = IterableData(self.data, self.model.batch_first)
 
     # ---- validation ----
     def evaluate(self) -> float:
@@ -299,7 +305,9 @@ class Trainer:
             return float("nan")
         total = count = 0.0
         state: State | None = None
-        for b in self.val_data():
+        src = self.val_data() if callable(self.val_data) else self.val_data
+        for item in src:
+            b = to_batch(item, self.model.batch_first)
             s = None if b.reset or not self.config.carry_state else state
             ls, n, state, _ = self.model.evaluate(self.params, b.ids, b.targets, s, b.mask,
                                                   b.weights)
@@ -324,7 +332,10 @@ class Trainer:
         try:
             while (end_step is None or self.step < end_step) and \
                     (deadline is None or time.time() < deadline):
-                self._one_step(bar)
+                try:
+                    self._one_step(bar)
+                except StopIteration:  # a one-shot iterator of batches ran out
+                    break
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     self._validate(say)
                 elif cfg.save_every and self.step % cfg.save_every == 0:
@@ -340,7 +351,7 @@ class Trainer:
     def _one_step(self, bar: Progress) -> None:
         cfg = self.config
         assert self.rng is not None
-        batch = self.data(self.step, self.rng)
+        batch = self.data(self.step, self.rng)  # type: ignore[operator]
         state = None if batch.reset or not cfg.carry_state else self.state
         r = self.model.loss_and_grads(self.params, batch.ids, batch.targets, state, batch.mask,
                                       batch.weights, self.rng)
@@ -351,6 +362,10 @@ class Trainer:
         self._check_loss("loss", r.loss)
         if self.first_loss is None:
             self.first_loss = r.loss
+        # frozen parameters (an excluded optimizer group) take no part in clipping
+        frozen = [k for k in r.grads if not self.opt.trainable(k)]
+        for k in frozen:
+            del r.grads[k]
         if cfg.clip:
             clip_elementwise(r.grads, cfg.clip)
         if cfg.max_norm:
