@@ -35,6 +35,7 @@ from .data import Batch, IterableData, to_batch
 from .errors import GraphRNNError
 from .model import Arrays, Result, RNNModel, State
 from .optim import Optimizer, clip_elementwise, clip_global_norm, global_norm, optimizer_from_json
+from .runlog import RunLog
 from .safefile import atomic_write, umask_mode
 
 
@@ -264,6 +265,9 @@ class TrainConfig:
     carry_state: bool = True          # truncated BPTT across batches (streams)
     progress: bool = True
     seed: int = 0
+    log_dir: str | None = None        # JSON lines (log.jsonl) and TensorBoard events go here
+    log_every: int = 10               # a log line every N steps (and at every evaluation)
+    tensorboard: bool | None = None   # None: TensorBoard events when a writer is installed
 
 
 @dataclass
@@ -289,6 +293,8 @@ class Trainer:
     first_loss: float | None = None
     tokens_per_s: float = 0.0
     log: Callable[[str], None] | None = None
+    _runlog: RunLog | None = field(default=None, init=False, repr=False)
+    _logged: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.rng is None:
@@ -317,7 +323,27 @@ class Trainer:
 
     # ---- the loop ----
     def run(self, steps: int | None = None, minutes: float | None = None) -> Trainer:
-        """Train until ``steps`` more steps or ``minutes`` pass (defaults from the config)."""
+        """Train until ``steps`` more steps or ``minutes`` pass (defaults from the config).
+        With ``config.log_dir``, every ``log_every``-th step and every evaluation is a line of
+        ``log_dir/log.jsonl`` (and a TensorBoard event, see ``graphrnn.runlog``); a divergence
+        is logged as an ``error`` line before it is raised."""
+        cfg = self.config
+        if cfg.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {cfg.log_every}")
+        self._runlog = RunLog(cfg.log_dir, cfg.tensorboard) if cfg.log_dir else None
+        self._logged = {"t": time.perf_counter(), "tokens": 0.0}
+        try:
+            return self._run(steps, minutes)
+        except TrainingDivergedError as e:
+            if self._runlog is not None:
+                self._runlog.write({"step": self.step, "error": str(e)})
+            raise
+        finally:
+            if self._runlog is not None:
+                self._runlog.close()
+                self._runlog = None
+
+    def _run(self, steps: int | None, minutes: float | None) -> Trainer:
         cfg = self.config
         steps = steps if steps is not None else cfg.steps
         minutes = minutes if minutes is not None else cfg.minutes
@@ -336,17 +362,40 @@ class Trainer:
                     self._one_step(bar)
                 except StopIteration:  # a one-shot iterator of batches ran out
                     break
+                v = None
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    self._validate(say)
+                    v = self._validate(say)
                 elif cfg.save_every and self.step % cfg.save_every == 0:
                     self.save()
+                self._log_step(v)
         finally:
             bar.close()
             self.model.eval()
         self.tokens_per_s = bar.tokens / max(time.perf_counter() - t0, 1e-9)
         if not (cfg.eval_every and self.step % cfg.eval_every == 0):
-            self._validate(say)
+            v = self._validate(say)
+            if self._runlog is not None and v is not None:
+                self._runlog.write({"step": self.step, "val_loss": v})
         return self
+
+    def _log_step(self, val: float | None) -> None:
+        """A log line for this step when it is a logged one or was evaluated."""
+        lg = self._logged
+        if self._runlog is None or "loss" not in lg:
+            return
+        lg["tokens"] += lg.pop("batch_tokens", 0.0)
+        if self.step % self.config.log_every and val is None:
+            lg.pop("loss")
+            return
+        now = time.perf_counter()
+        rec = {"step": self.step, "loss": lg.pop("loss"), "grad_norm": lg.get("grad_norm"),
+               "tokens_per_s": lg["tokens"] / max(now - lg["t"], 1e-9), "lr": lg.get("lr")}
+        if val is not None:
+            rec["val_loss"] = val
+        self._runlog.write(rec)
+        if val is not None:
+            self._runlog.sync()
+        lg["t"], lg["tokens"] = time.perf_counter(), 0.0
 
     def _one_step(self, bar: Progress) -> None:
         cfg = self.config
@@ -366,6 +415,9 @@ class Trainer:
         frozen = [k for k in r.grads if not self.opt.trainable(k)]
         for k in frozen:
             del r.grads[k]
+        if self._runlog is not None:  # the norm before clipping, the lr this step uses
+            self._logged.update(grad_norm=global_norm(r.grads), lr=self.opt.current_lr(),
+                                batch_tokens=batch.tokens, loss=float(r.loss))
         if cfg.clip:
             clip_elementwise(r.grads, cfg.clip)
         if cfg.max_norm:
@@ -382,7 +434,8 @@ class Trainer:
         self.history.append((self.step, float(r.loss)))
         bar.update(r.loss, batch.tokens)
 
-    def _validate(self, say: Callable[[str], None]) -> None:
+    def _validate(self, say: Callable[[str], None]) -> float | None:
+        v = None
         if self.val_data is not None:
             v = self.evaluate()
             self.val_history.append((self.step, v))
@@ -393,6 +446,7 @@ class Trainer:
             self._check_loss("validation loss", v)
         if self.config.checkpoint:
             self.save()
+        return v
 
     def _check_loss(self, what: str, v: float) -> None:
         """Stop on a loss that is not finite or above ``explode_factor`` x the first loss."""
