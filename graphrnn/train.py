@@ -53,6 +53,8 @@ def train_step(model: RNNModel, params: Arrays, opt: Optimizer, batch: Batch,
     r = model.loss_and_grads(params, batch.ids, batch.targets, state, batch.mask,
                              batch.weights, rng)
     _check_finite(r, getattr(opt, "t", 0))
+    for k in [k for k in r.grads if not opt.trainable(k)]:
+        del r.grads[k]  # frozen: out of clipping
     if clip:
         clip_elementwise(r.grads, clip)
     if max_norm:
