@@ -100,15 +100,20 @@ def chunked_bptt(model: RNNModel, params: Arrays, ids: np.ndarray, targets: np.n
     # the loss is a mean over tokens (and over outputs, for a regression head)
     total = float(T * ids.shape[1 - tax] * (model.n_classes if model.head == "regress" else 1))
     scale = 1.0 / total
-    grads: Arrays = {k: np.zeros_like(v) for k, v in params.items()}
+    # only the gradients the model gives: a frozen parameter has none (a zero would still be
+    # decayed by the optimizer's weight decay)
+    grads: Arrays = {}
+
+    def add(g: Arrays) -> None:
+        for k, v in g.items():
+            grads[k] = grads[k] + v if k in grads else v.copy()
     loss = 0.0
     if detach:
         for a, b in bounds:
             r = model.loss_and_grads(params, cut(ids, a, b), cut(targets, a, b), state, rng=rng,
                                      grad_scale=scale)
             loss += r.loss * r.tokens
-            for k, g in r.grads.items():
-                grads[k] += g
+            add(r.grads)
             state = r.state
         assert state is not None
         return Result(loss / total, grads, state, total)
@@ -123,8 +128,7 @@ def chunked_bptt(model: RNNModel, params: Arrays, ids: np.ndarray, targets: np.n
     d_final: State | None = None
     for cache, d in reversed(caches):
         g, d_final = model.backward(params, cache, d, d_final)
-        for k, v in g.items():
-            grads[k] += v
+        add(g)
     return Result(loss / total, grads, final, total, d_final)
 
 

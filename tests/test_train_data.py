@@ -156,3 +156,35 @@ def test_frozen_group_untouched_out_of_clipping_and_through_resume(tmp_path):
                 batches, config=_cfg(max_norm=1e-3)).run(steps=1)
     for k in want:
         np.testing.assert_allclose(t.params[k], want[k], rtol=1e-13, atol=1e-15, err_msg=k)
+
+
+def test_a_parameter_the_model_gives_no_gradient_is_frozen_end_to_end(tmp_path, monkeypatch):
+    """A cell parameter declared frozen has no gradient: training, weight decay, clipping,
+    checkpoints and a resume all leave it as it was (no KeyError anywhere)."""
+    model = _model(batch_first=False, pool="step")
+    real = model.loss_and_grads
+
+    def no_grad_for_w_g(*a, **k):
+        r = real(*a, **k)
+        del r.grads["l0.W_g"]
+        return r
+    monkeypatch.setattr(model, "loss_and_grads", no_grad_for_w_g)
+    rng = np.random.default_rng(1)
+    batches = [Batch(rng.integers(0, V, (6, 2)), rng.integers(0, C, (6, 2)), reset=True)
+               for _ in range(3)]
+
+    def make():
+        return Trainer(model, model.init_params(seed=4, scale=0.3), AdamW(0.05), batches,
+                       config=_cfg(max_norm=0.1, checkpoint=str(tmp_path / "c.npz")))
+    w0 = make().params["l0.W_g"].copy()
+    a = make().run(steps=4)
+    np.testing.assert_array_equal(a.params["l0.W_g"], w0)
+    make().run(steps=2)
+    c = make().load(tmp_path / "c.npz").run(steps=2)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], c.params[k], err_msg=k)
+    # chunked_bptt passes on only the gradients the model gives
+    from graphrnn.train import chunked_bptt
+    ids, tg = rng.integers(0, V, (6, 2)), rng.integers(0, C, (6, 2))
+    g = chunked_bptt(model, a.params, ids, tg, 4).grads
+    assert "l0.W_g" not in g and "l0.W_c" in g
