@@ -18,7 +18,7 @@ groups (``groups=[{"params": ["*.b", "head.b"], "weight_decay": 0}, ...]``, glob
 parameter names, the first matching group wins) give a per-group ``lr`` and ``weight_decay``;
 ``frozen: True`` or ``lr: 0`` excludes a group. An excluded parameter, and any parameter
 without a gradient (a frozen cell parameter has none), is left untouched and gets no state.
-The step count ``t`` (Adam's bias correction) is the optimizer's, not per parameter.
+Adam's bias correction counts each parameter's own updates, as torch does.
 """
 
 from __future__ import annotations
@@ -354,8 +354,10 @@ class Adagrad(Optimizer):
 
 
 class Adam(Optimizer):
+    """Adam; the bias correction counts each parameter's own updates (``step``, as torch), so
+    a group unfrozen after k steps starts its correction afresh rather than at k."""
     name = "adam"
-    slots = ("m", "v")
+    slots = ("m", "v", "step")
 
     def __init__(self, lr: float = 2e-3, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-8, schedule: Schedule | None = None,
@@ -367,13 +369,17 @@ class Adam(Optimizer):
     def _update(self, name: str, p: np.ndarray, g: np.ndarray, lr: Any) -> None:
         f = p.dtype.type
         b1, b2 = f(self.beta1), f(self.beta2)
+        steps = self.state["step"]
+        # state saved before per-parameter counts existed: the optimizer's count was theirs
+        t = int(steps[name]) + 1 if name in steps else \
+            (self.t + 1 if name in self.state["m"] else 1)
+        steps[name] = np.array(t, np.int64)
         m = self._slot("m", name, p)
         v = self._slot("v", name, p)
         m *= b1
         m += (1 - b1) * g
         v *= b2
         v += (1 - b2) * g * g
-        t = self.t + 1
         mhat = m / f(1 - self.beta1 ** t)
         vhat = v / f(1 - self.beta2 ** t)
         p -= lr * mhat / (np.sqrt(vhat) + f(self.eps))

@@ -144,3 +144,43 @@ def test_group_errors_are_clear():
         AdamW(0.1, weight_decay=-1)
     with pytest.raises(KeyError, match="unknown parameters \\['nope'\\]"):
         SGD(0.1).step(p, {"nope": np.zeros(1)})
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_unfrozen_later_matches_torch_per_parameter_steps(name):
+    """emb has no gradient for 3 steps (torch: grad None), then trains: its bias correction
+    starts at 1 as torch's per-parameter step does, and decay skips it while frozen."""
+    torch = pytest.importorskip("torch")
+    tcls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    grads = _grads(7)
+    p0 = _params()
+    tp = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in p0.items()}
+    topt = tcls(list(tp.values()), lr=0.05, weight_decay=0.1)
+    opt = make_optimizer(name, 0.05, weight_decay=0.1)
+    p = _params()
+    for i, g in enumerate(grads):
+        gi = {k: v for k, v in g.items() if not (k == "emb" and i < 3)}
+        for k, t in tp.items():
+            t.grad = torch.tensor(gi[k]) if k in gi else None
+        topt.step()
+        opt.step(p, gi)
+    for k in NAMES:
+        np.testing.assert_allclose(p[k], tp[k].detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_adam_state_saved_without_step_counts_still_loads():
+    """An Adam state from before per-parameter counts (slots m and v only) resumes with the
+    optimizer's count, as it was written."""
+    a = Adam(0.05)
+    pa = {"w": np.ones(3)}
+    grads = [np.array([0.5, -1.0, 2.0]) * (i + 1) for i in range(5)]
+    for g in grads[:2]:
+        a.step(pa, {"w": g})
+    old = {k: v for k, v in a.state_dict().items() if not k.startswith("step/")}
+    b = optimizer_from_json(a.to_json())
+    b.load_state_dict(old, a.to_json())
+    pb = {"w": pa["w"].copy()}
+    for g in grads[2:]:
+        a.step(pa, {"w": g})
+        b.step(pb, {"w": g})
+    np.testing.assert_array_equal(pa["w"], pb["w"])
