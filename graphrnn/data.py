@@ -7,6 +7,9 @@
 - ``StreamBatcher``: char-rnn/Zaremba batching: the token stream is cut into B parallel streams
   and read in consecutive chunks of T, so the state carried from chunk k to k+1 belongs to the
   same stream. A batch is a pure function of its index, which makes resuming exact.
+- ``to_batch`` / ``IterableData``: any iterable of batches (a list, a generator, a PyTorch
+  ``DataLoader``) whose items are ``Batch``es, ``(x, y)``, ``(x, y, lengths)`` or dicts with
+  those keys, as numpy arrays or tensors; lengths become a mask (``lengths_mask``).
 """
 
 from __future__ import annotations
@@ -39,8 +42,11 @@ class Batch:
 
     @property
     def tokens(self) -> float:
-        w = self.weights if self.weights is not None else self.mask
-        return float(self.ids.size if w is None else np.sum(w))
+        """Steps read: the per-step weights', else the mask's sum, else T x B (ids may be
+        dense features (T, B, F); per-sequence weights (B,) do not count steps)."""
+        w = self.weights if self.weights is not None and self.weights.ndim >= 2 else self.mask
+        n = self.ids.shape[0] * self.ids.shape[1] if self.ids.ndim >= 2 else self.ids.size
+        return float(n if w is None else np.sum(w))
 
 
 class Vocab:
@@ -196,3 +202,118 @@ def pad_batch(seqs: list[np.ndarray], targets: list[np.ndarray],
         if w is not None:
             w[:len(s), b] = weights[b]  # type: ignore[index]
     return Batch(ids, tg, mask, w, reset=True)
+
+
+# ---- any iterable of batches (a PyTorch DataLoader, a list, a generator) ----
+
+def lengths_mask(lengths: Any, T: int, batch_first: bool = False) -> np.ndarray:
+    """The (T, B) (or (B, T)) mask of 1s for each sequence's first ``lengths[b]`` steps."""
+    L = np.asarray(lengths).reshape(-1)
+    if L.size and (not np.issubdtype(L.dtype, np.integer) or L.min() < 1 or L.max() > T):
+        raise DataError(f"lengths must be integers in [1, {T}] (the padded length), got "
+                        f"{L.dtype} {L.min()}..{L.max()}")
+    m = (np.arange(T)[:, None] < L[None, :]).astype(np.float64)
+    return m.T.copy() if batch_first else m
+
+
+def _numpy(a: Any, what: str) -> np.ndarray:
+    """A numpy array from an array, a list or a tensor (PyTorch's are detached and copied to
+    the host; anything with ``__array__`` works)."""
+    if hasattr(a, "detach"):
+        a = a.detach()
+        if hasattr(a, "cpu"):
+            a = a.cpu()
+    try:
+        out = np.asarray(a)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"batch {what}: cannot read {type(a).__name__} as an array ({e})") \
+            from None
+    if out.dtype == object:
+        raise DataError(f"batch {what}: expected a numeric array, got ragged or object data "
+                        f"({type(a).__name__}); pad sequences to one length and give lengths")
+    return out
+
+
+def to_batch(item: Any, batch_first: bool = False) -> Batch:
+    """One item of an iterable as a ``Batch``: a Batch as it is; ``(x, y)``; ``(x, y,
+    lengths)``; or a dict with ``x``, ``y`` and optionally ``lengths``, ``mask``, ``weights``.
+    ``x`` is ids (T, B) or features (T, B, F), (B, T, ...) when ``batch_first``; ``y`` the
+    targets in the model's layout. Such a batch starts from a zero state (``reset``)."""
+    if isinstance(item, Batch):
+        return item
+    mask = weights = lengths = None
+    if isinstance(item, dict):
+        unknown = set(item) - {"x", "y", "lengths", "mask", "weights"}
+        if unknown or "x" not in item or "y" not in item:
+            raise DataError(f"a batch dict needs keys x and y (optional lengths, mask, weights),"
+                            f" got {sorted(item)}")
+        x, y = item["x"], item["y"]
+        lengths, mask, weights = item.get("lengths"), item.get("mask"), item.get("weights")
+    elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
+        x, y = item[0], item[1]
+        lengths = item[2] if len(item) == 3 else None
+    else:
+        n = len(item) if isinstance(item, (tuple, list)) else None
+        raise DataError(f"a batch must be a Batch, (x, y), (x, y, lengths) or a dict; got "
+                        f"{type(item).__name__}" + (f" of {n} items" if n is not None else ""))
+    xa, ya = _numpy(x, "x"), _numpy(y, "y")
+    if xa.ndim not in (2, 3):
+        raise DataError(f"batch x: expected ids {'(B, T)' if batch_first else '(T, B)'} or "
+                        f"features (..., F), got shape {xa.shape}")
+    T = xa.shape[1 if batch_first else 0]
+    if lengths is not None and mask is not None:
+        raise DataError("give a batch's lengths or its mask, not both")
+    m = lengths_mask(_numpy(lengths, "lengths"), T, batch_first) if lengths is not None \
+        else (None if mask is None else _numpy(mask, "mask").astype(np.float64))
+    w = None if weights is None else _numpy(weights, "weights").astype(np.float64)
+    return Batch(xa, ya, m, w, reset=True)
+
+
+class IterableData:
+    """``data(step, rng) -> Batch`` over any iterable, for ``Trainer``: a re-iterable source
+    (a list, a DataLoader) is read epoch after epoch, each epoch from a new ``iter()`` (so a
+    shuffling DataLoader reshuffles); a one-shot iterator (a generator) ends training when it
+    runs out (``StopIteration``). On the first call at step k > 0 (a resumed run) a source with
+    a ``len`` is read from position k mod len: a list or an unshuffled DataLoader resumes
+    exactly, a shuffling one at the right place in a new order (its sampler's state is not
+    checkpointed)."""
+
+    def __init__(self, source: Iterable[Any], batch_first: bool = False) -> None:
+        self.source, self.batch_first = source, batch_first
+        self.one_shot = iter(source) is source
+        self.epoch = 0
+        self._it: Any = None
+        self._in_epoch = 0
+        self._started = False
+
+    def __call__(self, step: int = 0, rng: Any = None) -> Batch:
+        if not self._started:
+            self._started = True
+            n = len(self.source) if hasattr(self.source, "__len__") else 0  # type: ignore
+            if step > 0 and n and not self.one_shot:
+                self._it = iter(self.source)
+                self.epoch, skip = divmod(step, n)
+                for _ in range(skip):
+                    next(self._it)
+                self._in_epoch = skip
+        for _ in range(2):
+            if self._it is None:
+                self._it = iter(self.source)
+                self._in_epoch = 0
+            try:
+                item = next(self._it)
+            except StopIteration:
+                self._it = None
+                if self.one_shot:
+                    raise
+                if self._in_epoch == 0:
+                    break
+                self.epoch += 1
+                continue
+            self._in_epoch += 1
+            return to_batch(item, self.batch_first)
+        raise DataError("the training data yielded no batch (an empty iterable)")
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        """One pass, as batches (for validation data)."""
+        return (to_batch(item, self.batch_first) for item in self.source)

@@ -14,6 +14,14 @@ a sequence's end, and that happens inside the compiled time loop, so the model c
 fuses like any cell. The backward direction of a bidirectional layer reverses each sequence within
 its own length, so its padding stays at the end.
 
+Heads: ``head="classify"`` (softmax + cross-entropy) or ``"regress"`` (linear + mean squared
+error), read at every step (``pool="step"``, the language model's head: targets (T, B)) or once
+per sequence from the top layer's outputs over its valid steps (``pool="last"``: the output at
+the last valid step, for a bidirectional top layer the forward half there and the reverse half
+at step 0, as PyTorch's h_n; ``"mean"``; ``"max"``: per feature, the gradient goes to the
+arg-max step). ``batch_first=True`` reads ids/features, masks, weights and per-step targets as
+(B, T, ...) and returns per-step outputs that way, like PyTorch's ``batch_first``.
+
 Parameters are one flat ``dict[str, ndarray]``: ``embed``, ``l{i}.{name}`` (forward cell of
 layer i), ``l{i}r.{name}`` (its reverse cell), ``head.W``, ``head.b``.
 """
@@ -236,20 +244,34 @@ def _reverse(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return x[idx, np.arange(x.shape[1])[None, :]]
 
 
+HEADS = ("classify", "regress")
+POOLS = ("step", "last", "mean", "max")
+
+
 class RNNModel:
-    """Stacked (optionally bidirectional) recurrent layers with a softmax head.
+    """Stacked (optionally bidirectional) recurrent layers with a classification or regression
+    head, per step or pooled over each sequence (see the module docstring).
 
     ``cells``: one Cell per layer (or per direction: a pair ``(fwd, rev)``), each with one float
     input and its first output as the layer's output. ``input``: ``"embedding"`` (ids (T, B),
     table ``embed`` (vocab, embed_size)), ``"onehot"`` (ids) or ``"dense"`` (features (T, B, F)).
+    ``n_classes``: the head's width (classes, or regression outputs).
     """
 
     def __init__(self, cells: Sequence[Cell | CompiledCell | tuple[Any, Any]], n_classes: int,
                  vocab_size: int | None = None, input: str = "embedding",  # noqa: A002
                  embed_size: int | None = None, dropout: float = 0.0,
-                 backend: str = DEFAULT_BACKEND, dtype: str = "float32") -> None:
+                 backend: str = DEFAULT_BACKEND, dtype: str = "float32",
+                 head: str = "classify", pool: str = "step", batch_first: bool = False) -> None:
         if input not in ("embedding", "onehot", "dense"):
             raise ValueError(f"input must be embedding, onehot or dense, got {input!r}")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if int(n_classes) < 1:
+            raise ValueError(f"n_classes (the head's width) must be >= 1, got {n_classes}")
+        self.head, self.pool, self.batch_first = head, pool, bool(batch_first)
         if input != "dense" and not vocab_size:
             raise ValueError(f"input={input!r} needs vocab_size")
         if not 0 <= dropout < 1:
@@ -421,10 +443,82 @@ class RNNModel:
         return lay.masked[which]
 
     # ---- forward and backward over a chunk ----
+    # ---- layouts, lengths and pooling ----
+    def _tm(self, a: Any) -> Any:
+        """Time-major view of a (B, T, ...) array when the model is batch_first."""
+        if a is None or not self.batch_first:
+            return a
+        a = np.asarray(a)
+        if a.ndim < 2:
+            raise RuntimeInputError(f"batch_first: expected an array (B, T, ...), got shape "
+                                    f"{a.shape}")
+        return np.swapaxes(a, 0, 1)
+
+    def _user(self, out: np.ndarray) -> np.ndarray:
+        """Per-step outputs in the user's layout (pooled ones are (B, C) either way)."""
+        return np.swapaxes(out, 0, 1) if self.batch_first and self.pool == "step" else out
+
+    @staticmethod
+    def _lengths(mask: np.ndarray | None, T: int, Bn: int) -> np.ndarray:
+        """Each sequence's length from a (T, B) prefix mask: 1s up to its end, then 0s."""
+        if mask is None:
+            return np.full(Bn, T, np.int64)
+        lengths = (mask > 0).sum(0).astype(np.int64)
+        if not np.array_equal(mask > 0, np.arange(T)[:, None] < lengths[None, :]):
+            bad = int(np.nonzero((mask > 0) != (np.arange(T)[:, None] < lengths))[1][0])
+            raise RuntimeInputError(f"mask: sequence {bad} is not 1s followed by 0s; pooled "
+                                    "heads and bidirectional layers need each sequence's valid "
+                                    "steps first (pad at the end, e.g. with data.pad_batch)")
+        if lengths.size and lengths.min() == 0:
+            raise RuntimeInputError(f"mask: sequence {int(np.argmin(lengths))} has no valid "
+                                    "step; a pooled head needs at least one")
+        return lengths
+
+    def _pool_fwd(self, top: np.ndarray, lengths: np.ndarray, m3: np.ndarray | None
+                  ) -> tuple[np.ndarray, Any]:
+        T, Bn, H = top.shape
+        b = np.arange(Bn)
+        if self.pool == "last":
+            nf = int(self.layers[-1].fwd.cell.outputs[0].shape[1])
+            out = top[lengths - 1, b].copy()
+            if self.layers[-1].rev is not None:  # the reverse direction ends at step 0
+                out[:, nf:] = top[0, :, nf:]
+            return out, nf
+        if self.pool == "mean":
+            w = (np.ones((T, Bn, 1), top.dtype) if m3 is None else m3) \
+                / lengths[None, :, None].astype(top.dtype)
+            return (top * w).sum(0), w
+        masked = top if m3 is None else np.where(m3 > 0, top, -np.inf)
+        arg = masked.argmax(0)  # (B, H)
+        return np.take_along_axis(top, arg[None], axis=0)[0], arg
+
+    def _pool_bwd(self, d: np.ndarray, shape: tuple[int, ...], lengths: np.ndarray,
+                  aux: Any) -> np.ndarray:
+        d_top = np.zeros(shape, d.dtype)
+        b = np.arange(shape[1])
+        if self.pool == "last":
+            nf = aux
+            d_top[lengths - 1, b, :nf] = d[:, :nf]
+            if self.layers[-1].rev is not None:
+                d_top[0, :, nf:] += d[:, nf:]
+            return d_top
+        if self.pool == "mean":
+            return aux * d[None]
+        np.put_along_axis(d_top, aux[None], d[None], axis=0)
+        return d_top
+
+    # ---- forward and backward over a chunk ----
     def forward(self, params: Arrays, ids: np.ndarray, state: State | None = None,
                 mask: np.ndarray | None = None, rng: np.random.Generator | None = None,
                 save: bool = True) -> tuple[np.ndarray, State, dict[str, Any]]:
-        """Logits (T, B, C), final forward states and what backward needs."""
+        """Head outputs (logits or predictions): (T, B, C) per step ((B, T, C) when
+        batch_first), or (B, C) for a pooled head; final forward states; what backward needs.
+        """
+        return self._forward_tm(params, self._tm(ids), state, self._tm(mask), rng, save)
+
+    def _forward_tm(self, params: Arrays, ids: np.ndarray, state: State | None,
+                    mask: np.ndarray | None, rng: np.random.Generator | None,
+                    save: bool) -> tuple[np.ndarray, State, dict[str, Any]]:
         x = self._embed(params, ids)
         T, Bn = x.shape[:2]
         if state is None:
@@ -438,12 +532,15 @@ class RNNModel:
             if mask.shape != (T, Bn):
                 raise RuntimeInputError(f"mask: expected (T, B) = {(T, Bn)}, got {mask.shape}")
             m3 = mask[:, :, None]
+        lengths = None
+        if self.pool != "step":
+            lengths = self._lengths(mask, T, Bn)
         if self.bidirectional:
             lengths = (mask.sum(0).astype(np.int64) if mask is not None
-                       else np.full(Bn, T, np.int64))
+                       else np.full(Bn, T, np.int64)) if lengths is None else lengths
             idx = _rev_index(T, lengths)
         cache: dict[str, Any] = {"ids": ids, "layers": [], "drops": [], "T": T, "B": Bn,
-                                 "m3": m3, "idx": idx}
+                                 "m3": m3, "idx": idx, "lengths": lengths}
         new_state: State = []
         for i, lay in enumerate(self.layers):
             drop = self._dropout_mask(x.shape, rng)
@@ -469,21 +566,35 @@ class RNNModel:
         cache["drops"].append(drop)
         top = x * drop if drop is not None else x
         cache["top"] = top
+        if self.pool != "step":
+            pooled, cache["pool_aux"] = self._pool_fwd(top, lengths, m3)  # type: ignore
+            cache["pooled"] = pooled
+            return (self._head_mm(pooled, params["head.W"]) + params["head.b"], new_state,
+                    cache)
         logits = self._head_mm(top.reshape(-1, top.shape[2]), params["head.W"]).reshape(
             top.shape[:2] + (-1,)) + params["head.b"]
-        return logits, new_state, cache
+        return self._user(logits), new_state, cache
 
     def backward(self, params: Arrays, cache: dict[str, Any], d_logits: np.ndarray,
                  d_final: State | None = None) -> tuple[Arrays, State]:
         """Gradients of every parameter and of the initial forward states, given the cotangent
-        of the logits and (optionally) of the final forward states."""
+        of the head's outputs (the layout ``forward`` returned) and (optionally) of the final
+        forward states."""
         grads: Arrays = {}
         T, Bn, top = cache["T"], cache["B"], cache["top"]
         H = top.shape[2]
-        d2 = d_logits.reshape(T * Bn, -1)
-        grads["head.W"] = self._head_mm(top.reshape(T * Bn, H).T, d2)
-        grads["head.b"] = d2.sum(0)
-        d_x = self._head_mm(d2, params["head.W"].T).reshape(T, Bn, H)
+        if self.pool != "step":
+            d2 = np.asarray(d_logits)
+            grads["head.W"] = self._head_mm(cache["pooled"].T, d2)
+            grads["head.b"] = d2.sum(0)
+            d_x = self._pool_bwd(self._head_mm(d2, params["head.W"].T), top.shape,
+                                 cache["lengths"], cache["pool_aux"])
+        else:
+            d2 = np.swapaxes(d_logits, 0, 1) if self.batch_first else d_logits
+            d2 = np.ascontiguousarray(d2).reshape(T * Bn, -1)
+            grads["head.W"] = self._head_mm(top.reshape(T * Bn, H).T, d2)
+            grads["head.b"] = d2.sum(0)
+            d_x = self._head_mm(d2, params["head.W"].T).reshape(T, Bn, H)
         m3, idx = cache["m3"], cache["idx"]
         d_state0: State = [[] for _ in self.layers]
         for i in reversed(range(len(self.layers))):
@@ -534,51 +645,86 @@ class RNNModel:
         d *= w[..., None]
         return loss, d, float(np.sum(w, dtype=np.float64))
 
-    def _targets(self, targets: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    @staticmethod
+    def _mse(out: np.ndarray, targets: np.ndarray, w: np.ndarray
+             ) -> tuple[float, np.ndarray, float]:
+        """Summed weighted squared error, its gradient ``2 (y - t) w`` and the element count
+        (weight x outputs: the mean is torch's ``MSELoss``)."""
+        diff = out - targets
+        wd = w[..., None]
+        loss = float(np.sum(wd * diff * diff, dtype=np.float64))
+        return loss, 2 * diff * wd, float(np.sum(w, dtype=np.float64)) * out.shape[-1]
+
+    def _targets(self, targets: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """Class ids of ``shape`` (T, B) or (B,), or regression targets ``shape + (C,)``."""
         targets = np.asarray(targets)
-        if targets.shape != shape or not np.issubdtype(targets.dtype, np.integer):
-            raise RuntimeInputError(f"targets: expected integers of shape {shape}, got "
+        if self.head == "regress":
+            want = tuple(shape) + (self.n_classes,)
+            if targets.shape == tuple(shape) and self.n_classes == 1:
+                targets = targets[..., None]
+            if targets.shape != want or not np.issubdtype(targets.dtype, np.number):
+                raise RuntimeInputError(f"regression targets: expected numbers of shape {want}"
+                                        f", got {targets.dtype} {targets.shape}")
+            return targets.astype(self.dtype, copy=False)
+        if targets.shape != tuple(shape) or not np.issubdtype(targets.dtype, np.integer):
+            raise RuntimeInputError(f"targets: expected integers of shape {tuple(shape)}, got "
                                     f"{targets.dtype} {targets.shape}")
         if targets.size and (targets.min() < 0 or targets.max() >= self.n_classes):
             raise RuntimeInputError(f"targets must be in [0, {self.n_classes})")
         return targets
 
+    def _loss(self, out: np.ndarray, targets: np.ndarray, mask: np.ndarray | None,
+              weights: np.ndarray | None) -> tuple[float, np.ndarray, float]:
+        """(summed loss, its gradient w.r.t. ``out``, the weight it sums over), all in the
+        user's layout. Per step the weights default to the mask; pooled, to one per sequence.
+        """
+        shape = out.shape[:-1]
+        targets = self._targets(targets, shape)
+        w = weights if weights is not None else (mask if self.pool == "step" else None)
+        w = np.ones(shape, self.dtype) if w is None else np.asarray(w, self.dtype)
+        if w.shape != shape:
+            what = "(B,) per sequence" if self.pool != "step" else "like the targets"
+            raise RuntimeInputError(f"weights: expected shape {shape} ({what}), got {w.shape}")
+        if self.head == "regress":
+            return self._mse(out, targets, w)
+        return self._softmax_ce(out, targets, w)
+
     def loss_and_grads(self, params: Arrays, ids: np.ndarray, targets: np.ndarray,
                        state: State | None = None, mask: np.ndarray | None = None,
                        weights: np.ndarray | None = None, rng: np.random.Generator | None = None,
                        d_final: State | None = None, grad_scale: float | None = None) -> Result:
-        """Mean cross-entropy over the weighted tokens and its gradients.
+        """Mean loss (cross-entropy per weighted token or sequence, or squared error per
+        weighted element) and its gradients.
 
-        ``mask`` (T, B) stops the states past each sequence's end and, unless ``weights`` is
-        given, also weights the loss. The gradient is of ``loss_sum * grad_scale`` where
-        grad_scale defaults to 1/tokens (the mean)."""
-        logits, new_state, cache = self.forward(params, ids, state, mask, rng)
-        T, Bn = logits.shape[:2]
-        targets = self._targets(targets, (T, Bn))
-        w = weights if weights is not None else mask
-        w = np.ones((T, Bn), self.dtype) if w is None else np.asarray(w, self.dtype)
-        loss_sum, d_logits, tokens = self._softmax_ce(logits, targets, w)
+        ``mask`` (T, B) stops the states past each sequence's end and, for a per-step head
+        unless ``weights`` is given, also weights the loss. Pooled heads take targets (B,) (or
+        (B, C) for regression) and optional ``weights`` (B,). The gradient is of
+        ``loss_sum * grad_scale`` where grad_scale defaults to 1/weight (the mean)."""
+        out, new_state, cache = self.forward(params, ids, state, mask, rng)
+        loss_sum, d_out, tokens = self._loss(out, targets, mask, weights)
         scale = grad_scale if grad_scale is not None else 1.0 / max(tokens, 1e-12)
-        d_logits *= np.asarray(scale, self.dtype)
-        grads, d0 = self.backward(params, cache, d_logits, d_final)
-        return Result(loss_sum / max(tokens, 1e-12), grads, new_state, tokens, d0, logits)
+        d_out *= np.asarray(scale, self.dtype)
+        grads, d0 = self.backward(params, cache, d_out, d_final)
+        return Result(loss_sum / max(tokens, 1e-12), grads, new_state, tokens, d0, out)
 
     def evaluate(self, params: Arrays, ids: np.ndarray, targets: np.ndarray,
                  state: State | None = None, mask: np.ndarray | None = None,
                  weights: np.ndarray | None = None) -> tuple[float, float, State, np.ndarray]:
-        """(summed loss, token weight, final state, logits) without dropout or gradients."""
+        """(summed loss, weight, final state, head outputs) without dropout or gradients."""
+        out, new_state = self.predict(params, ids, state, mask)
+        loss_sum, _, tokens = self._loss(out, targets, mask, weights)
+        return loss_sum, tokens, new_state, out
+
+    def predict(self, params: Arrays, ids: np.ndarray, state: State | None = None,
+                mask: np.ndarray | None = None) -> tuple[np.ndarray, State]:
+        """Head outputs (logits, or regression predictions) and final states, in eval mode."""
         was = self.training
         self.training = False
         try:
-            logits, new_state, _ = self.forward(params, ids, state, mask, save=False)
+            out, new_state, _ = self.forward(params, ids, state, mask, save=False)
         finally:
             self.training = was
-        T, Bn = logits.shape[:2]
-        targets = self._targets(targets, (T, Bn))
-        w = weights if weights is not None else mask
-        w = np.ones((T, Bn), self.dtype) if w is None else np.asarray(w, self.dtype)
-        loss_sum, _, tokens = self._softmax_ce(logits, targets, w)
-        return loss_sum, tokens, new_state, logits
+        return out, new_state
 
     # ---- one step, for sampling ----
     def step(self, params: Arrays, ids: np.ndarray, state: State | None = None
@@ -586,6 +732,9 @@ class RNNModel:
         """Logits (B, C) for one time step of ids (B,), using each cell's single-step entry."""
         if self.bidirectional:
             raise GraphError("a bidirectional model reads the whole sequence; it cannot step")
+        if self.pool in ("mean", "max"):
+            raise GraphError(f"a {self.pool}-pooled head reads the whole sequence; step() "
+                             "gives per-step (pool='step') or running (pool='last') outputs")
         x = self._embed(params, np.asarray(ids).reshape(1, -1))[0]
         if state is None:
             state = self.zero_state(x.shape[0])

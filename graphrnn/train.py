@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint as ckpt
-from .data import Batch
+from .data import Batch, IterableData, to_batch
 from .errors import GraphRNNError
 from .model import Arrays, Result, RNNModel, State
 from .optim import Optimizer, clip_elementwise, clip_global_norm, global_norm, optimizer_from_json
+from .runlog import RunLog
 from .safefile import atomic_write, umask_mode
 
 
@@ -52,6 +53,8 @@ def train_step(model: RNNModel, params: Arrays, opt: Optimizer, batch: Batch,
     r = model.loss_and_grads(params, batch.ids, batch.targets, state, batch.mask,
                              batch.weights, rng)
     _check_finite(r, getattr(opt, "t", 0))
+    for k in [k for k in r.grads if not opt.trainable(k)]:
+        del r.grads[k]  # frozen: out of clipping
     if clip:
         clip_elementwise(r.grads, clip)
     if max_norm:
@@ -83,29 +86,41 @@ def chunked_bptt(model: RNNModel, params: Arrays, ids: np.ndarray, targets: np.n
     forward (losses, final state) equals one long forward, and with one chunk its gradients equal
     full BPTT; with several chunks they differ by exactly the cross-chunk terms.
     ``detach=False`` carries the state's cotangent backwards between chunks: full BPTT."""
-    T = ids.shape[0]
+    if model.pool != "step":
+        raise ValueError(f"chunked_bptt needs a per-step head; this model's head is pooled "
+                         f"({model.pool!r}) over whole sequences")
+    tax = 1 if model.batch_first else 0  # the time axis, along which chunks are cut
+    T = ids.shape[tax]
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     bounds = [(a, min(a + chunk, T)) for a in range(0, T, chunk)]
-    total = float(ids.size)
+
+    def cut(x: np.ndarray, a: int, b: int) -> np.ndarray:
+        return x[:, a:b] if tax else x[a:b]
+    # the loss is a mean over tokens (and over outputs, for a regression head)
+    total = float(T * ids.shape[1 - tax] * (model.n_classes if model.head == "regress" else 1))
     scale = 1.0 / total
-    grads: Arrays = {k: np.zeros_like(v) for k, v in params.items()}
+    # only the gradients the model gives: a frozen parameter has none (a zero would still be
+    # decayed by the optimizer's weight decay)
+    grads: Arrays = {}
+
+    def add(g: Arrays) -> None:
+        for k, v in g.items():
+            grads[k] = grads[k] + v if k in grads else v.copy()
     loss = 0.0
     if detach:
         for a, b in bounds:
-            r = model.loss_and_grads(params, ids[a:b], targets[a:b], state, rng=rng,
+            r = model.loss_and_grads(params, cut(ids, a, b), cut(targets, a, b), state, rng=rng,
                                      grad_scale=scale)
             loss += r.loss * r.tokens
-            for k, g in r.grads.items():
-                grads[k] += g
+            add(r.grads)
             state = r.state
         assert state is not None
         return Result(loss / total, grads, state, total)
     caches = []
     for a, b in bounds:
-        logits, state, cache = model.forward(params, ids[a:b], state, rng=rng)
-        w = np.ones(logits.shape[:2], model.dtype)
-        ls, d, _ = model._softmax_ce(logits, model._targets(targets[a:b], logits.shape[:2]), w)
+        logits, state, cache = model.forward(params, cut(ids, a, b), state, rng=rng)
+        ls, d, _ = model._loss(logits, cut(targets, a, b), None, None)
         loss += ls
         caches.append((cache, d * np.asarray(scale, model.dtype)))
     assert state is not None
@@ -113,8 +128,7 @@ def chunked_bptt(model: RNNModel, params: Arrays, ids: np.ndarray, targets: np.n
     d_final: State | None = None
     for cache, d in reversed(caches):
         g, d_final = model.backward(params, cache, d, d_final)
-        for k, v in g.items():
-            grads[k] += v
+        add(g)
     return Result(loss / total, grads, final, total, d_final)
 
 
@@ -257,17 +271,24 @@ class TrainConfig:
     carry_state: bool = True          # truncated BPTT across batches (streams)
     progress: bool = True
     seed: int = 0
+    log_dir: str | None = None        # JSON lines (log.jsonl) and TensorBoard events go here
+    log_every: int = 10               # a log line every N steps (and at every evaluation)
+    tensorboard: bool | None = None   # None: TensorBoard events when a writer is installed
 
 
 @dataclass
 class Trainer:
-    """The training loop. ``data(step, rng) -> Batch``; ``val_data() -> iterable of Batch``.
-    ``meta`` (vocab, model options, ...) is stored in checkpoints as JSON."""
+    """The training loop. ``data``: ``data(step, rng) -> Batch`` (a StreamBatcher's
+    ``batch``), or any iterable of batches (a list, a generator, a PyTorch DataLoader; see
+    ``data.to_batch`` for the items it reads, in the model's layout, and ``data.IterableData``
+    for epochs; a generator that runs out ends the run). ``val_data``: ``() -> iterable of
+    Batch``, or such an iterable itself. ``meta`` (vocab, model options, ...) is stored in
+    checkpoints as JSON."""
     model: RNNModel
     params: Arrays
     opt: Optimizer
-    data: Callable[[int, np.random.Generator], Batch]
-    val_data: Callable[[], Iterable[Batch]] | None = None
+    data: Callable[[int, np.random.Generator], Batch] | Iterable[Any]
+    val_data: Callable[[], Iterable[Any]] | Iterable[Any] | None = None
     config: TrainConfig = field(default_factory=TrainConfig)
     meta: dict[str, Any] = field(default_factory=dict)
     rng: np.random.Generator | None = None
@@ -278,11 +299,15 @@ class Trainer:
     first_loss: float | None = None
     tokens_per_s: float = 0.0
     log: Callable[[str], None] | None = None
+    _runlog: RunLog | None = field(default=None, init=False, repr=False)
+    _logged: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.rng is None:
             self.rng = np.random.default_rng(self.config.seed)
         self.model.check_params(self.params)
+        if not callable(self.data):
+            self.data = IterableData(self.data, self.model.batch_first)
 
     # ---- validation ----
     def evaluate(self) -> float:
@@ -292,7 +317,9 @@ class Trainer:
             return float("nan")
         total = count = 0.0
         state: State | None = None
-        for b in self.val_data():
+        src = self.val_data() if callable(self.val_data) else self.val_data
+        for item in src:
+            b = to_batch(item, self.model.batch_first)
             s = None if b.reset or not self.config.carry_state else state
             ls, n, state, _ = self.model.evaluate(self.params, b.ids, b.targets, s, b.mask,
                                                   b.weights)
@@ -302,7 +329,27 @@ class Trainer:
 
     # ---- the loop ----
     def run(self, steps: int | None = None, minutes: float | None = None) -> Trainer:
-        """Train until ``steps`` more steps or ``minutes`` pass (defaults from the config)."""
+        """Train until ``steps`` more steps or ``minutes`` pass (defaults from the config).
+        With ``config.log_dir``, every ``log_every``-th step and every evaluation is a line of
+        ``log_dir/log.jsonl`` (and a TensorBoard event, see ``graphrnn.runlog``); a divergence
+        is logged as an ``error`` line before it is raised."""
+        cfg = self.config
+        if cfg.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {cfg.log_every}")
+        self._runlog = RunLog(cfg.log_dir, cfg.tensorboard) if cfg.log_dir else None
+        self._logged = {"t": time.perf_counter(), "tokens": 0.0}
+        try:
+            return self._run(steps, minutes)
+        except TrainingDivergedError as e:
+            if self._runlog is not None:
+                self._runlog.write({"step": self.step, "error": str(e)})
+            raise
+        finally:
+            if self._runlog is not None:
+                self._runlog.close()
+                self._runlog = None
+
+    def _run(self, steps: int | None, minutes: float | None) -> Trainer:
         cfg = self.config
         steps = steps if steps is not None else cfg.steps
         minutes = minutes if minutes is not None else cfg.minutes
@@ -317,23 +364,49 @@ class Trainer:
         try:
             while (end_step is None or self.step < end_step) and \
                     (deadline is None or time.time() < deadline):
-                self._one_step(bar)
+                try:
+                    self._one_step(bar)
+                except StopIteration:  # a one-shot iterator of batches ran out
+                    break
+                v = None
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
-                    self._validate(say)
+                    v = self._validate(say)
                 elif cfg.save_every and self.step % cfg.save_every == 0:
                     self.save()
+                self._log_step(v)
         finally:
             bar.close()
             self.model.eval()
         self.tokens_per_s = bar.tokens / max(time.perf_counter() - t0, 1e-9)
         if not (cfg.eval_every and self.step % cfg.eval_every == 0):
-            self._validate(say)
+            v = self._validate(say)
+            if self._runlog is not None and v is not None:
+                self._runlog.write({"step": self.step, "val_loss": v})
         return self
+
+    def _log_step(self, val: float | None) -> None:
+        """A log line for this step when it is a logged one or was evaluated."""
+        lg = self._logged
+        if self._runlog is None or "loss" not in lg:
+            return
+        lg["tokens"] += lg.pop("batch_tokens", 0.0)
+        if self.step % self.config.log_every and val is None:
+            lg.pop("loss")
+            return
+        now = time.perf_counter()
+        rec = {"step": self.step, "loss": lg.pop("loss"), "grad_norm": lg.get("grad_norm"),
+               "tokens_per_s": lg["tokens"] / max(now - lg["t"], 1e-9), "lr": lg.get("lr")}
+        if val is not None:
+            rec["val_loss"] = val
+        self._runlog.write(rec)
+        if val is not None:
+            self._runlog.sync()
+        lg["t"], lg["tokens"] = time.perf_counter(), 0.0
 
     def _one_step(self, bar: Progress) -> None:
         cfg = self.config
         assert self.rng is not None
-        batch = self.data(self.step, self.rng)
+        batch = self.data(self.step, self.rng)  # type: ignore[operator]
         state = None if batch.reset or not cfg.carry_state else self.state
         r = self.model.loss_and_grads(self.params, batch.ids, batch.targets, state, batch.mask,
                                       batch.weights, self.rng)
@@ -344,6 +417,13 @@ class Trainer:
         self._check_loss("loss", r.loss)
         if self.first_loss is None:
             self.first_loss = r.loss
+        # frozen parameters (an excluded optimizer group) take no part in clipping
+        frozen = [k for k in r.grads if not self.opt.trainable(k)]
+        for k in frozen:
+            del r.grads[k]
+        if self._runlog is not None:  # the norm before clipping, the lr this step uses
+            self._logged.update(grad_norm=global_norm(r.grads), lr=self.opt.current_lr(),
+                                batch_tokens=batch.tokens, loss=float(r.loss))
         if cfg.clip:
             clip_elementwise(r.grads, cfg.clip)
         if cfg.max_norm:
@@ -360,7 +440,8 @@ class Trainer:
         self.history.append((self.step, float(r.loss)))
         bar.update(r.loss, batch.tokens)
 
-    def _validate(self, say: Callable[[str], None]) -> None:
+    def _validate(self, say: Callable[[str], None]) -> float | None:
+        v = None
         if self.val_data is not None:
             v = self.evaluate()
             self.val_history.append((self.step, v))
@@ -371,6 +452,7 @@ class Trainer:
             self._check_loss("validation loss", v)
         if self.config.checkpoint:
             self.save()
+        return v
 
     def _check_loss(self, what: str, v: float) -> None:
         """Stop on a loss that is not finite or above ``explode_factor`` x the first loss."""

@@ -157,3 +157,20 @@ def test_lecture_lstm_gradient_check_passes(capsys):
     assert {"x (all steps)", "h0", "c0"} <= set(errs)
     assert max(errs.values()) < mod.TOLERANCE
     assert re.search(r"^max relative error \S+ \(tolerance 1e-06\): PASS$", out, re.M)
+
+
+@pytest.mark.parametrize("args", [[], ["--pool", "last", "--cell", "lstm"]])
+def test_classify_learns_well_above_chance(capsys, args):
+    mod = _load("classify")
+    assert mod.main(["--steps", "100", "--train-size", "512", "--val-size", "256", *args,
+                     *QUIET]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"validation accuracy (\S+) \(before training (\S+), chance 0.500\)", out)
+    assert m, out
+    assert float(m[1]) >= 0.9 and float(m[2]) < 0.7, out
+    # the generator is right: class 1 exactly when the pattern occurs, lengths in range
+    rng = np.random.default_rng(0)
+    for label in (0, 1) * 50:
+        ids, y = mod.example(rng, "ab", 9, label)
+        s = "".join(mod.ALPHABET[i] for i in ids)
+        assert y == label and ("ab" in s) == bool(label) and 4 <= len(s) <= 9

@@ -136,5 +136,6 @@ def test_bad_options():
         make_optimizer("sgdd", 0.1)
     with pytest.raises(ValueError, match="learning rate must be positive"):
         SGD(0.0)
-    with pytest.raises(KeyError, match="no gradient"):
-        SGD(0.1).step({"w": np.zeros(1)}, {})
+    # a parameter without a gradient is frozen (left as it is); an unknown gradient is an error
+    with pytest.raises(KeyError, match="unknown parameters"):
+        SGD(0.1).step({"w": np.zeros(1)}, {"v": np.zeros(1)})

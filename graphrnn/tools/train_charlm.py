@@ -48,6 +48,7 @@ from ..data import StreamBatcher, Vocab, read_text, split_ids, stdlib_corpus
 from ..ir import Cell
 from ..model import RNNModel, forget_bias_overrides
 from ..optim import StepDecay, make_optimizer
+from ..runlog import tensorboard_available
 from ..train import TrainConfig, Trainer, plot_losses
 
 DEFAULT_CELL = "nngraph-lstm"
@@ -267,13 +268,15 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--forget-bias", type=number(float), default=None,
                    help="initial forget-gate bias of LSTM-style cells")
     g = p.add_argument_group("optimization")
-    g.add_argument("--optimizer", default="adam", choices=("sgd", "rmsprop", "adagrad", "adam"),
-                   action=_Given)
+    g.add_argument("--optimizer", default="adam",
+                   choices=("sgd", "rmsprop", "adagrad", "adam", "adamw"), action=_Given)
     g.add_argument("--lr", type=float, default=2e-3, action=_Given,
                    help="learning rate (on --resume, when given, it replaces the "
                    "checkpoint's)")
     g.add_argument("--momentum", type=number(float, ge=0, lt=1), default=0.0,
                    help="SGD momentum")
+    g.add_argument("--weight-decay", type=number(float, ge=0), default=None,
+                   help="L2 weight decay (adamw: decoupled; default 0, adamw 0.01)")
     g.add_argument("--decay", type=number(float, gt=0), default=1.0,
                    help="multiply the learning rate by this ... ")
     g.add_argument("--decay-after", type=number(int, ge=0), default=0,
@@ -303,6 +306,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--temperature", type=number(float, gt=0), default=SAMPLE_TEMPERATURE)
     g.add_argument("--no-progress", action="store_true",
                    help="no progress bar: one line per evaluation instead")
+    g.add_argument("--log-dir", metavar="DIR", default=None,
+                   help="where log.jsonl (one JSON line per logged step: loss, val_loss, "
+                   "grad_norm, tokens_per_s, lr) and TensorBoard events go (default: --out)")
+    g.add_argument("--log-every", type=number(int, gt=0), default=10,
+                   help="a log line every N steps (and at every evaluation)")
+    g.add_argument("--tensorboard", default="auto", choices=("auto", "on", "off"),
+                   help="TensorBoard event files in the log folder: auto (when tensorboard or "
+                   "tensorboardX is installed), on (an error without one), off")
 
 
 def _check_args(a: argparse.Namespace) -> None:
@@ -318,6 +329,9 @@ def _check_args(a: argparse.Namespace) -> None:
         raise ValueError(f"--dropout must be in [0, 1), got {a.dropout}")
     if a.embed < 0:
         raise ValueError(f"--embed must be >= 0, got {a.embed}")
+    if getattr(a, "tensorboard", "auto") == "on" and tensorboard_available() is None:
+        raise ValueError("--tensorboard on: no TensorBoard writer is installed (pip install "
+                         "tensorboard, or tensorboardX); use --tensorboard auto or off")
 
 
 class _Given(argparse.Action):
@@ -429,13 +443,17 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
         else None
     params = model.init_params(a.seed, a.init, a.init_scale, overrides)
     schedule = StepDecay(a.decay_after, a.decay_every, a.decay) if a.decay != 1.0 else None
-    hyper = {"momentum": a.momentum} if a.optimizer == "sgd" else {}
+    hyper: dict[str, Any] = {"momentum": a.momentum} if a.optimizer == "sgd" else {}
+    if a.weight_decay is not None:
+        hyper["weight_decay"] = a.weight_decay
     opt = make_optimizer(a.optimizer, a.lr, schedule, **hyper)
     ck = outdir / "checkpoint.npz"
     minutes = a.minutes if a.minutes is not None or a.steps is not None else 3.0
     cfg = TrainConfig(steps=a.steps, minutes=minutes, clip=a.clip or None,
                       max_norm=a.max_norm or None, eval_every=a.eval_every, checkpoint=str(ck),
-                      progress=not a.no_progress, seed=a.seed)
+                      progress=not a.no_progress, seed=a.seed,
+                      log_dir=str(a.log_dir or outdir), log_every=a.log_every,
+                      tensorboard={"auto": None, "on": True, "off": False}[a.tensorboard])
     nval = min(len(val), a.val_batches or len(val)) if val is not None else 0
     vb = (lambda: (val.batch(k) for k in range(nval))) if val is not None else None
     # without the bar, each evaluation is a line of its own, printed as it happens
@@ -464,6 +482,9 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
         print(f"--- sample (temperature {temp}) ---\n{prime}{s}\n---", file=out)
     plot = plot_losses(tr.history, tr.val_history, outdir / "loss.png")
     print(f"checkpoint: {ck}", file=out)
+    print(f"log: {Path(cfg.log_dir or outdir) / 'log.jsonl'}"
+          + (" (and TensorBoard events there)" if cfg.tensorboard is not False
+             and tensorboard_available() else ""), file=out)
     print(f"loss plot: {plot}" if plot else "loss plot: not written (matplotlib missing)",
           file=out)
     print(f"sample more: graphrnn sample {ck} --length 1000 --temperature {a.temperature}",
