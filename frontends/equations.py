@@ -19,6 +19,9 @@ The text, line by line
     ``input x: 10, m: 1``     per-step inputs and their feature sizes
     ``state h: 20, c: 20``    recurrent states (h_{t-1}, ...) and their sizes
     ``param W: 20 x 10``      a parameter's shape (also ``(20, 10)``); ``param b: 20`` is (1, 20)
+    ``param W: 20 x 20 frozen``  a parameter that is not trained (no gradient is computed, the
+                              optimizers expect none: an echo-state reservoir); ``param W:
+                              frozen`` leaves its shape to inference
     ``output y, h_next``      the cell's outputs (default: the first state's next value)
     ``next h: hn``            the next value of state h (default: the variable ``h_next``)
     ``const beta: 1.0``       a named constant, as the equation ``beta = 1.0``
@@ -432,7 +435,7 @@ class _Parser:
     def __init__(self, text: str, filename: str, inputs: Mapping[str, int],
                  states: Mapping[str, int], params: Mapping[str, Any] | None,
                  outputs: Sequence[str] | str | None, next_states: Mapping[str, str] | None,
-                 name: str | None) -> None:
+                 name: str | None, frozen: Sequence[str] | None = None) -> None:
         self.filename = filename
         self.dims = _Dims()
         self.inputs: dict[str, int] = {}
@@ -445,6 +448,7 @@ class _Parser:
         self.equations: list[tuple[_Line, ast.Assign]] = []
         self.assigned: dict[str, _Line] = {}
         self.consts: dict[str, tuple[float, _Line]] = {}   # from 'const beta: 1.0' lines
+        self.frozen: dict[str, _Line | None] = {}   # 'param W: 20 x 20 frozen', frozen=[..]
 
         for k, v in inputs.items():
             size = _check_size("input", k, v, filename)
@@ -454,6 +458,13 @@ class _Parser:
             self._declare(self.states, "state", _nfkc(k), size, None)
         for k, v in (params or {}).items():
             self._declare_param(_nfkc(k), v, None)
+        if isinstance(frozen, str):
+            raise EquationError(f"frozen must be a list of parameter names, got the string "
+                                f"{frozen!r}; write frozen=[{frozen!r}]", filename)
+        for k in frozen or ():
+            if not isinstance(k, str) or not _nfkc(k).isidentifier():
+                raise EquationError(f"frozen: expected parameter names, got {k!r}", filename)
+            self.frozen[_nfkc(k)] = None
         if outputs is not None:
             for o in [outputs] if isinstance(outputs, str) else list(outputs):
                 self.outputs.append((_nfkc(o), None))
@@ -584,11 +595,18 @@ class _Parser:
                 table = self.inputs if kw.startswith("input") else self.states
                 self._declare(table, kw.rstrip("s"), nm, size, line)
             else:
+                fm = re.fullmatch(r"(.*?)\s*\bfrozen", val)
+                if fm:   # 'param W: 20 x 20 frozen' (or 'param W: frozen', size from use)
+                    self.frozen.setdefault(nm, line)
+                    val = fm.group(1)
+                    if not val:
+                        continue
                 # ASCII digits only: \d would take other scripts' digits too
                 pm = re.fullmatch(r"\(?\s*([0-9]+)\s*(?:[,x×]\s*([0-9]+))?\s*\)?", val)
                 if not pm:
                     raise self.err(line, f"param {nm}: expected a shape like '20 x 10', "
-                                         f"'(20, 10)' or '20', got {_show_literal(val)!r}",
+                                         f"'(20, 10)' or '20' (then 'frozen' for a parameter "
+                                         f"that is not trained), got {_show_literal(val)!r}",
                                    col=line.text.find(val, col))
                 dims = [_digits(g) for g in pm.groups() if g is not None]
                 shape: Any = tuple(dims) if len(dims) == 2 else dims[0]
@@ -921,7 +939,7 @@ class _Checker:
                               "run top to bottom: move it below, or make it a state", node)
 
     def _typo_check(self, nm: str, node: ast.AST, line: _Line) -> None:
-        if nm in self.p.param_shapes:
+        if nm in self.p.param_shapes or nm in self.p.frozen:
             return
         if f"{nm}_next" in self.p.assigned:
             # a free name would become a learned bias and the state would never carry over
@@ -1179,6 +1197,15 @@ class _Checker:
         if unused:
             raise EquationError(f"shapes given for parameters {sorted(unused)} that no equation "
                                 "uses", p.filename)
+        for nm, line in p.frozen.items():
+            if nm not in self.params:
+                what = ("an input" if nm in p.inputs else "a state" if nm in p.states else
+                        "a named constant" if nm in self.consts or nm in p.consts else
+                        "assigned by an equation" if nm in p.assigned else
+                        "used by no equation")
+                raise p.err(line, f"param {nm!r} is marked frozen but is {what}: only "
+                                  "parameters (free names the equations use) can be frozen",
+                            col=line.text.find(nm) if line else None)
 
     def solve_slice(self, e: _Expr) -> bool:
         """One step of size inference for v[a:b] or a part of split(v, k); True if it bound
@@ -1433,14 +1460,16 @@ def cell_from_equations(text: str, inputs: Mapping[str, int] | None = None,
                         outputs: Sequence[str] | str | None = None,
                         next_states: Mapping[str, str] | None = None, dtype: str = "float32",
                         name: str | None = None, filename: str = "<equations>",
-                        params: Mapping[str, Any] | None = None) -> Cell:
+                        params: Mapping[str, Any] | None = None,
+                        frozen: Sequence[str] | None = None) -> Cell:
     """A Cell from text equations (see the module docstring for the language).
 
     ``inputs``/``states``: name -> feature size, in order (also from ``input``/``state`` lines).
     ``outputs``: names of the outputs (default: the first state's next value). ``next_states``:
     state -> name of its next value (default ``<state>_next``). ``params``: shapes of parameters
     that use alone does not fix, ``{"W": (out, in), "b": n}``. ``name`` defaults to the
-    ``# cell: NAME`` header, else ``"cell"``.
+    ``# cell: NAME`` header, else ``"cell"``. ``frozen``: names of parameters that are not
+    trained (as ``param W: 20 x 20 frozen`` lines; ``Cell.frozen``).
     """
     if not isinstance(text, str):
         raise TypeError(f"cell_from_equations: text must be a str, got {type(text).__name__}")
@@ -1448,7 +1477,7 @@ def cell_from_equations(text: str, inputs: Mapping[str, int] | None = None,
         raise EquationError(f"dtype must be one of {FLOATS}, got {dtype!r}", filename)
     with frontend_scope("equations"):
         p = _Parser(text, filename, dict(inputs or {}), dict(states or {}), params, outputs,
-                    next_states, name)
+                    next_states, name, frozen)
         if not p.equations:
             raise EquationError("no equations found; write one NAME = EXPRESSION per line",
                                 filename)
@@ -1479,7 +1508,8 @@ def cell_from_equations(text: str, inputs: Mapping[str, int] | None = None,
                             col=line.indent if line else None)
         cell = Cell.make([b.leaves[n] for n in p.inputs], [b.leaves[n] for n in p.states],
                          [b.value(o) for o in out_names],
-                         [b.value(nxt[s][0]) for s in p.states], p.name or "cell", out_names)
+                         [b.value(nxt[s][0]) for s in p.states], p.name or "cell", out_names,
+                         frozen=p.frozen)
         _warn_unused(p, cell)
         _warn_confusable(p, c)
     return cell
@@ -1488,12 +1518,13 @@ def cell_from_equations(text: str, inputs: Mapping[str, int] | None = None,
 def parse_file(path: str | Path, inputs: Mapping[str, int] | None = None,
                states: Mapping[str, int] | None = None, outputs: Sequence[str] | str | None = None,
                next_states: Mapping[str, str] | None = None, dtype: str = "float32",
-               name: str | None = None, params: Mapping[str, Any] | None = None) -> Cell:
+               name: str | None = None, params: Mapping[str, Any] | None = None,
+               frozen: Sequence[str] | None = None) -> Cell:
     """A Cell from an equations file (UTF-8); sizes usually come from its header lines."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     return cell_from_equations(text, inputs, states, outputs, next_states, dtype, name,
-                               str(path), params)
+                               str(path), params, frozen)
 
 
 __all__ = ["FUNCTIONS", "cell_from_equations", "parse_file"]

@@ -141,6 +141,17 @@ class Module:
         self._serial = next(_serial)
         self._site = _site()
         self.params: dict[str, np.ndarray] = {}   # suffix -> initial value (owned, mutable)
+        self.frozen = False   # freeze(): its parameters are not trained (Cell.frozen)
+
+    def freeze(self, frozen: bool = True) -> Module:
+        """Mark this module's parameters as not trained: a cell made from the graph lists them
+        in ``Cell.frozen`` (no gradient is computed for them, the optimizers expect none), as
+        an echo-state network's fixed reservoir. Returns the module, so
+        ``nn.Linear(n, n).freeze()(h)`` reads as one expression. ``freeze(False)`` undoes it."""
+        if not self.params:
+            raise ModuleUsageError(f"{self.typename}: has no parameters to freeze")
+        self.frozen = bool(frozen)
+        return self
 
     @property
     def typename(self) -> str:
@@ -259,7 +270,8 @@ class Linear(Module):
     """``y = x W + b`` with W ``(in, out)`` (the transpose of Torch's weight) and b ``(1, out)``.
     Weights start as in Torch: uniform in ±1/sqrt(in)."""
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = True) -> None:
+    def __init__(self, input_size: int, output_size: int, bias: bool = True,
+                 frozen: bool = False) -> None:
         super().__init__()
         self.input_size = _positive_int("nn.Linear", "input_size", input_size)
         self.output_size = _positive_int("nn.Linear", "output_size", output_size)
@@ -268,9 +280,11 @@ class Linear(Module):
         self.params["W"] = _uniform((self.input_size, self.output_size), stdv)
         if self.bias:
             self.params["b"] = _uniform((1, self.output_size), stdv)
+        self.frozen = bool(frozen)
 
     def _args(self) -> str:
-        return f"{self.input_size} -> {self.output_size}" + ("" if self.bias else ", no bias")
+        return (f"{self.input_size} -> {self.output_size}" + ("" if self.bias else ", no bias")
+                + (", frozen" if self.frozen else ""))
 
     def lower(self, x: Value, lw: _Lowering) -> Value:
         x = self._one(x)
@@ -1203,8 +1217,10 @@ class gModule:  # noqa: N801 - Torch's name
         used = {n for n in ir.toposort(out_nodes + nxt_nodes) if n.op is Ops.PARAM}
         rank = {name: k for k, name in enumerate(self._owner)}
         params = sorted(used, key=lambda p: rank.get(p.arg, len(rank)))
+        frozen = {p.arg for p in params if p.arg in self._owner and self._owner[p.arg].frozen}
         return Cell(tuple(leaves[i] for i in ins), tuple(leaves[i] for i in st),
-                    tuple(out_nodes), tuple(nxt_nodes), tuple(params), name, tuple(out_names))
+                    tuple(out_nodes), tuple(nxt_nodes), tuple(params), name, tuple(out_names),
+                    frozen=frozenset(frozen))
 
     def __call__(self, *args: Any) -> Any:
         raise ModuleUsageError("using a gModule as a module of another graph is not supported; "

@@ -60,7 +60,8 @@ BACKENDS: dict[str, str] = {
 
 @dataclass
 class Grads:
-    """Gradients of a loss: by parameter name, per input (T,B,n), per initial state (B,n)."""
+    """Gradients of a loss: by parameter name, per input (T,B,n), per initial state (B,n).
+    ``params`` has no entry for a frozen parameter (``Cell.frozen``)."""
     params: dict[str, np.ndarray]
     inputs: list[np.ndarray]
     states: list[np.ndarray]
@@ -477,7 +478,10 @@ class CompiledCell:
                                          lambda d: np.asarray(d, self.dtype))
         converted = self._params(params)
         self._note_same_params(res, params)
-        return self._backward(converted, res, d_ys, d_final)
+        grads = self._backward(converted, res, d_ys, d_final)
+        for name in self.cell.frozen:   # the backends compute none; a third-party one might
+            grads.params.pop(name, None)
+        return grads
 
     def explain(self, batch: int = 1, kernels: bool = False) -> str:
         """The optimized plan of this cell (``graphrnn.explain``), whatever the backend."""

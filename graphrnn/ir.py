@@ -460,7 +460,15 @@ class Cell:
     the zoo's LSTMs record ``gates`` (the letters of the gate blocks of the fused
     pre-activation, in column order, e.g. "ifgo") and ``gate_biases`` (the (1, k*H) parameters
     laid out in that order whose sum is each gate's bias), which ``forget_bias_overrides``
-    reads. It is not part of equality or the hash: the graph alone is the function."""
+    reads. It is not part of equality or the hash: the graph alone is the function.
+
+    ``frozen`` names parameters that are not trained (an echo-state network's reservoir): the
+    forward reads them as any other parameter, but autodiff computes no gradient for them (the
+    weight-gradient GEMM after the loop is not built), ``Grads.params`` has no entry for them
+    and the optimizers expect none. It is a fact about the cell, not the node, because one
+    hash-consed PARAM leaf may be trained in one cell and frozen in another; it is part of
+    equality (it changes the backward). GEMM merging never packs a frozen parameter with a
+    trained one."""
     inputs: tuple[Node, ...]
     states: tuple[Node, ...]
     outputs: tuple[Node, ...]
@@ -469,10 +477,15 @@ class Cell:
     name: str = "cell"
     output_names: tuple[str, ...] = field(default=())
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    frozen: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         for f in ("inputs", "states", "outputs", "next_states", "params"):
             object.__setattr__(self, f, tuple(getattr(self, f)))
+        if isinstance(self.frozen, str):
+            raise GraphError(f"cell {self.name}: frozen must be a collection of parameter "
+                             f"names, got the string {self.frozen!r}")
+        object.__setattr__(self, "frozen", frozenset(self.frozen))
         # a private copy behind a read-only view: a frozen cell must not change under its users
         object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
         self._validate()
@@ -485,9 +498,10 @@ class Cell:
     def make(cls, inputs: Sequence[Node], states: Sequence[Node], outputs: Sequence[Node],
              next_states: Sequence[Node], name: str = "cell",
              output_names: Sequence[str] | None = None,
-             meta: Mapping[str, Any] | None = None) -> Cell:
+             meta: Mapping[str, Any] | None = None,
+             frozen: Iterable[str] = ()) -> Cell:
         return cls(tuple(inputs), tuple(states), tuple(outputs), tuple(next_states), (), name,
-                   tuple(output_names or ()), meta or {})
+                   tuple(output_names or ()), meta or {}, frozenset(frozen))
 
     def _validate(self) -> None:
         for kind, leaves, op in (("input", self.inputs, Ops.INPUT),
@@ -529,6 +543,10 @@ class Cell:
         if dup:
             raise GraphError(f"cell {self.name}: two parameters share the names {sorted(dup)} "
                              "with different shapes")
+        unknown = sorted(self.frozen - set(pnames))
+        if unknown:
+            raise GraphError(f"cell {self.name}: frozen names {unknown} are not parameters of "
+                             f"the cell; its parameters are {sorted(pnames)}")
         if len({n.dtype for n in order if n.dtype in FLOATS}) > 1:
             raise GraphError(f"cell {self.name}: mixes float32 and float64 nodes")
 
@@ -558,10 +576,18 @@ class Cell:
         outs = new[k:k + len(self.outputs)]
         nxt = new[k + len(self.outputs):]
         return Cell(tuple(ins), tuple(sts), tuple(outs), tuple(nxt), (), self.name,
-                    self.output_names, self.meta)
+                    self.output_names, self.meta, self.frozen)
 
     def param_shapes(self) -> dict[str, tuple[int, int]]:
         return {p.arg: p.shape for p in self.params}
+
+    def grad_shapes(self) -> dict[str, tuple[int, int]]:
+        """The shapes of the parameters that get gradients: all but the frozen ones."""
+        return {p.arg: p.shape for p in self.params if p.arg not in self.frozen}
+
+    def with_frozen(self, names: Iterable[str]) -> Cell:
+        """The same cell with exactly ``names`` frozen (``()`` trains every parameter)."""
+        return dataclasses.replace(self, frozen=names)  # type: ignore[arg-type]
 
     # str(cell) (the printer's SSA text) and Jupyter's _repr_svg_ are attached by
     # graphrnn/display.py: ir.py imports neither the printer nor viz, which import it

@@ -16,6 +16,7 @@ The update rules follow the Torch code bases the field trained with:
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -137,12 +138,18 @@ class Optimizer:
             d[name] = np.zeros_like(like)
         return d[name]
 
-    def step(self, params: Arrays, grads: Arrays) -> None:
-        missing = set(params) - set(grads)
+    def step(self, params: Arrays, grads: Arrays, frozen: Collection[str] = ()) -> None:
+        """``frozen``: parameter names that are not trained (``Cell.frozen``): they have no
+        gradient and are left as they are. Any other parameter without a gradient is an
+        error (a lost gradient must not pass for a frozen parameter)."""
+        missing = set(params) - set(grads) - set(frozen)
         if missing:
-            raise KeyError(f"no gradient for parameters {sorted(missing)}")
+            hint = "" if frozen else "; pass frozen=cell.frozen if they are frozen"
+            raise KeyError(f"no gradient for parameters {sorted(missing)}{hint}")
         lr = self.current_lr()
         for name, p in params.items():
+            if name in frozen and name not in grads:
+                continue
             g = grads[name]
             if g.shape != p.shape:
                 raise ValueError(f"gradient of {name!r} has shape {g.shape}, parameter has "
