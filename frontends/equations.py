@@ -111,6 +111,7 @@ from graphrnn.errors import (
     EquationError,
     GraphRNNError,
     ShapeError,
+    UndefinedNameError,
     UnusedNameWarning,
 )
 from graphrnn.ir import (
@@ -251,10 +252,11 @@ class _Line:
     indent: int = 0
 
     def error(self, msg: str, filename: str, node: ast.AST | None = None,
-              col: int | None = None) -> EquationError:
+              col: int | None = None, cls: type[EquationError] = EquationError
+              ) -> EquationError:
         if node is not None and hasattr(node, "col_offset"):
             col = self.indent + node.col_offset
-        return EquationError(msg, filename, self.lineno, col, self.text)
+        return cls(msg, filename, self.lineno, col, self.text)
 
     def segment(self, node: ast.AST, whole: bool = False) -> str:
         seg = ast.get_source_segment(self.text[self.indent:], node)
@@ -475,10 +477,10 @@ class _Parser:
 
     # ---- errors ----
     def err(self, line: _Line | None, msg: str, node: ast.AST | None = None,
-            col: int | None = None) -> EquationError:
+            col: int | None = None, cls: type[EquationError] = EquationError) -> EquationError:
         if line is None:
-            return EquationError(msg, self.filename)
-        return line.error(msg, self.filename, node, col)
+            return cls(msg, self.filename)
+        return line.error(msg, self.filename, node, col, cls)
 
     # ---- declarations ----
     def _declare(self, table: dict[str, int], kind: str, name: str, size: int,
@@ -945,12 +947,12 @@ class _Checker:
             # a free name would become a learned bias and the state would never carry over
             raise self.p.err(line, f"{nm!r} is not an input or a state, but {nm}_next is "
                                    f"assigned: declare the state ('state {nm}: SIZE' or "
-                                   f"states={{{nm!r}: SIZE}})", node)
+                                   f"states={{{nm!r}: SIZE}})", node, cls=UndefinedNameError)
         close = self.near.close(nm)
         if close:
             raise self.p.err(line, f"undefined name {nm!r}; did you mean {close[0]!r}? (if "
                                    f"{nm!r} is a parameter, declare it: 'param {nm}: SIZE' or "
-                                   f"params={{{nm!r}: ...}})", node)
+                                   f"params={{{nm!r}: ...}})", node, cls=UndefinedNameError)
 
     def vector_param(self, nm: str, node: ast.AST, line: _Line) -> _Param:
         prm = self.params.get(nm)
@@ -1010,7 +1012,8 @@ class _Checker:
                 # W @ name with an unknown name: it would silently become a (1, n) parameter
                 raise p.err(line, f"undefined name {r.id!r} on the right of @: it must be an "
                                   "input, a state or a value assigned above (declare it with "
-                                  f"'input {r.id}: SIZE' or 'state {r.id}: SIZE')", r)
+                                  f"'input {r.id}: SIZE' or 'state {r.id}: SIZE')", r,
+                            cls=UndefinedNameError)
             v = self._expr(r, line, target)
             if v.dim is None:
                 raise p.err(line, f"{prm.name} @ {v.value:g}: the right of @ must be a "
@@ -1285,9 +1288,9 @@ class _Checker:
             elif f"{s}_next" in p.assigned:
                 out[s] = (f"{s}_next", None)
             else:
-                raise EquationError(f"no next value for state {s!r}: assign {s}_next = ... or "
-                                    f"name it with 'next {s}: NAME' / next_states={{{s!r}: "
-                                    "'NAME'}", p.filename)
+                raise UndefinedNameError(f"no next value for state {s!r}: assign {s}_next = ... "
+                                         f"or name it with 'next {s}: NAME' / next_states="
+                                         f"{{{s!r}: 'NAME'}}", p.filename)
         return out
 
     def undefined(self, nm: str, line: _Line | None, role: str) -> EquationError:
@@ -1301,7 +1304,8 @@ class _Checker:
         close = difflib.get_close_matches(nm, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; defined names: {known}"
         col = line.text.find(nm) if line else None
-        return self.p.err(line, f"undefined name {nm!r} given as the {role}{hint}", col=col)
+        return self.p.err(line, f"undefined name {nm!r} given as the {role}{hint}", col=col,
+                          cls=UndefinedNameError)
 
 
 def _depth(node: ast.AST, limit: int) -> int:
