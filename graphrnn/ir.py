@@ -178,7 +178,9 @@ class Node:
 
     @property
     def T(self) -> Node:  # noqa: N802
-        raise ShapeError("transposes are not values in the IR; write a @ W with W (in, out)")
+        raise ShapeError("transposes are not values in the IR; write a @ W with W (in, out) "
+                         "(the equations frontend reads W @ x with W (out, in), PyTorch's "
+                         "layout)")
 
     def __bool__(self) -> bool:
         return True
@@ -298,7 +300,8 @@ def infer(op: Ops, src: tuple[Node, ...], arg: Any) -> tuple[str, Shape]:
             hint = ""
             if kb is B and a.shape[0] is not B and not tb:
                 # W @ x written as in the math (column vectors); the IR's rows are examples
-                hint = "; rows are examples here: write x @ W with W of shape (in, out)"
+                hint = ("; rows are examples here: write x @ W with W of shape (in, out) (the "
+                        "equations frontend reads W @ x with W (out, in), as PyTorch stores it)")
             raise _fail(f"matmul: inner sizes differ: {short_type(a)}{'ᵀ' if ta else ''} @ "
                         f"{short_type(b)}{'ᵀ' if tb else ''} ({ka} vs {kb}){hint}", a, b)
         if a.dtype != b.dtype:
@@ -580,6 +583,20 @@ class Cell:
 
     def param_shapes(self) -> dict[str, tuple[int, int]]:
         return {p.arg: p.shape for p in self.params}
+
+    def weight_layouts(self) -> dict[str, str]:
+        """How each weight is stored, read from the graph: ``"(in, out)"`` for a parameter
+        used as ``x @ W`` (the zoo, ``frontends.trace`` and ``graphrnn.nn`` store weights so),
+        ``"(out, in)"`` for one used as ``W @ x`` (the equations frontend's layout, and
+        PyTorch's). Parameters no product reads (biases, gains, embedding tables) are not
+        listed; one read both ways is ``"mixed"``."""
+        seen: dict[str, set[str]] = {}
+        for n in self.nodes():
+            if n.op is Ops.MATMUL and n.src[1].op is Ops.PARAM and not n.arg[0]:
+                kind = "(out, in)" if n.arg[1] else "(in, out)"
+                seen.setdefault(n.src[1].arg, set()).add(kind)
+        return {p.arg: (next(iter(seen[p.arg])) if len(seen[p.arg]) == 1 else "mixed")
+                for p in self.params if p.arg in seen}
 
     def grad_shapes(self) -> dict[str, tuple[int, int]]:
         """The shapes of the parameters that get gradients: all but the frozen ones."""

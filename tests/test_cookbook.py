@@ -14,6 +14,7 @@ from helpers import TOL, assert_all_close, cotangents, fd_and_backward, flat, se
 
 import graphrnn
 from graphrnn.cells import zoo_cell
+from graphrnn.convert import relayout
 from graphrnn.equations import cell_from_equations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +103,9 @@ def test_equals_the_zoo_cell(name: str) -> None:
     shapes = cell.param_shapes()
     assert set(shapes) == set(zp), "the same parameter names"
     # zoo weights are (in, out), the equations' (out, in); vectors are (1, n) in both
-    ep = {k: v if v.shape[0] == 1 else np.ascontiguousarray(v.T) for k, v in zp.items()}
+    assert set(zoo.weight_layouts().values()) == {"(in, out)"}
+    assert set(cell.weight_layouts().values()) == {"(out, in)"}
+    ep = relayout(zp, zoo, cell)
     assert all(ep[k].shape == shapes[k] for k in shapes)
     rng = np.random.default_rng(5)
     xs, h0 = sequences(zc, T, B, rng)
@@ -111,5 +114,5 @@ def test_equals_the_zoo_cell(name: str) -> None:
     g1 = zc.backward(zp, r1, dys, dhT)
     y2, s2, r2 = ec.forward_train(ep, xs, h0)
     g2 = ec.backward(ep, r2, dys, dhT)
-    g2.params = {k: v if v.shape[0] == 1 else v.T for k, v in g2.params.items()}
+    g2.params = relayout(g2.params, cell, zoo)
     assert_all_close(flat(y2, s2, g2), flat(y1, s1, g1), rtol=1e-10, atol=1e-12)
