@@ -102,6 +102,9 @@ def test_program_has_one_fewer_gemm_per_frozen_weight() -> None:
     assert {pc.name for pc in trained.grad_pieces} == {"W_in", "W", "b", "W_out", "b_out"}
     # the forward reads every parameter all the same
     assert {pc.name for pc in frozen.param_pieces} == set(cell.param_shapes())
+    text = graphrnn.explain(cell, batch=4)
+    assert "no gradient (frozen or unused): W, W_in, b\n" in text
+    assert "no gradient" not in graphrnn.explain(cell.with_frozen([]), batch=4)
 
 
 @pytest.mark.parametrize("backend", ["ref", "program"])
