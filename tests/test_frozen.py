@@ -248,3 +248,56 @@ def test_nngraph_freeze() -> None:
     with pytest.raises(graphrnn.errors.ModuleUsageError, match="no parameters to freeze"):
         nn.Tanh().freeze()
     assert reservoir.freeze(False).frozen is False
+
+
+PER_GATE = """
+input x: 3
+state h: 4, c: 4
+output h_next
+i = sigmoid(W_xi @ x + W_hi @ h + b_i)
+f = sigmoid(W_xf @ x + W_hf @ h + b_f)
+g = tanh(W_xg @ x + W_hg @ h + b_g)
+o = sigmoid(W_xo @ x + W_ho @ h + b_o)
+c_next = f * c + i * g
+h_next = o * tanh(c_next)
+"""
+
+
+@pytest.mark.parametrize("frozen, packed_frozen", [
+    (["b_f"], False),                                  # one bias of four: no packed bias
+    (["b_i", "b_f", "b_g", "b_o"], True),              # all four: one frozen packed bias
+    (["W_xi", "W_xf", "W_xg", "W_xo"], True),          # the input weights: one frozen pack
+    (["W_hf"], False),                                 # one recurrent weight: kept apart
+])
+def test_packing_with_frozen_parts_of_a_per_gate_lstm(frozen: list[str],
+                                                      packed_frozen: bool) -> None:
+    from graphrnn.pipeline import build_plan
+    cell = cell_from_equations(PER_GATE, dtype="float64", frozen=frozen)
+    plan = build_plan(cell)
+    merged_frozen = plan.cell.frozen
+    users = {pc.user for name in merged_frozen for pc in plan.layout[name]}
+    assert users == set(frozen)        # every frozen user lives in frozen leaves only
+    assert any(len(plan.layout[n]) > 1 for n in merged_frozen) == packed_frozen
+    trained = {p.arg for p in plan.cell.params} - merged_frozen
+    assert not {pc.user for n in trained for pc in plan.layout[n]} & set(frozen)
+    ref = graphrnn.compile(cell, backend="ref", dtype="float64")
+    for backend in ("program", "llvm"):
+        cc = graphrnn.compile(cell, backend=backend, dtype="float64")
+        params = ref.init_params(seed=4, scale=0.5)
+        xs, h0, dys, dhT = data(cc)
+        _, _, r1 = ref.forward_train(params, xs, h0)
+        _, _, r2 = cc.forward_train(params, xs, h0)
+        g1, g2 = ref.backward(params, r1, dys, dhT), cc.backward(params, r2, dys, dhT)
+        assert set(g2.params) == set(g1.params) == set(cell.param_shapes()) - set(frozen)
+        for k in g1.params:
+            np.testing.assert_allclose(g2.params[k], g1.params[k], rtol=1e-9, atol=1e-10)
+    # the trained parameters' gradients against finite differences, on the merged program
+    cc = graphrnn.compile(cell, backend="program", dtype="float64")
+    params = cc.init_params(seed=4, scale=0.5)
+    xs, h0, dys, dhT = data(cc)
+    _, _, res = cc.forward_train(params, xs, h0)
+    g = cc.backward(params, res, dys, dhT)
+    rng = np.random.default_rng(8)
+    dp = {k: rng.standard_normal(params[k].shape) for k in g.params}
+    fd, an = fd_and_backward(cc, params, xs, h0, dys, dhT, g, dp)
+    assert abs(fd - an) <= 1e-7 * max(abs(fd), abs(an))
