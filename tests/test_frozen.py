@@ -301,3 +301,31 @@ def test_packing_with_frozen_parts_of_a_per_gate_lstm(frozen: list[str],
     dp = {k: rng.standard_normal(params[k].shape) for k in g.params}
     fd, an = fd_and_backward(cc, params, xs, h0, dys, dhT, g, dp)
     assert abs(fd - an) <= 1e-7 * max(abs(fd), abs(an))
+
+
+@pytest.mark.parametrize("name", sorted(__import__("graphrnn.cells").cells.ZOO))
+def test_zoo_cells_with_a_random_half_frozen_equal_ref(name: str) -> None:
+    from graphrnn.cells import SQUARE_INPUT, zoo_cell
+    zoo = zoo_cell(name, 4 if name in SQUARE_INPUT else 3, 4, "float64")
+    names = sorted(zoo.param_shapes())
+    rng = np.random.default_rng(sum(map(ord, name)))
+    frozen = [n for n in names if rng.random() < 0.5] or names[:1]
+    cell = zoo.with_frozen(frozen)
+    program = build_program(cell)
+    assert not {pc.name for pc in program.grad_pieces} & set(frozen)
+    # (the GEMM count may grow: a frozen and a trained weight on one operand are two GEMMs,
+    # the same FLOPs as their packed one, and the gradient GEMM computes the trained one only)
+    ref = graphrnn.compile(cell, backend="ref", dtype="float64")
+    params = ref.init_params(seed=2, scale=0.5)
+    xs, h0, dys, dhT = data(ref)
+    _, _, r1 = ref.forward_train(params, xs, h0)
+    g1 = ref.backward(params, r1, dys, dhT)
+    assert set(g1.params) == set(names) - set(frozen)
+    for backend in ("program", "llvm"):
+        cc = graphrnn.compile(cell, backend=backend, dtype="float64")
+        _, _, r2 = cc.forward_train(params, xs, h0)
+        g2 = cc.backward(params, r2, dys, dhT)
+        assert set(g2.params) == set(g1.params)
+        for k in g1.params:
+            np.testing.assert_allclose(g2.params[k], g1.params[k], rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(g2.inputs[0], g1.inputs[0], rtol=1e-9, atol=1e-10)
