@@ -139,16 +139,17 @@ class Optimizer:
         return d[name]
 
     def step(self, params: Arrays, grads: Arrays, frozen: Collection[str] = ()) -> None:
-        """``frozen``: parameter names that are not trained (``Cell.frozen``): they have no
-        gradient and are left as they are. Any other parameter without a gradient is an
-        error (a lost gradient must not pass for a frozen parameter)."""
+        """``frozen``: parameter names that are not trained (``Cell.frozen``): they need no
+        gradient and are left as they are (a gradient given for one is ignored, and no
+        optimizer state is made for it). Any other parameter without a gradient is an error
+        (a lost gradient must not pass for a frozen parameter)."""
         missing = set(params) - set(grads) - set(frozen)
         if missing:
             hint = "" if frozen else "; pass frozen=cell.frozen if they are frozen"
             raise KeyError(f"no gradient for parameters {sorted(missing)}{hint}")
         lr = self.current_lr()
         for name, p in params.items():
-            if name in frozen and name not in grads:
+            if name in frozen:
                 continue
             g = grads[name]
             if g.shape != p.shape:

@@ -152,6 +152,12 @@ def test_training_changes_only_the_readout(opt) -> None:  # type: ignore[no-unty
     # without being told, a missing gradient is still an error, and says what to do
     with pytest.raises(KeyError, match="pass frozen=cell.frozen"):
         opt().step(params, g.params)
+    # a gradient given for a frozen parameter anyway is ignored, and gets no optimizer state
+    o2 = opt()
+    w = params["W"].copy()
+    o2.step(params, {**g.params, "W": np.ones_like(w)}, frozen=cell.frozen)
+    assert np.array_equal(params["W"], w)
+    assert not any(k.endswith("/W") for k in o2.state_dict())
 
 
 def test_a_frozen_weight_is_never_packed_with_a_trained_one() -> None:
