@@ -441,5 +441,5 @@ class CudaBackend(ExecutedCell):
         bind()
         self._run_sweep("backward", arrays, T, B, bind)
         dp, dx, dh = ex.collect_backward(self.device, arrays, T, B,
-                                         self.cell.param_shapes(), self.cell)
+                                         self.cell.grad_shapes(), self.cell)
         return Grads(dp, dx, dh)

@@ -190,7 +190,10 @@ class LLVMBackend(CompiledCell):
              pc.ref)
             for pc in self.program.param_pieces]
         self._pool = ArrayPool()
-        self._param_shapes = dict(self.program.param_shapes) or self.cell.param_shapes()
+        # the gradients handed out: every parameter but the frozen ones
+        self._param_shapes = {k: v for k, v in (dict(self.program.param_shapes)
+                                                or self.cell.param_shapes()).items()
+                              if k not in self.cell.frozen}
         for pc in self.program.grad_pieces:
             if not self._bufs[pc.ref.buf].fixed:
                 raise BackendError(f"llvm: gradient piece of {pc.name} views a "

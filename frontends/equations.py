@@ -19,6 +19,9 @@ The text, line by line
     ``input x: 10, m: 1``     per-step inputs and their feature sizes
     ``state h: 20, c: 20``    recurrent states (h_{t-1}, ...) and their sizes
     ``param W: 20 x 10``      a parameter's shape (also ``(20, 10)``); ``param b: 20`` is (1, 20)
+    ``param W: 20 x 20 frozen``  a parameter that is not trained (no gradient is computed, the
+                              optimizers expect none: an echo-state reservoir); ``param W:
+                              frozen`` leaves its shape to inference
     ``output y, h_next``      the cell's outputs (default: the first state's next value)
     ``next h: hn``            the next value of state h (default: the variable ``h_next``)
     ``const beta: 1.0``       a named constant, as the equation ``beta = 1.0``
@@ -108,6 +111,7 @@ from graphrnn.errors import (
     EquationError,
     GraphRNNError,
     ShapeError,
+    UndefinedNameError,
     UnusedNameWarning,
 )
 from graphrnn.ir import (
@@ -248,10 +252,11 @@ class _Line:
     indent: int = 0
 
     def error(self, msg: str, filename: str, node: ast.AST | None = None,
-              col: int | None = None) -> EquationError:
+              col: int | None = None, cls: type[EquationError] = EquationError
+              ) -> EquationError:
         if node is not None and hasattr(node, "col_offset"):
             col = self.indent + node.col_offset
-        return EquationError(msg, filename, self.lineno, col, self.text)
+        return cls(msg, filename, self.lineno, col, self.text)
 
     def segment(self, node: ast.AST, whole: bool = False) -> str:
         seg = ast.get_source_segment(self.text[self.indent:], node)
@@ -432,7 +437,7 @@ class _Parser:
     def __init__(self, text: str, filename: str, inputs: Mapping[str, int],
                  states: Mapping[str, int], params: Mapping[str, Any] | None,
                  outputs: Sequence[str] | str | None, next_states: Mapping[str, str] | None,
-                 name: str | None) -> None:
+                 name: str | None, frozen: Sequence[str] | None = None) -> None:
         self.filename = filename
         self.dims = _Dims()
         self.inputs: dict[str, int] = {}
@@ -445,6 +450,7 @@ class _Parser:
         self.equations: list[tuple[_Line, ast.Assign]] = []
         self.assigned: dict[str, _Line] = {}
         self.consts: dict[str, tuple[float, _Line]] = {}   # from 'const beta: 1.0' lines
+        self.frozen: dict[str, _Line | None] = {}   # 'param W: 20 x 20 frozen', frozen=[..]
 
         for k, v in inputs.items():
             size = _check_size("input", k, v, filename)
@@ -454,6 +460,13 @@ class _Parser:
             self._declare(self.states, "state", _nfkc(k), size, None)
         for k, v in (params or {}).items():
             self._declare_param(_nfkc(k), v, None)
+        if isinstance(frozen, str):
+            raise EquationError(f"frozen must be a list of parameter names, got the string "
+                                f"{frozen!r}; write frozen=[{frozen!r}]", filename)
+        for k in frozen or ():
+            if not isinstance(k, str) or not _nfkc(k).isidentifier():
+                raise EquationError(f"frozen: expected parameter names, got {k!r}", filename)
+            self.frozen[_nfkc(k)] = None
         if outputs is not None:
             for o in [outputs] if isinstance(outputs, str) else list(outputs):
                 self.outputs.append((_nfkc(o), None))
@@ -464,10 +477,10 @@ class _Parser:
 
     # ---- errors ----
     def err(self, line: _Line | None, msg: str, node: ast.AST | None = None,
-            col: int | None = None) -> EquationError:
+            col: int | None = None, cls: type[EquationError] = EquationError) -> EquationError:
         if line is None:
-            return EquationError(msg, self.filename)
-        return line.error(msg, self.filename, node, col)
+            return cls(msg, self.filename)
+        return line.error(msg, self.filename, node, col, cls)
 
     # ---- declarations ----
     def _declare(self, table: dict[str, int], kind: str, name: str, size: int,
@@ -584,11 +597,18 @@ class _Parser:
                 table = self.inputs if kw.startswith("input") else self.states
                 self._declare(table, kw.rstrip("s"), nm, size, line)
             else:
+                fm = re.fullmatch(r"(.*?)\s*\bfrozen", val)
+                if fm:   # 'param W: 20 x 20 frozen' (or 'param W: frozen', size from use)
+                    self.frozen.setdefault(nm, line)
+                    val = fm.group(1)
+                    if not val:
+                        continue
                 # ASCII digits only: \d would take other scripts' digits too
                 pm = re.fullmatch(r"\(?\s*([0-9]+)\s*(?:[,x×]\s*([0-9]+))?\s*\)?", val)
                 if not pm:
                     raise self.err(line, f"param {nm}: expected a shape like '20 x 10', "
-                                         f"'(20, 10)' or '20', got {_show_literal(val)!r}",
+                                         f"'(20, 10)' or '20' (then 'frozen' for a parameter "
+                                         f"that is not trained), got {_show_literal(val)!r}",
                                    col=line.text.find(val, col))
                 dims = [_digits(g) for g in pm.groups() if g is not None]
                 shape: Any = tuple(dims) if len(dims) == 2 else dims[0]
@@ -921,18 +941,18 @@ class _Checker:
                               "run top to bottom: move it below, or make it a state", node)
 
     def _typo_check(self, nm: str, node: ast.AST, line: _Line) -> None:
-        if nm in self.p.param_shapes:
+        if nm in self.p.param_shapes or nm in self.p.frozen:
             return
         if f"{nm}_next" in self.p.assigned:
             # a free name would become a learned bias and the state would never carry over
             raise self.p.err(line, f"{nm!r} is not an input or a state, but {nm}_next is "
                                    f"assigned: declare the state ('state {nm}: SIZE' or "
-                                   f"states={{{nm!r}: SIZE}})", node)
+                                   f"states={{{nm!r}: SIZE}})", node, cls=UndefinedNameError)
         close = self.near.close(nm)
         if close:
             raise self.p.err(line, f"undefined name {nm!r}; did you mean {close[0]!r}? (if "
                                    f"{nm!r} is a parameter, declare it: 'param {nm}: SIZE' or "
-                                   f"params={{{nm!r}: ...}})", node)
+                                   f"params={{{nm!r}: ...}})", node, cls=UndefinedNameError)
 
     def vector_param(self, nm: str, node: ast.AST, line: _Line) -> _Param:
         prm = self.params.get(nm)
@@ -992,7 +1012,8 @@ class _Checker:
                 # W @ name with an unknown name: it would silently become a (1, n) parameter
                 raise p.err(line, f"undefined name {r.id!r} on the right of @: it must be an "
                                   "input, a state or a value assigned above (declare it with "
-                                  f"'input {r.id}: SIZE' or 'state {r.id}: SIZE')", r)
+                                  f"'input {r.id}: SIZE' or 'state {r.id}: SIZE')", r,
+                            cls=UndefinedNameError)
             v = self._expr(r, line, target)
             if v.dim is None:
                 raise p.err(line, f"{prm.name} @ {v.value:g}: the right of @ must be a "
@@ -1179,6 +1200,15 @@ class _Checker:
         if unused:
             raise EquationError(f"shapes given for parameters {sorted(unused)} that no equation "
                                 "uses", p.filename)
+        for nm, line in p.frozen.items():
+            if nm not in self.params:
+                what = ("an input" if nm in p.inputs else "a state" if nm in p.states else
+                        "a named constant" if nm in self.consts or nm in p.consts else
+                        "assigned by an equation" if nm in p.assigned else
+                        "used by no equation")
+                raise p.err(line, f"param {nm!r} is marked frozen but is {what}: only "
+                                  "parameters (free names the equations use) can be frozen",
+                            col=line.text.find(nm) if line else None)
 
     def solve_slice(self, e: _Expr) -> bool:
         """One step of size inference for v[a:b] or a part of split(v, k); True if it bound
@@ -1258,9 +1288,9 @@ class _Checker:
             elif f"{s}_next" in p.assigned:
                 out[s] = (f"{s}_next", None)
             else:
-                raise EquationError(f"no next value for state {s!r}: assign {s}_next = ... or "
-                                    f"name it with 'next {s}: NAME' / next_states={{{s!r}: "
-                                    "'NAME'}", p.filename)
+                raise UndefinedNameError(f"no next value for state {s!r}: assign {s}_next = ... "
+                                         f"or name it with 'next {s}: NAME' / next_states="
+                                         f"{{{s!r}: 'NAME'}}", p.filename)
         return out
 
     def undefined(self, nm: str, line: _Line | None, role: str) -> EquationError:
@@ -1274,7 +1304,8 @@ class _Checker:
         close = difflib.get_close_matches(nm, known, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else f"; defined names: {known}"
         col = line.text.find(nm) if line else None
-        return self.p.err(line, f"undefined name {nm!r} given as the {role}{hint}", col=col)
+        return self.p.err(line, f"undefined name {nm!r} given as the {role}{hint}", col=col,
+                          cls=UndefinedNameError)
 
 
 def _depth(node: ast.AST, limit: int) -> int:
@@ -1433,14 +1464,16 @@ def cell_from_equations(text: str, inputs: Mapping[str, int] | None = None,
                         outputs: Sequence[str] | str | None = None,
                         next_states: Mapping[str, str] | None = None, dtype: str = "float32",
                         name: str | None = None, filename: str = "<equations>",
-                        params: Mapping[str, Any] | None = None) -> Cell:
+                        params: Mapping[str, Any] | None = None,
+                        frozen: Sequence[str] | None = None) -> Cell:
     """A Cell from text equations (see the module docstring for the language).
 
     ``inputs``/``states``: name -> feature size, in order (also from ``input``/``state`` lines).
     ``outputs``: names of the outputs (default: the first state's next value). ``next_states``:
     state -> name of its next value (default ``<state>_next``). ``params``: shapes of parameters
     that use alone does not fix, ``{"W": (out, in), "b": n}``. ``name`` defaults to the
-    ``# cell: NAME`` header, else ``"cell"``.
+    ``# cell: NAME`` header, else ``"cell"``. ``frozen``: names of parameters that are not
+    trained (as ``param W: 20 x 20 frozen`` lines; ``Cell.frozen``).
     """
     if not isinstance(text, str):
         raise TypeError(f"cell_from_equations: text must be a str, got {type(text).__name__}")
@@ -1448,7 +1481,7 @@ def cell_from_equations(text: str, inputs: Mapping[str, int] | None = None,
         raise EquationError(f"dtype must be one of {FLOATS}, got {dtype!r}", filename)
     with frontend_scope("equations"):
         p = _Parser(text, filename, dict(inputs or {}), dict(states or {}), params, outputs,
-                    next_states, name)
+                    next_states, name, frozen)
         if not p.equations:
             raise EquationError("no equations found; write one NAME = EXPRESSION per line",
                                 filename)
@@ -1479,7 +1512,8 @@ def cell_from_equations(text: str, inputs: Mapping[str, int] | None = None,
                             col=line.indent if line else None)
         cell = Cell.make([b.leaves[n] for n in p.inputs], [b.leaves[n] for n in p.states],
                          [b.value(o) for o in out_names],
-                         [b.value(nxt[s][0]) for s in p.states], p.name or "cell", out_names)
+                         [b.value(nxt[s][0]) for s in p.states], p.name or "cell", out_names,
+                         frozen=p.frozen)
         _warn_unused(p, cell)
         _warn_confusable(p, c)
     return cell
@@ -1488,12 +1522,13 @@ def cell_from_equations(text: str, inputs: Mapping[str, int] | None = None,
 def parse_file(path: str | Path, inputs: Mapping[str, int] | None = None,
                states: Mapping[str, int] | None = None, outputs: Sequence[str] | str | None = None,
                next_states: Mapping[str, str] | None = None, dtype: str = "float32",
-               name: str | None = None, params: Mapping[str, Any] | None = None) -> Cell:
+               name: str | None = None, params: Mapping[str, Any] | None = None,
+               frozen: Sequence[str] | None = None) -> Cell:
     """A Cell from an equations file (UTF-8); sizes usually come from its header lines."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     return cell_from_equations(text, inputs, states, outputs, next_states, dtype, name,
-                               str(path), params)
+                               str(path), params, frozen)
 
 
 __all__ = ["FUNCTIONS", "cell_from_equations", "parse_file"]

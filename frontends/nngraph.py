@@ -27,6 +27,12 @@ node it came from, so shape errors point at the user's line):
 - MulConstant / AddConstant -> MUL / ADD by a CONST; CAddTable... -> ADD/SUB/MUL/DIV chains;
 - LogSoftMax -> REDUCE max/sum with EXP/LOG; LookupTable -> GATHER (ids: int64 ``(B, 1)``,
   0-based as everywhere in numpy, not Torch's 1-based);
+- Sum(2) / Mean(2) (or ``(1, 1)``: dimension 1 with nInputDims 1) -> a feature REDUCE to
+  ``(B, 1)`` (never squeezed: values are 2-D), Replicate(n, 2) -> EXPAND back to ``(B, n)``;
+  LayerNormalization(n) -> those plus SQRT and DIV, then its gain ``_g`` and bias ``_b``
+  (the paper's Torch module: eps added to the standard deviation);
+- ``module.freeze()`` (or ``nn.Linear(.., frozen=True)``): the module's parameters are listed
+  in ``Cell.frozen`` by ``to_cell``: no gradient is computed for them;
 - Dropout is the identity at the IR level: a cell is one time step, and models apply dropout
   between layers (on the non-recurrent connections), outside the cell;
 - ClassNLLCriterion is a loss, not a node of a cell: calling it on nodes raises. Its numpy
@@ -48,7 +54,8 @@ PARAM names are identifiers, unique in a gModule and stable: a module's base nam
 ``_``), else ``<Class>_<k>`` where k counts that module class within the gModule in order of
 module creation, from 1 as in Lua (``Linear_1``, ``Linear_2``, ...). Parameters are
 ``<base>_W`` and ``<base>_b`` (Linear), ``<base>_w`` (CMul), ``<base>_b`` (Add), ``<base>_W``
-(LookupTable). A module applied twice shares its parameters, as in Torch.
+(LookupTable), ``<base>_g`` and ``<base>_b`` (LayerNormalization). A module applied twice
+shares its parameters, as in Torch.
 """
 
 from __future__ import annotations
@@ -141,6 +148,17 @@ class Module:
         self._serial = next(_serial)
         self._site = _site()
         self.params: dict[str, np.ndarray] = {}   # suffix -> initial value (owned, mutable)
+        self.frozen = False   # freeze(): its parameters are not trained (Cell.frozen)
+
+    def freeze(self, frozen: bool = True) -> Module:
+        """Mark this module's parameters as not trained: a cell made from the graph lists them
+        in ``Cell.frozen`` (no gradient is computed for them, the optimizers expect none), as
+        an echo-state network's fixed reservoir. Returns the module, so
+        ``nn.Linear(n, n).freeze()(h)`` reads as one expression. ``freeze(False)`` undoes it."""
+        if not self.params:
+            raise ModuleUsageError(f"{self.typename}: has no parameters to freeze")
+        self.frozen = bool(frozen)
+        return self
 
     @property
     def typename(self) -> str:
@@ -259,7 +277,8 @@ class Linear(Module):
     """``y = x W + b`` with W ``(in, out)`` (the transpose of Torch's weight) and b ``(1, out)``.
     Weights start as in Torch: uniform in ±1/sqrt(in)."""
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = True) -> None:
+    def __init__(self, input_size: int, output_size: int, bias: bool = True,
+                 frozen: bool = False) -> None:
         super().__init__()
         self.input_size = _positive_int("nn.Linear", "input_size", input_size)
         self.output_size = _positive_int("nn.Linear", "output_size", output_size)
@@ -268,9 +287,11 @@ class Linear(Module):
         self.params["W"] = _uniform((self.input_size, self.output_size), stdv)
         if self.bias:
             self.params["b"] = _uniform((1, self.output_size), stdv)
+        self.frozen = bool(frozen)
 
     def _args(self) -> str:
-        return f"{self.input_size} -> {self.output_size}" + ("" if self.bias else ", no bias")
+        return (f"{self.input_size} -> {self.output_size}" + ("" if self.bias else ", no bias")
+                + (", frozen" if self.frozen else ""))
 
     def lower(self, x: Value, lw: _Lowering) -> Value:
         x = self._one(x)
@@ -370,6 +391,13 @@ class ReLU(_Unary):
 class Square(_Unary):
     def fn(self, x: IRNode) -> IRNode:
         return apply(Ops.MUL, x, x)
+
+
+class Sqrt(_Unary):
+    """``sqrt(x)`` elementwise (Torch's ``nn.Sqrt``)."""
+
+    def fn(self, x: IRNode) -> IRNode:
+        return IrF.sqrt(x)
 
 
 class MulConstant(_Unary):
@@ -563,25 +591,158 @@ class _SplitSelect(Module):
 
 class Narrow(Module):
     """``Narrow(dim, offset, length)``: features offset .. offset+length-1, counted from 1 as in
-    Torch; only dimension 2 (the features) can be narrowed."""
+    Torch; only dimension 2 (the features) can be narrowed. As in Torch, a negative offset
+    counts from the end (-1 is the last feature) and a negative length ends that far from the
+    end (-1: up to the last feature)."""
     def __init__(self, dimension: int, offset: int, length: int = 1) -> None:
         super().__init__()
         if dimension != 2:
             raise ValueError(f"nn.Narrow: only dimension 2 (the features) is supported, got "
                              f"{dimension!r}")
-        self.offset = _positive_int("nn.Narrow", "offset", offset)
-        self.length = _positive_int("nn.Narrow", "length", length)
+        for what, v in (("offset", offset), ("length", length)):
+            if isinstance(v, bool) or not isinstance(v, int) or v == 0:
+                raise ValueError(f"nn.Narrow: {what} must be a non-zero integer (from 1, or "
+                                 f"negative from the end), got {v!r}")
+        self.offset, self.length = offset, length
 
     def _args(self) -> str:
         return f"2, {self.offset}, {self.length}"
 
     def lower(self, x: Value, lw: _Lowering) -> Value:
         x = self._one(x)
-        start = self.offset - 1
-        if start + self.length > int(x.shape[1]):
-            raise ShapeError(f"reaches feature "
-                             f"{start + self.length} but the input is {short_type(x)}")
-        return apply(Ops.SLICE, x, arg=(start, start + self.length))
+        n = int(x.shape[1])
+        offset = self.offset if self.offset > 0 else n + self.offset + 1
+        length = self.length if self.length > 0 else n - offset + self.length + 2
+        start = offset - 1
+        if start < 0 or length <= 0 or start + length > n:
+            raise ShapeError(f"Narrow(2, {self.offset}, {self.length}) selects features "
+                             f"{offset}..{offset + length - 1} (from 1) but the input is "
+                             f"{short_type(x)}")
+        return apply(Ops.SLICE, x, arg=(start, start + length))
+
+
+def _feature_dim(who: str, dimension: int, n_input_dims: int | None) -> None:
+    """Torch's dimension rule for reductions on a (B, n) batch: ``dimension`` 2 (or -1), or
+    1 with ``nInputDims`` 1 (one dimension per example, so the batch shifts it to 2)."""
+    if dimension in (2, -1) or (dimension == 1 and n_input_dims == 1):
+        return
+    raise ValueError(f"{who}: only the features can be reduced: write {who}(2) or "
+                     f"{who}(1, 1) (dimension 1 with nInputDims=1 on a batch); got dimension="
+                     f"{dimension!r}, nInputDims={n_input_dims!r} (dimension 1 is the batch)")
+
+
+class Sum(Module):
+    """``Sum(dimension, nInputDims, sizeAverage, squeeze)`` over the features, as Torch's
+    ``nn.Sum``: ``nn.Sum(2)`` (or ``nn.Sum(1, 1)``) maps (B, n) to one value per example,
+    ``sizeAverage=True`` divides by n. The result is (B, 1) whatever ``squeeze`` says, since
+    every value here is 2-D; ``nn.Replicate(n, 2)`` broadcasts it back to (B, n)."""
+    average = False
+
+    def __init__(self, dimension: int = 1, n_input_dims: int | None = None,
+                 size_average: bool = False, squeeze: bool = True) -> None:
+        super().__init__()
+        _feature_dim(self.typename, dimension, n_input_dims)
+        self.dimension, self.n_input_dims = dimension, n_input_dims
+        self.average = bool(size_average) or self.average
+
+    def _args(self) -> str:
+        dims = f"{self.dimension}" + ("" if self.n_input_dims is None else
+                                      f", {self.n_input_dims}")
+        return dims + (", sizeAverage" if self.average and type(self) is Sum else "")
+
+    def lower(self, x: Value, lw: _Lowering) -> Value:
+        x = self._one(x)
+        if x.dtype not in ir.FLOATS:
+            raise ShapeError(f"needs a float tensor, got {short_type(x)}")
+        s = apply(Ops.REDUCE, x, arg=("sum", 1))
+        if self.average:
+            s = apply(Ops.MUL, s, const(1.0 / int(x.shape[1]), s.shape, s.dtype))
+        return s
+
+
+class Mean(Sum):
+    """``Mean(dimension, nInputDims)``: the average over the features, Torch's ``nn.Mean``
+    (``nn.Sum`` with ``sizeAverage``); ``nn.Mean(2)`` maps (B, n) to (B, 1)."""
+    average = True
+
+    def __init__(self, dimension: int = 1, n_input_dims: int | None = None,
+                 squeeze: bool = True) -> None:
+        super().__init__(dimension, n_input_dims, True, squeeze)
+
+
+class Replicate(Module):
+    """``Replicate(nFeature, 2)``: a (B, 1) value (a reduction's result) repeated to
+    (B, nFeature), as Torch's ``nn.Replicate(n, 2)`` does to a (B) vector."""
+
+    def __init__(self, n_features: int, dim: int = 1, n_dim: int | None = None) -> None:
+        super().__init__()
+        self.n = _positive_int("nn.Replicate", "nFeature", n_features)
+        if not (dim == 2 or (dim == 1 and n_dim == 1)):
+            raise ValueError(f"nn.Replicate: only replicating along the features is supported:"
+                             f" write nn.Replicate({self.n}, 2); got dim={dim!r}, "
+                             f"nDim={n_dim!r}")
+        self.dim, self.n_dim = dim, n_dim
+
+    def _args(self) -> str:
+        return f"{self.n}, {self.dim}" + ("" if self.n_dim is None else f", {self.n_dim}")
+
+    def lower(self, x: Value, lw: _Lowering) -> Value:
+        x = self._one(x)
+        if x.shape[1] != 1:
+            raise ShapeError(f"replicates one value per example, (B, 1), got {short_type(x)}; "
+                             "reduce it first (nn.Sum(2), nn.Mean(2))")
+        return apply(Ops.EXPAND, x, arg=(x.shape[0], self.n))
+
+
+class LayerNormalization(Module):
+    """Layer normalization over the features (Ba, Kiros and Hinton 2016) as the paper's Torch
+    module defines it (``nn.LayerNormalization(nOutput, bias, eps, affine)`` of
+    github.com/ryankiros/layer-norm, an nngraph of Mean, Replicate, CSubTable, Square, Sqrt,
+    AddConstant and CDivTable):
+
+        y = (x - mean(x)) / (std(x) + eps)      std: the population standard deviation
+        y = g * y + b                           when affine (the default)
+
+    ``eps`` (default 1e-5) is added to the standard deviation, not to the variance as the
+    equations' ``layer_norm`` and PyTorch's ``LayerNorm`` do. The gain ``<base>_g`` starts
+    at 1 and the bias ``<base>_b`` at ``bias`` (default 0; Torch's module left its nn.Add's
+    random initial bias when none was given)."""
+    same_size = True
+
+    def __init__(self, n_output: int, bias: float | None = None, eps: float = 1e-5,
+                 affine: bool = True) -> None:
+        super().__init__()
+        self.size = _positive_int("nn.LayerNormalization", "nOutput", n_output)
+        self.eps = float(eps)
+        if not (self.eps >= 0 and np.isfinite(self.eps)):
+            raise ValueError(f"nn.LayerNormalization: eps must be a finite number >= 0, got "
+                             f"{eps!r}")
+        self.affine = bool(affine)
+        if self.affine:
+            self.params["g"] = np.ones((1, self.size))
+            self.params["b"] = np.full((1, self.size), 0.0 if bias is None else float(bias))
+
+    def _args(self) -> str:
+        return f"{self.size}" + (f", eps={self.eps:g}" if self.eps != 1e-5 else "") + \
+            ("" if self.affine else ", affine=false")
+
+    def lower(self, x: Value, lw: _Lowering) -> Value:
+        x = self._one(x)
+        self._features(x, self.size)
+        n = self.size
+
+        def mean(v: IRNode) -> IRNode:
+            s = apply(Ops.REDUCE, v, arg=("sum", 1))
+            return apply(Ops.EXPAND, s * (1.0 / n), arg=v.shape)
+        centred = x - mean(x)
+        std = apply(Ops.SQRT, mean(centred * centred))
+        y = centred / (std + self.eps)
+        if self.affine:
+            y = y * lw.param("g", (1, n)) + lw.param("b", (1, n))
+        return y
+
+    def size_hint(self, k: int, parents: list[Value | None]) -> tuple[int, str | None] | None:
+        return (self.size, None)
 
 
 class JoinTable(Module):
@@ -1203,8 +1364,10 @@ class gModule:  # noqa: N801 - Torch's name
         used = {n for n in ir.toposort(out_nodes + nxt_nodes) if n.op is Ops.PARAM}
         rank = {name: k for k, name in enumerate(self._owner)}
         params = sorted(used, key=lambda p: rank.get(p.arg, len(rank)))
+        frozen = {p.arg for p in params if p.arg in self._owner and self._owner[p.arg].frozen}
         return Cell(tuple(leaves[i] for i in ins), tuple(leaves[i] for i in st),
-                    tuple(out_nodes), tuple(nxt_nodes), tuple(params), name, tuple(out_names))
+                    tuple(out_nodes), tuple(nxt_nodes), tuple(params), name, tuple(out_names),
+                    frozen=frozenset(frozen))
 
     def __call__(self, *args: Any) -> Any:
         raise ModuleUsageError("using a gModule as a module of another graph is not supported; "

@@ -60,7 +60,8 @@ BACKENDS: dict[str, str] = {
 
 @dataclass
 class Grads:
-    """Gradients of a loss: by parameter name, per input (T,B,n), per initial state (B,n)."""
+    """Gradients of a loss: by parameter name, per input (T,B,n), per initial state (B,n).
+    ``params`` has no entry for a frozen parameter (``Cell.frozen``)."""
     params: dict[str, np.ndarray]
     inputs: list[np.ndarray]
     states: list[np.ndarray]
@@ -69,9 +70,16 @@ class Grads:
 def init_params(cell: Cell, seed: int = 0, scheme: str = "uniform", scale: float = 0.08,
                 dtype: str | None = None,
                 overrides: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-    """Seeded parameters by name. Schemes: ``uniform`` (±scale, char-rnn's 0.08, Zaremba's 0.1),
-    ``orthogonal`` (square blocks of 2-D weights; others uniform), ``zeros``. ``overrides`` sets
-    a constant by parameter name, e.g. a forget-gate bias of 1."""
+    """Seeded parameters by name, in the shapes the cell declares. Schemes: ``uniform`` (±scale,
+    char-rnn's 0.08, Zaremba's 0.1), ``orthogonal`` (square blocks of 2-D weights; others
+    uniform), ``zeros``. ``overrides`` sets a constant by parameter name, e.g. a forget-gate
+    bias of 1.
+
+    Weight layouts differ by frontend: an equations cell's weights are (out, in), as PyTorch
+    stores them (``W @ x``); the zoo's, ``frontends.trace``'s and ``graphrnn.nn``'s are
+    (in, out) (``x @ W``). ``cell.weight_layouts()`` says which, per weight, and
+    ``graphrnn.convert.relayout`` converts a dict between two cells. ``orthogonal`` makes the
+    square blocks along the columns of the array as stored."""
     rng = np.random.default_rng(seed)
     dt = np.dtype(dtype or cell.dtype)
     out: dict[str, np.ndarray] = {}
@@ -360,13 +368,29 @@ class CompiledCell:
                                          f"an array {p.shape}")))
         return out
 
+    def _layout_hint(self, name: str, got: tuple[int, ...]) -> str:
+        """What to say when a weight comes transposed: which layout this cell stores."""
+        shape = self.cell.param_shapes()[name]
+        layout = self.cell.weight_layouts().get(name)
+        if layout not in ("(in, out)", "(out, in)") or tuple(got) != tuple(shape)[::-1]:
+            return ""
+        if layout == "(in, out)":
+            return (f": the transpose. This cell stores {name} as (in, out) and computes "
+                    f"x @ {name} (the zoo, trace and nngraph layout); PyTorch and the equations "
+                    f"frontend store (out, in): pass {name}.T, or convert a whole dict with "
+                    "graphrnn.convert.relayout")
+        return (f": the transpose. This cell stores {name} as (out, in) and computes "
+                f"{name} @ x (the equations frontend's layout, PyTorch's); the zoo, trace and "
+                f"nngraph store (in, out): pass {name}.T, or convert a whole dict with "
+                "graphrnn.convert.relayout")
+
     def _params(self, params: Any) -> dict[str, np.ndarray]:
         out = {}
         for p, v in self._param_items(params):
             v = np.asarray(v, dtype=self.dtype)
             if v.shape != p.shape:
                 raise RuntimeInputError(f"parameter {p.arg!r}: expected shape {p.shape}, got "
-                                        f"{v.shape}")
+                                        f"{v.shape}{self._layout_hint(p.arg, v.shape)}")
             out[p.arg] = v
         return out
 
@@ -477,7 +501,10 @@ class CompiledCell:
                                          lambda d: np.asarray(d, self.dtype))
         converted = self._params(params)
         self._note_same_params(res, params)
-        return self._backward(converted, res, d_ys, d_final)
+        grads = self._backward(converted, res, d_ys, d_final)
+        for name in self.cell.frozen:   # the backends compute none; a third-party one might
+            grads.params.pop(name, None)
+        return grads
 
     def explain(self, batch: int = 1, kernels: bool = False) -> str:
         """The optimized plan of this cell (``graphrnn.explain``), whatever the backend."""

@@ -245,11 +245,16 @@ def backward_cell(cell: Cell) -> BackwardCell:
     d_outputs = tuple(input_(f"d_{output_name(cell, i)}", int(o.shape[1]), o.dtype)
                       for i, o in enumerate(cell.outputs))
     d_next = tuple(state(f"d_{s.arg}", int(s.shape[1]), s.dtype) for s in cell.states)
-    wrt = list(cell.states) + list(cell.inputs) + list(cell.params)
+    # a frozen parameter is not differentiated at all: no path is walked for it alone, and its
+    # d_param is a zero constant, which the schedule turns into no gradient (no GEMM)
+    trained = [p for p in cell.params if p.arg not in cell.frozen]
+    wrt = list(cell.states) + list(cell.inputs) + trained
     grads = vjp(list(cell.outputs) + list(cell.next_states),
                 list(d_outputs) + list(d_next), wrt)
     ns, ni = len(cell.states), len(cell.inputs)
     float_inputs = [g if x.dtype != "int64" else _zeros(g) for x, g in
                     zip(cell.inputs, grads[ns:ns + ni])]
+    of = dict(zip(trained, grads[ns + ni:]))
+    d_params = tuple(of[p] if p in of else _zeros(p) for p in cell.params)
     return BackwardCell(cell, d_outputs, d_next, tuple(grads[:ns]), tuple(float_inputs),
-                        tuple(grads[ns + ni:]))
+                        d_params)

@@ -61,6 +61,7 @@ class CellBuilder:
         self.dtype = dtype
         self.inputs: list[Node] = []
         self.states: list[Node] = []
+        self.frozen: set[str] = set()
         self._scope = frontend_scope("trace")
 
     def input(self, name: str, size: int) -> Node:
@@ -75,17 +76,22 @@ class CellBuilder:
         self.states.append(n)
         return n
 
-    def param(self, name: str, shape: tuple[int, int]) -> Node:
+    def param(self, name: str, shape: tuple[int, int], frozen: bool = False) -> Node:
+        """A parameter; ``frozen=True``: not trained (no gradient, ``Cell.frozen``)."""
         with self._scope:
-            return param(name, shape, self.dtype)
+            p = param(name, shape, self.dtype)
+        if frozen:
+            self.frozen.add(name)
+        return p
 
-    def linear(self, x: Node, out: int, name: str, bias: bool = True) -> Node:
-        """``x @ W_name (+ b_name)``: W is (in, out), b is (1, out)."""
+    def linear(self, x: Node, out: int, name: str, bias: bool = True,
+               frozen: bool = False) -> Node:
+        """``x @ W_name (+ b_name)``: W is (in, out), b is (1, out); ``frozen`` freezes both."""
         with self._scope:
-            y = x @ param(name, (int(x.shape[1]), out), self.dtype)
+            y = x @ self.param(name, (int(x.shape[1]), out), frozen)
             if bias:
-                y = y + param("b" + name[1:] if name.startswith("W") else name + "_b",
-                              (1, out), self.dtype)
+                y = y + self.param("b" + name[1:] if name.startswith("W") else name + "_b",
+                                   (1, out), frozen)
         return y
 
     def build(self, outputs: Sequence[Node], next_states: Mapping[str, Node] | Sequence[Node],
@@ -102,4 +108,6 @@ class CellBuilder:
             nxt = [next_states[n] for n in names]
         else:
             nxt = list(next_states)
-        return Cell.make(self.inputs, self.states, outputs, nxt, self.name, output_names)
+        cell = Cell.make(self.inputs, self.states, outputs, nxt, self.name, output_names)
+        # a frozen parameter the outputs do not reach is not part of the cell
+        return cell.with_frozen(self.frozen & set(cell.param_shapes())) if self.frozen else cell

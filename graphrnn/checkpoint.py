@@ -36,6 +36,14 @@ from .safefile import NotRegularFileError, atomic_write, open_regular
 
 FORMAT = "graphrnn-checkpoint"
 VERSION = 1
+# How the parameters in a checkpoint are laid out (metadata field ``weight_layout``, written by
+# every ``save``). 1: each cell's own layout, as ``Cell.weight_layouts()`` reads it from the
+# graph: the zoo's, trace's and nngraph's weights are (in, out) (``x @ W``), an equations cell's
+# are (out, in) (``W @ x``, PyTorch's). A checkpoint without the field predates it and is
+# layout 1. A release that changes a frontend's layout (e.g. the zoo to PyTorch's (out, in))
+# bumps this number; loading another layout is then refused with the conversion to run
+# (``graphrnn.convert.relayout``), never read silently: a square weight would fit either way.
+WEIGHT_LAYOUT = 1
 _META = "__meta__"
 # bounds on what a checkpoint may make us allocate or parse; far above any real one (a 2-layer
 # LSTM LM is 4.6 MB, its metadata a few KB)
@@ -69,7 +77,7 @@ def save(path: str | os.PathLike[str], arrays: dict[str, np.ndarray],
     bad = [k for k in arrays if k == _META or not k or k.startswith("/")]
     if bad:
         raise CheckpointError(f"reserved or empty array names {bad}")
-    doc = {"format": FORMAT, "version": VERSION, **meta}
+    doc = {"format": FORMAT, "version": VERSION, "weight_layout": WEIGHT_LAYOUT, **meta}
     blob = np.frombuffer(json.dumps(doc, sort_keys=True).encode("utf-8"), dtype=np.uint8)
 
     def write(f: IO[bytes]) -> None:
@@ -153,6 +161,13 @@ def load(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str,
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {meta.get('version')!r:.40}, this "
                               f"graphrnn reads version {VERSION}")
+    layout = meta.get("weight_layout", 1)   # absent: written before the field, layout 1
+    if layout != WEIGHT_LAYOUT:
+        raise CheckpointError(f"{path} stores weights in layout {layout!r:.40}, this graphrnn "
+                              f"uses layout {WEIGHT_LAYOUT} (graphrnn.checkpoint.WEIGHT_LAYOUT: "
+                              "zoo, trace and nngraph weights (in, out), equations weights "
+                              "(out, in)); convert its parameters with graphrnn.convert.relayout "
+                              "before loading them")
     return arrays, meta
 
 

@@ -2,8 +2,13 @@
 dicts to and from the zoo cells' parameters (``graphrnn.cells``).
 
 Everything takes and returns plain dicts of numpy arrays; torch tensors are accepted (they are
-read with ``.detach().cpu().numpy()``), and torch is never imported here. Our weights are
-(in, out) for ``x @ W``; PyTorch's are (out, in) for ``W @ x``, hence the transposes.
+read with ``.detach().cpu().numpy()``), and torch is never imported here.
+
+Weight layouts: the zoo cells' weights (the ones these converters read and write) are (in, out)
+for ``x @ W``; PyTorch's are (out, in) for ``W @ x``, hence the transposes below. An equations
+cell's weights are (out, in) like PyTorch's (``Cell.weight_layouts()`` says, per weight, which
+layout a cell uses). ``relayout`` converts a parameter dict between two cells that compute the
+same thing with the same names in different layouts (a zoo cell and its equations twin).
 
 Gate orders of a fused LSTM weight (column blocks of W_x (I, 4H), W_h (H, 4H), b (1, 4H)):
 PyTorch "ifgo", char-rnn "ifog", Zaremba et al. "igfo". ``reorder_gates`` moves blocks between
@@ -54,6 +59,32 @@ def _blocks(a: np.ndarray, n: int, axis: int, what: str) -> list[np.ndarray]:
     if size % n:
         raise ShapeError(f"{what}: axis {axis} of shape {a.shape} is not {n} equal gate blocks")
     return np.split(a, n, axis=axis)
+
+
+# ---- weight layouts ----
+
+def relayout(params: Mapping[str, Any], src: Any, dst: Any) -> Params:
+    """``params`` of the cell ``src`` for the cell ``dst``: every weight the two cells store in
+    different layouts (``Cell.weight_layouts()``: "(in, out)" for ``x @ W``, "(out, in)" for
+    ``W @ x``) is transposed, everything else is copied. The cells must have the same
+    parameter names; each result is checked against ``dst``'s shape."""
+    want, have = dst.param_shapes(), src.param_shapes()
+    if set(want) != set(have):
+        raise KeyError(f"relayout: the cells' parameters differ: only {src.name}: "
+                       f"{sorted(set(have) - set(want))}, only {dst.name}: "
+                       f"{sorted(set(want) - set(have))}")
+    sl, dl = src.weight_layouts(), dst.weight_layouts()
+    out: Params = {}
+    for name, shape in want.items():
+        v = _get(params, name, "relayout")
+        if sl.get(name) != dl.get(name) and "mixed" not in (sl.get(name), dl.get(name)):
+            v = v.T
+        if tuple(v.shape) != tuple(shape):
+            raise ShapeError(f"relayout: {name} of {src.name} ({sl.get(name, 'not a weight')})"
+                             f" becomes {v.shape} but {dst.name} needs {tuple(shape)} "
+                             f"({dl.get(name, 'not a weight')})")
+        out[name] = np.ascontiguousarray(v)
+    return out
 
 
 # ---- LSTM gate orders ----

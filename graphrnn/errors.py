@@ -49,6 +49,12 @@ class EquationError(GraphRNNError, SyntaxError):
         return f"{where}: {self.msg}{line}{caret}"
 
 
+class UndefinedNameError(EquationError):
+    """The equations read a name that is not declared where it must be (the right of ``@``, a
+    state's next value, an output), or a state has no next value: the kind of error a file
+    read with other input/state names than it uses gets, as opposed to a typo in the syntax."""
+
+
 class EquationWarning(UserWarning):
     """A text equation was accepted but probably does not say what was meant; names the line."""
 

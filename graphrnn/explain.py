@@ -103,6 +103,10 @@ def explain_program(p: Program, batch: int = 1, kernels: bool = False) -> str:
     out.append(f"residuals: {', '.join(p.residuals) or '(none beyond states)'}; "
                f"{vals} values per row per step = {p.residual_bytes_per_step(batch):,} bytes "
                f"per step at B={batch}")
+    no_grad = sorted({n for n, _ in p.param_shapes} - {pc.name for pc in p.grad_pieces})
+    if no_grad:
+        # frozen parameters (Cell.frozen), or ones no output depends on: no GEMM computes them
+        out.append(f"no gradient (frozen or unused): {', '.join(no_grad)}")
     out.append("buffers: " + ", ".join(
         f"{b.name}:{b.kind}[{'T+1,' if b.extra else 'T,' if b.kind == 'seq' else ''}"
         f"{'B,' if not b.fixed else str(b.rows) + ','}{b.cols}]" for b in p.buffers))

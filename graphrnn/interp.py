@@ -141,7 +141,7 @@ def run_backward(bw: BackwardCell, params: dict[str, np.ndarray], xs: Sequence[n
     penv = {p: params[p.arg] for p in cell.params}
     d_h = [np.zeros(_dims(s.shape, batch), dt) if d is None else np.asarray(d, dt)
            for s, d in zip(cell.states, d_final)]
-    d_params = {p.arg: np.zeros(p.shape, dt) for p in cell.params}
+    d_params = {p.arg: np.zeros(p.shape, dt) for p in cell.params if p.arg not in cell.frozen}
     d_xs = [np.zeros(x.shape, dt) if x.dtype != np.int64 else np.zeros(x.shape, dt)
             for x in xs]
     for t in reversed(range(T)):
@@ -156,5 +156,6 @@ def run_backward(bw: BackwardCell, params: dict[str, np.ndarray], xs: Sequence[n
         for i in range(ni):
             d_xs[i][t] = res[ns + i]
         for p, g in zip(cell.params, res[ns + ni:]):
-            d_params[p.arg] += g
+            if p.arg in d_params:   # a frozen parameter has no gradient
+                d_params[p.arg] += g
     return d_params, d_xs, d_h

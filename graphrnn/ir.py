@@ -178,7 +178,9 @@ class Node:
 
     @property
     def T(self) -> Node:  # noqa: N802
-        raise ShapeError("transposes are not values in the IR; write a @ W with W (in, out)")
+        raise ShapeError("transposes are not values in the IR; write a @ W with W (in, out) "
+                         "(the equations frontend reads W @ x with W (out, in), PyTorch's "
+                         "layout)")
 
     def __bool__(self) -> bool:
         return True
@@ -298,7 +300,8 @@ def infer(op: Ops, src: tuple[Node, ...], arg: Any) -> tuple[str, Shape]:
             hint = ""
             if kb is B and a.shape[0] is not B and not tb:
                 # W @ x written as in the math (column vectors); the IR's rows are examples
-                hint = "; rows are examples here: write x @ W with W of shape (in, out)"
+                hint = ("; rows are examples here: write x @ W with W of shape (in, out) (the "
+                        "equations frontend reads W @ x with W (out, in), as PyTorch stores it)")
             raise _fail(f"matmul: inner sizes differ: {short_type(a)}{'ᵀ' if ta else ''} @ "
                         f"{short_type(b)}{'ᵀ' if tb else ''} ({ka} vs {kb}){hint}", a, b)
         if a.dtype != b.dtype:
@@ -460,7 +463,15 @@ class Cell:
     the zoo's LSTMs record ``gates`` (the letters of the gate blocks of the fused
     pre-activation, in column order, e.g. "ifgo") and ``gate_biases`` (the (1, k*H) parameters
     laid out in that order whose sum is each gate's bias), which ``forget_bias_overrides``
-    reads. It is not part of equality or the hash: the graph alone is the function."""
+    reads. It is not part of equality or the hash: the graph alone is the function.
+
+    ``frozen`` names parameters that are not trained (an echo-state network's reservoir): the
+    forward reads them as any other parameter, but autodiff computes no gradient for them (the
+    weight-gradient GEMM after the loop is not built), ``Grads.params`` has no entry for them
+    and the optimizers expect none. It is a fact about the cell, not the node, because one
+    hash-consed PARAM leaf may be trained in one cell and frozen in another; it is part of
+    equality (it changes the backward). GEMM merging never packs a frozen parameter with a
+    trained one."""
     inputs: tuple[Node, ...]
     states: tuple[Node, ...]
     outputs: tuple[Node, ...]
@@ -469,10 +480,15 @@ class Cell:
     name: str = "cell"
     output_names: tuple[str, ...] = field(default=())
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    frozen: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         for f in ("inputs", "states", "outputs", "next_states", "params"):
             object.__setattr__(self, f, tuple(getattr(self, f)))
+        if isinstance(self.frozen, str):
+            raise GraphError(f"cell {self.name}: frozen must be a collection of parameter "
+                             f"names, got the string {self.frozen!r}")
+        object.__setattr__(self, "frozen", frozenset(self.frozen))
         # a private copy behind a read-only view: a frozen cell must not change under its users
         object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
         self._validate()
@@ -485,9 +501,10 @@ class Cell:
     def make(cls, inputs: Sequence[Node], states: Sequence[Node], outputs: Sequence[Node],
              next_states: Sequence[Node], name: str = "cell",
              output_names: Sequence[str] | None = None,
-             meta: Mapping[str, Any] | None = None) -> Cell:
+             meta: Mapping[str, Any] | None = None,
+             frozen: Iterable[str] = ()) -> Cell:
         return cls(tuple(inputs), tuple(states), tuple(outputs), tuple(next_states), (), name,
-                   tuple(output_names or ()), meta or {})
+                   tuple(output_names or ()), meta or {}, frozenset(frozen))
 
     def _validate(self) -> None:
         for kind, leaves, op in (("input", self.inputs, Ops.INPUT),
@@ -529,6 +546,10 @@ class Cell:
         if dup:
             raise GraphError(f"cell {self.name}: two parameters share the names {sorted(dup)} "
                              "with different shapes")
+        unknown = sorted(self.frozen - set(pnames))
+        if unknown:
+            raise GraphError(f"cell {self.name}: frozen names {unknown} are not parameters of "
+                             f"the cell; its parameters are {sorted(pnames)}")
         if len({n.dtype for n in order if n.dtype in FLOATS}) > 1:
             raise GraphError(f"cell {self.name}: mixes float32 and float64 nodes")
 
@@ -558,10 +579,32 @@ class Cell:
         outs = new[k:k + len(self.outputs)]
         nxt = new[k + len(self.outputs):]
         return Cell(tuple(ins), tuple(sts), tuple(outs), tuple(nxt), (), self.name,
-                    self.output_names, self.meta)
+                    self.output_names, self.meta, self.frozen)
 
     def param_shapes(self) -> dict[str, tuple[int, int]]:
         return {p.arg: p.shape for p in self.params}
+
+    def weight_layouts(self) -> dict[str, str]:
+        """How each weight is stored, read from the graph: ``"(in, out)"`` for a parameter
+        used as ``x @ W`` (the zoo, ``frontends.trace`` and ``graphrnn.nn`` store weights so),
+        ``"(out, in)"`` for one used as ``W @ x`` (the equations frontend's layout, and
+        PyTorch's). Parameters no product reads (biases, gains, embedding tables) are not
+        listed; one read both ways is ``"mixed"``."""
+        seen: dict[str, set[str]] = {}
+        for n in self.nodes():
+            if n.op is Ops.MATMUL and n.src[1].op is Ops.PARAM and not n.arg[0]:
+                kind = "(out, in)" if n.arg[1] else "(in, out)"
+                seen.setdefault(n.src[1].arg, set()).add(kind)
+        return {p.arg: (next(iter(seen[p.arg])) if len(seen[p.arg]) == 1 else "mixed")
+                for p in self.params if p.arg in seen}
+
+    def grad_shapes(self) -> dict[str, tuple[int, int]]:
+        """The shapes of the parameters that get gradients: all but the frozen ones."""
+        return {p.arg: p.shape for p in self.params if p.arg not in self.frozen}
+
+    def with_frozen(self, names: Iterable[str]) -> Cell:
+        """The same cell with exactly ``names`` frozen (``()`` trains every parameter)."""
+        return dataclasses.replace(self, frozen=names)  # type: ignore[arg-type]
 
     # str(cell) (the printer's SSA text) and Jupyter's _repr_svg_ are attached by
     # graphrnn/display.py: ir.py imports neither the printer nor viz, which import it

@@ -7,7 +7,8 @@ helpers and ``apply``, which infer and check shapes), after checking every field
 range: an op outside the IR's op set (or a kernel-only op: FUSED, GET, SINK), a source index that
 does not point backwards, an argument of the wrong form, or a node whose inferred type differs
 from the recorded one raises ``GraphError``. Nothing in the document is evaluated. ``meta``
-(the zoo LSTMs' gate layout) is not stored.
+(the zoo LSTMs' gate layout) is not stored; ``frozen`` (the untrained parameters' names) is, and
+a document without it (written before it existed) freezes nothing.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def cell_to_json(cell: Cell) -> dict[str, Any]:
             "states": [index[n] for n in cell.states],
             "outputs": [index[n] for n in cell.outputs],
             "next_states": [index[n] for n in cell.next_states],
-            "output_names": list(cell.output_names)}
+            "output_names": list(cell.output_names),
+            "frozen": sorted(cell.frozen)}
 
 
 def _fail(where: str, what: str, got: Any) -> GraphError:
@@ -162,5 +164,9 @@ def cell_from_json(doc: Any) -> Cell:
     names = _list("output_names", doc.get("output_names", []))
     if not all(isinstance(x, str) for x in names):
         raise _fail("output_names", "a list of strings", names)
+    # absent in documents written before frozen parameters existed: nothing frozen
+    frozen = _list("frozen", doc.get("frozen", []))
+    if not all(isinstance(x, str) for x in frozen):
+        raise _fail("frozen", "a list of parameter names", frozen)
     return Cell.make(pick("inputs"), pick("states"), pick("outputs"), pick("next_states"),
-                     name=name, output_names=names)
+                     name=name, output_names=names, frozen=frozen)

@@ -167,12 +167,18 @@ def split_rows(roots: list[Node], layout: Layout) -> tuple[list[Node], Layout]:
     return _rewrite(roots, rule), layout
 
 
-def pack_columns(roots: list[Node], layout: Layout) -> tuple[list[Node], Layout]:
+def pack_columns(roots: list[Node], layout: Layout,
+                 frozen: frozenset[str] = frozenset()) -> tuple[list[Node], Layout]:
     """``a @ W_1 .. a @ W_m`` -> slices of ``a @ [W_1 | .. | W_m]`` (and ``a @ W_iᵀ`` ->
-    slices of ``a @ [W_1; ..; W_m]ᵀ``)."""
+    slices of ``a @ [W_1; ..; W_m]ᵀ``). Frozen weights (``frozen``: user names) pack only with
+    frozen ones, so a trained packed weight's gradient never computes a frozen block: a frozen
+    W and a trained U on the same h are two GEMMs in the step (the same FLOPs as one packed
+    GEMM, one more call forward and backward), and the gradient GEMM after the loop is U's
+    alone (half the FLOPs of the packed one). Cutting the frozen columns out of a packed
+    weight's gradient instead is possible (``Aᵀ dZ[:, trained]``) and not built."""
     cons = _consumers(roots)
     taken = {n.arg for n in toposort(roots) if n.op is Ops.PARAM}
-    groups: dict[tuple[Node, bool], list[Node]] = defaultdict(list)
+    groups: dict[tuple[Node, bool, bool], list[Node]] = defaultdict(list)
     for w in [n for n in toposort(roots) if n.op is Ops.PARAM]:
         uses = cons.get(w, [])
         tb = _products_of(w, uses)
@@ -180,10 +186,10 @@ def pack_columns(roots: list[Node], layout: Layout) -> tuple[list[Node], Layout]
             continue
         lefts = {u.src[0] for u in uses}
         if len(lefts) == 1:
-            groups[(next(iter(lefts)), tb)].append(w)
+            groups[(next(iter(lefts)), tb, _is_frozen(w, layout, frozen))].append(w)
     slot: dict[Node, tuple[Node, int, int]] = {}   # a @ W -> (packed, c0, c1)
     layout = dict(layout)
-    for (a, tb), ws in groups.items():
+    for (a, tb, _frozen), ws in groups.items():
         if len(ws) < 2:
             continue
         out_dim = 0 if tb else 1   # the dimension of W that becomes the product's columns
@@ -217,9 +223,11 @@ def pack_columns(roots: list[Node], layout: Layout) -> tuple[list[Node], Layout]
     return _rewrite(roots, rule), layout
 
 
-def pack_biases(roots: list[Node], layout: Layout) -> tuple[list[Node], Layout]:
+def pack_biases(roots: list[Node], layout: Layout,
+                frozen: frozenset[str] = frozenset()) -> tuple[list[Node], Layout]:
     """``slice(G, a_k, b_k) + expand(bias_k)`` for k covering all of G's columns -> the biases
-    become ``slice(P, a_k, b_k)`` of one packed (1, width(G)) parameter P."""
+    become ``slice(P, a_k, b_k)`` of one packed (1, width(G)) parameter P (not when frozen and
+    trained biases would share P)."""
     order = toposort(roots)
     rank = {n: i for i, n in enumerate(order)}
     cons = _consumers(roots)
@@ -263,6 +271,8 @@ def pack_biases(roots: list[Node], layout: Layout) -> tuple[list[Node], Layout]:
         if len(blocks) < 2 or any(b[0] != e for b, e in zip(blocks, ends, strict=False)) or \
                 ends[-1] != int(g.shape[1]):
             continue   # the biases must tile G's columns exactly (no holes, no overlaps)
+        if len({_is_frozen(b[3], layout, frozen) for b in blocks}) > 1:
+            continue   # a packed bias is trained or frozen as a whole
         name = _fresh("__bias", taken)
         packed = Node(Ops.PARAM, blocks[0][3].dtype, (1, int(g.shape[1])), (), name)
         pieces: list[Piece] = []
@@ -277,19 +287,27 @@ def pack_biases(roots: list[Node], layout: Layout) -> tuple[list[Node], Layout]:
     return _rewrite(roots, lambda old, new: replace.get(old)), layout
 
 
+def _is_frozen(p: Node, layout: Layout, frozen: frozenset[str]) -> bool:
+    """Whether the (possibly packed or row-split) leaf p holds frozen user parameters only."""
+    return bool(frozen) and all(pc.user in frozen for pc in layout[p.arg])
+
+
 def merge_gemms(cell: Cell, layout: Layout | None = None) -> tuple[Cell, Layout]:
-    """The cell with row-split and column-packed weights, and where each user weight lives."""
+    """The cell with row-split and column-packed weights, and where each user weight lives.
+    A leaf of the merged cell is frozen when every user parameter it holds is (packing keeps
+    frozen and trained parameters apart, so a leaf is one or the other)."""
     from .simplify import simplify
     layout = identity_layout(cell) if layout is None else layout
     roots = list(cell.roots)
     roots, layout = split_rows(roots, layout)
     roots = simplify(roots)
-    roots, layout = pack_columns(roots, layout)
+    roots, layout = pack_columns(roots, layout, cell.frozen)
     roots = simplify(roots)
-    roots, layout = pack_biases(roots, layout)
+    roots, layout = pack_biases(roots, layout, cell.frozen)
     roots = simplify(roots)
     k = len(cell.outputs)
     params = tuple(p for p in toposort(roots) if p.op is Ops.PARAM)
     layout = {p.arg: layout[p.arg] for p in params}
+    frozen = {p.arg for p in params if _is_frozen(p, layout, cell.frozen)}
     return (Cell(cell.inputs, cell.states, tuple(roots[:k]), tuple(roots[k:]), params,
-                 cell.name, cell.output_names), layout)
+                 cell.name, cell.output_names, frozen=frozen), layout)

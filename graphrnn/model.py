@@ -74,7 +74,7 @@ def masked_cell(cell: Cell) -> Cell:
     m = input_(name, 1, cell.dtype)
     nxt = [m * ns + (1.0 - m) * s for s, ns in zip(cell.states, cell.next_states, strict=True)]
     return Cell.make(list(cell.inputs) + [m], cell.states, cell.outputs, nxt,
-                     cell.name + "_masked", cell.output_names, cell.meta)
+                     cell.name + "_masked", cell.output_names, cell.meta, cell.frozen)
 
 
 # ---- cells by name ----

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -225,10 +225,11 @@ class Optimizer:
             d[name] = np.zeros_like(like)
         return d[name]
 
-    def step(self, params: Arrays, grads: Arrays) -> None:
+    def step(self, params: Arrays, grads: Arrays, frozen: Collection[str] = ()) -> None:
         """Update ``params`` in place. A parameter with no entry in ``grads`` (frozen in its
-        cell) or in an excluded group is left as it is; a gradient for an unknown name is an
-        error."""
+        cell), named in ``frozen`` (``Cell.frozen``: a gradient given for it is ignored) or in
+        an excluded group is left as it is, with no optimizer state; a gradient for an unknown
+        name is an error."""
         unknown = set(grads) - set(params)
         if unknown:
             raise KeyError(f"gradients for unknown parameters {sorted(unknown)}; parameters "
@@ -238,7 +239,7 @@ class Optimizer:
         for name, p in params.items():
             g = grads.get(name)
             grp = self.group_of(name)
-            if g is None or (grp is not None and grp.excluded):
+            if g is None or name in frozen or (grp is not None and grp.excluded):
                 continue
             if g.shape != p.shape:
                 raise ValueError(f"gradient of {name!r} has shape {g.shape}, parameter has "

@@ -71,7 +71,9 @@ def _annotated_set() -> object:
 
 def format_cell(cell: Cell, mark: Node | None = None) -> str:
     def decl(ns: Sequence[Node]) -> str:
-        return ", ".join(f"{n.arg}: {short_type(n)}" for n in ns)
+        return ", ".join(f"{n.arg}: {short_type(n)}"
+                         f"{' frozen' if n.op is Ops.PARAM and n.arg in cell.frozen else ''}"
+                         for n in ns)
     head = (f"cell {cell.name}({decl(cell.inputs)}; {decl(cell.states)}) "
             f"params({decl(cell.params)}) {{")
     lines, names = format_nodes(cell.roots, mark=mark)

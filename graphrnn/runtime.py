@@ -329,7 +329,7 @@ class ExecutedCell(CompiledCell):
                   d_final: Sequence[np.ndarray | None]) -> Grads:
         res = self._checked(residuals, residuals._payload, params)
         dp, dx, dh = self.executor.backward(self.device, res, d_ys, d_final,
-                                            self.cell.param_shapes(), self.cell)
+                                            self.cell.grad_shapes(), self.cell)
         return Grads(dp, dx, dh)
 
     def _checked(self, residuals: ResidualToken, res: Any,

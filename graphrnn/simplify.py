@@ -268,7 +268,8 @@ def simplify_cell(cell: Cell) -> Cell:
     k = len(cell.outputs)
     params = [p for p in toposort(new) if p.op is Ops.PARAM]
     return Cell(cell.inputs, cell.states, tuple(new[:k]), tuple(new[k:]), tuple(params),
-                cell.name, cell.output_names)
+                cell.name, cell.output_names,
+                frozen=cell.frozen & {p.arg for p in params})
 
 
 def count_ops(roots: Sequence[Node]) -> dict[Ops, int]:

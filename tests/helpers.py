@@ -76,9 +76,11 @@ def fd_and_backward(cc: Any, params: dict[str, np.ndarray], xs: Sequence[np.ndar
                     eps: float = 1e-6) -> tuple[float, float]:
     """The derivative of the loss ``<ys, dys> + <h_T, dhT>`` along the direction (dp, dx, dh)
     (None: zero) twice: by central finite differences of ``cc.forward`` and from ``g``, the
-    gradients ``cc.backward`` gave for these cotangents. Token-id inputs are never moved."""
+    gradients ``cc.backward`` gave for these cotangents. Token-id inputs are never moved.
+    ``dp`` may leave parameters out (frozen ones, which have no gradient): they stay put."""
     def loss(s: float) -> float:
-        p = {k: v + s * dp[k] for k, v in params.items()} if dp is not None else params
+        p = {k: v + s * dp[k] if k in dp else v for k, v in params.items()} \
+            if dp is not None else params
         x = xs if dx is None else [v if v.dtype == np.int64 else v + s * d
                                    for v, d in zip(xs, dx, strict=True)]
         h = h0 if dh is None else [v + s * d for v, d in zip(h0, dh, strict=True)]
@@ -88,7 +90,7 @@ def fd_and_backward(cc: Any, params: dict[str, np.ndarray], xs: Sequence[np.ndar
     fd = (loss(eps) - loss(-eps)) / (2 * eps)
     an = 0.0
     if dp is not None:
-        an += sum(float(np.vdot(g.params[k], dp[k])) for k in params)
+        an += sum(float(np.vdot(g.params[k], dp[k])) for k in dp)
     if dx is not None:
         an += sum(float(np.vdot(a, d)) for a, d in zip(g.inputs, dx, strict=True))
     if dh is not None:

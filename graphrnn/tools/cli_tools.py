@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GraphRNNError
+from ..errors import GraphRNNError, UndefinedNameError
 from ..ir import Cell
 from ..safefile import atomic_write, open_regular, umask_mode
 
@@ -217,7 +217,9 @@ def equations_cell(text: str, filename: str, input_size: int | None = None,
     except GraphRNNError as e:
         # EquationError already says file:line and the token; keep it to one line
         msg = _one_line(str(e))
-        if convention:
+        # the tail only where the convention can be the cause (a name the file reads is not x
+        # or h, or h has no next value), never for a typo in the syntax or a shape mismatch
+        if convention and isinstance(e, UndefinedNameError):
             msg += (f"; the file has no {' or '.join(c.split()[0] for c in convention)} header "
                     f"line, so it was read as {', '.join(convention)}: if its names differ, it "
                     "needs 'input NAME: SIZE' / 'state NAME: SIZE' header lines")
