@@ -52,12 +52,15 @@ from .program import (
     Program,
     Reduce,
     Ref,
+    RowKernel,
     Scatter,
     Step,
     Sweep,
     fill_kernel,
     identity_kernel,
+    overlap,
     reads_writes,
+    row_kernel_problem,
 )
 from .scalar import ScalarProgram
 from .split import LOOP, SEQ, STATIC, is_batch, place
@@ -290,8 +293,14 @@ class SweepBuilder:
             r = self.ref_of(k, "step") if k.op is not Ops.CONST else None
             if r is not None and self.bufs.items[r.buf].kind in ("carry", "temp"):
                 self.keep_ref[k] = self._seq_copy(k, r)
-        return Sweep(tuple(self.steps["pre"]), tuple(self.steps["step"]),
-                     tuple(self.steps["post"]), self.reverse)
+        bufs = self.bufs.items
+        st = self.steps
+        diagonal = bool(st["step"]) and all(isinstance(s, Kernel) for s in st["step"])
+        return Sweep(tuple(fuse_rows(st["pre"], bufs, False, f"{self.tag}_pre_r")),
+                     tuple(st["step"]) if diagonal else
+                     tuple(fuse_rows(st["step"], bufs, True, f"{self.tag}_step_r")),
+                     tuple(fuse_rows(st["post"], bufs, False, f"{self.tag}_post_r")),
+                     self.reverse)
 
     def _materialized(self, n: Node) -> bool:
         return n in self.phase and n.op is not Ops.SLICE and n not in self.bound
@@ -467,6 +476,51 @@ class SweepBuilder:
                 off += w
         else:
             raise BackendError(f"schedule: cannot schedule {n.op.name}")
+
+
+# ---- row kernels ----
+
+def _conflict(x: Step, s: Step, bufs: dict[str, Buffer], in_loop: bool) -> bool:
+    """Must x and s keep their order (one writes what the other reads or writes)?"""
+    xr, xw = reads_writes(x)
+    sr, sw = reads_writes(s)
+    return any(overlap(a, b, bufs, in_loop) for a in xw for b in sr + sw) or \
+        any(overlap(a, b, bufs, in_loop) for a in xr for b in sw)
+
+
+def fuse_rows(steps: Sequence[Step], bufs: dict[str, Buffer], in_loop: bool,
+              name: str) -> list[Step]:
+    """Row-local steps (kernels, reductions over columns) grouped into row kernels: each such
+    step joins the latest group it can reach by moving up past steps it does not conflict
+    with (a layer norm's statistics and the kernels around them, or a fill next to a kernel,
+    become one launch); a group of one stays a plain step. See ``program.RowKernel``."""
+    out: list[Step | list[Step]] = []
+    for s in steps:
+        if row_kernel_problem([s], bufs, in_loop) is not None:
+            out.append(s)
+            continue
+        target = None
+        for j in range(len(out) - 1, -1, -1):
+            x = out[j]
+            if isinstance(x, list) and row_kernel_problem(x + [s], bufs, in_loop) is None:
+                target = j
+                break
+            parts = x if isinstance(x, list) else [x]
+            if any(_conflict(p, s, bufs, in_loop) for p in parts):
+                break
+        if target is None:
+            out.append([s])
+        else:
+            out[target].append(s)   # type: ignore[union-attr]
+    result: list[Step] = []
+    for x in out:
+        if isinstance(x, list) and len(x) > 1:
+            result.append(RowKernel(f"{name}{len(result)}", tuple(x)))  # type: ignore[arg-type]
+        elif isinstance(x, list):
+            result.append(x[0])
+        else:
+            result.append(x)
+    return result
 
 
 # ---- sums of GEMMs ----
