@@ -405,9 +405,14 @@ class _Written:
     def add(self, buf: str, key: object, cols: tuple[int, int]) -> None:
         self.w.setdefault((buf, key), []).append(cols)
 
-    def covers(self, buf: str, key: object, cols: tuple[int, int]) -> bool:
-        ivs = sorted(self.w.get((buf, key), []) + (self.w.get((buf, "all"), [])
-                                                 if key != "all" else []))
+    def intervals(self, buf: str, key: object) -> list[tuple[int, int]]:
+        return self.w.get((buf, key), []) + (self.w.get((buf, "all"), [])
+                                             if key != "all" else [])
+
+    def covers(self, buf: str, key: object, cols: tuple[int, int],
+               also: list[tuple[int, int]] | None = None) -> bool:
+        """Whether the columns are written (with ``also``: or in those intervals)."""
+        ivs = sorted(self.intervals(buf, key) + (also or []))
         pos = cols[0]
         for a, b in ivs:
             if a <= pos < b:
@@ -609,7 +614,10 @@ def validate(p: Program) -> None:
                         # buf[t+k] is known before the loop, or written earlier in this
                         # iteration, or initialized for the first step and written by the
                         # previous iteration at offset k + d
-                        ok = (w.covers(r.buf, r.t, cols) and r.t not in _init_keys(r.buf)) \
+                        # (before the loop, e.g. a zero block filled once, and in this
+                        # iteration: the two together)
+                        ok = (w.covers(r.buf, r.t, cols, this_iter.intervals(r.buf, r.t))
+                              and r.t not in _init_keys(r.buf)) \
                             or this_iter.covers(r.buf, r.t, cols) \
                             or (w.covers(r.buf, r.t, cols) and any(
                                 x[0] == r.buf and x[1] == r.t + d and x[2][0] <= cols[0]

@@ -17,7 +17,10 @@ view: its root's destination (state buffer S[t+1], a carry), a column block of t
 it is part of (so kernels write ``dZ = [d_i|d_f|d_o|d_g]`` in place and no copy runs), or a
 fresh buffer: ``seq`` before/after the loop or when a later phase or the backward reads it,
 ``temp`` otherwise, ``mat``/``grad`` for parameter-shaped values. A carry written while an older
-value is still to be read goes through a temp and a copy.
+value is still to be read goes through a temp and a copy. Constant-zero blocks of a concatenation
+in the loop (the zero padding a slice's cotangent gets) are written once, not every step: one
+fill over T·B rows before the loop in a ``seq`` home; a backward ``temp`` home becomes a
+``carry``, which the binding zeroes before the sweep (nothing else writes those columns).
 
 **Accumulating GEMMs**: a sum ``a + m`` whose GEMM term ``m = u @ v`` feeds nothing else, where
 ``a`` is computed in the same phase and read by nothing else, and where no elementwise consumer
@@ -32,7 +35,7 @@ one GEMM adding ``dZ @ W_hᵀ`` to it: 1 GEMM + 1 kernel per step, like the LSTM
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import networkx as nx
 
@@ -377,6 +380,12 @@ class SweepBuilder:
             if k not in self.home:
                 seq = needs_seq(k) or any(needs_seq(s) for s in elig)
                 self.home[k] = self._fresh(k, ph, seq)
+                name = self.home[k].buf
+                if self.reverse and self.bufs.items[name].kind == "temp" and \
+                        any(_is_zero(x) for x in k.src):
+                    # zero blocks of a per-step concatenation stay zero: as a carry the
+                    # binding zeroes it once before the sweep, instead of a fill every step
+                    self.bufs.items[name] = replace(self.bufs.items[name], kind="carry")
             hk = self.home[k]
             if self.bufs.items[hk.buf].kind == "temp" and any(needs_seq(s) for s in elig):
                 elig = [s for s in elig if not needs_seq(s)]
@@ -469,9 +478,17 @@ class SweepBuilder:
                                           self.ref_of(n.src[1], ph)))
         elif n.op is Ops.CONCAT:
             off = 0
+            kind = self.bufs.items[out.buf].kind
             for i, s in enumerate(n.src):
                 w = int(s.shape[1])
-                if (n, i) not in self.elided:
+                if (n, i) in self.elided:
+                    pass
+                elif _is_zero(s) and ph == "step" and kind == "carry":
+                    pass   # zeroed once by the binding (see _assign_homes)
+                elif _is_zero(s) and ph == "step" and kind == "seq":
+                    # a zero block of every step's slab: one fill over T·B rows before the loop
+                    self._emit_fill(0.0, _narrow(out, off, off + w), "pre")
+                else:
                     self._emit_copy(s, _narrow(out, off, off + w), ph)
                 off += w
         else:

@@ -389,3 +389,12 @@ def test_row_kernels_compile_with_nvrtc(cache):
     cell, _prog = ln_lstm_case("float32")
     cubin = compile_nvrtc(cuda_source(cell), "sm_90", NVRTC_OPTIONS, cubin=True)
     assert cubin[:4] == b"\x7fELF"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_issue18_pattern_cells_match_ref(dtype, cache):
+    """The cells tests/test_opt_plan.py pins issue 18's plans with: zero blocks of a padded
+    cotangent zeroed once (a carry), a row kernel for a mean over a GEMM's row."""
+    from test_opt_plan import BIAS_BLOCK, ZERO_BLOCKS, eq_cell
+    for text in (ZERO_BLOCKS, BIAS_BLOCK):
+        check_against_ref(eq_cell(text, dtype), dtype, 3, 5, cache)

@@ -632,3 +632,73 @@ def test_validate_refuses_row_kernels_that_are_not_row_local() -> None:
         q = dataclasses.replace(p, forward=dataclasses.replace(p.forward, step=steps))
         with pytest.raises(BackendError, match=msg):
             validate(q)
+
+
+# ---- issue 18's plan patterns, each with a cell of its own ----
+
+def eq_cell(text: str, dtype: str = "float64") -> graphrnn.Cell:
+    from frontends.equations import cell_from_equations
+    return cell_from_equations("input x: 3\nstate h: 4\noutput h_next\nnext h: h_next\n" + text,
+                               dtype=dtype)
+
+
+# (d) a slice's cotangent is zero-padded to the full width: z = W_h h + W_x x feeds a mean over
+# all 2H columns and the two halves a, b separately, so d z = [d_a, 0] + [0, d_b] - d_m / 2H.
+ZERO_BLOCKS = "z = W_h @ h + W_x @ x\nm = mean(z)\na, b = split(z, 2)\n" \
+    "h_next = tanh(a - m) * sigmoid(b)"
+# (a) the bias b1 sits on one block of the GEMM's output: its gradient Σ_t d_a sums a block of
+# the per-step gate cotangents dZ = [d_a | d_b] that the in-loop GEMM reads
+BIAS_BLOCK = "z = W_h @ h + W_x @ x\na, b = split(z, 2)\nh_next = tanh(a + b1) * sigmoid(b)"
+
+
+def test_zero_blocks_of_a_concatenation_are_not_filled_every_step() -> None:
+    """Issue 18 (d). Minimum per backward step: dZ needs the mean's cotangent, a row sum, then
+    every column: 1 row kernel; then d_h = dZ W_hᵀ: 1 GEMM. The zero blocks of the padded
+    cotangents ([d_a, 0], [0, d_b]) were two fill_0 kernels every step (and the mean's
+    statistics two more kernels and a reduction): now their buffer is a carry the binding
+    zeroes once. In the layer-norm LSTM the padded blocks kept for after the loop are filled
+    once over T·B rows before it."""
+    p = build_plan(eq_cell(ZERO_BLOCKS)).program
+    assert counts(p.backward, "step") == (1, 1, 0)
+    flat_step = [s for s in p.backward.step for s in getattr(s, "parts", (s,))]
+    assert not [s for s in flat_step if isinstance(s, Kernel) and s.kernel.name.startswith("fill")]
+    assert any(b.kind == "carry" and b.name.startswith("b_step_concat") for b in p.buffers)
+    compare(eq_cell(ZERO_BLOCKS))
+    ln = build_plan(ln_lstm()).program
+    fills = [s for s in ln.backward.pre for s in getattr(s, "parts", (s,))
+             if isinstance(s, Kernel) and s.kernel.name.startswith("fill")]
+    assert fills and all(ln.buffer(s.outs[0].buf).kind == "seq" for s in fills)
+    assert not [s for s in ln.backward.step for s in getattr(s, "parts", (s,))
+                if isinstance(s, Kernel) and s.kernel.name.startswith("fill")]
+
+
+def test_a_bias_gradient_sums_the_block_its_kernel_writes() -> None:
+    """Issue 18 (a). Minimum per backward step: 1 kernel (d_a, d_b from dh' = dy + d_h) and
+    1 GEMM (d_h = dZ W_hᵀ; h is read only by the GEMM). The kernel writes d_a straight into
+    its block of dZ, a sequence the GEMMs after the loop read too, and b1's gradient is one
+    reduction over that block after the loop: no copy kernel per step."""
+    p = build_plan(eq_cell(BIAS_BLOCK)).program
+    assert counts(p.backward, "step") == (1, 1, 0)
+    (k,) = [s for s in p.backward.step if isinstance(s, Kernel)]
+    (g,) = [s for s in p.backward.step if isinstance(s, Gemm)]
+    assert all(o.buf == g.a.buf for o in k.outs)
+    (r,) = [s for s in p.backward.post if isinstance(s, Reduce)]
+    assert r.src.buf == g.a.buf and r.axis == 0 and r.src.cols == (0, 4)
+    compare(eq_cell(BIAS_BLOCK))
+
+
+@pytest.mark.parametrize("text", [ZERO_BLOCKS, BIAS_BLOCK])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_pattern_cells_match_ref_on_llvm(text: str, dtype: str) -> None:
+    from helpers import TOL
+    cell = eq_cell(text, dtype)
+    ref = graphrnn.compile(cell, backend="ref", dtype=dtype)
+    cc = graphrnn.compile(cell, backend="llvm", dtype=dtype)
+    params = ref.init_params(seed=3, scale=0.5)
+    rng = np.random.default_rng(3)
+    xs, h0 = sequences(ref, 4, 37, rng, h_scale=1.0)
+    dy, dh = cotangents(ref, 4, 37, rng)
+    y1, s1, r1 = ref.forward_train(params, xs, h0)
+    y2, s2, r2 = cc.forward_train(params, xs, h0)
+    assert_all_close(flat(y2, s2, cc.backward(params, r2, dy, dh)),
+                     flat(y1, s1, ref.backward(params, r1, dy, dh)), **TOL[dtype])
