@@ -42,7 +42,7 @@ import networkx as nx
 from .autodiff import BackwardCell, output_name
 from .errors import BackendError
 from .fuse import build_program, fusable, group_nodes, kernel_spec
-from .ir import Cell, Node, apply, short_type, toposort
+from .ir import Cell, Node, apply, short_type, substitute, toposort
 from .merge import Layout
 from .ops import GroupOp, Ops
 from .program import (
@@ -541,6 +541,38 @@ def fuse_rows(steps: Sequence[Step], bufs: dict[str, Buffer], in_loop: bool,
 
 
 # ---- sums of GEMMs ----
+
+def hoist_cotangent_products(roots: Sequence[Node], d_outputs: Sequence[Node],
+                             d_next: Sequence[Node]) -> list[Node]:
+    """Split ``(d_h + dy) @ W`` as ``d_h @ W + dy @ W`` (W a parameter, dy an output's
+    cotangent, d_h depending on a carried cotangent).
+
+    A next state that is itself a GEMM output (a projection, h' = m W_pᵀ) receives the
+    cotangent dh' = d_h + dy, and its backward multiplies that sum by W_p: the sum cost a kernel
+    of its own every step, between the carry's GEMM and this one. Split, ``dy @ W`` reads no
+    carry and becomes one GEMM over T·B rows before the loop, the add moves into the kernel
+    that reads the product, and the sum itself (which dW_p = Σ dh'ᵀ m still reads) is computed
+    in the row kernel beside it: the step loses a kernel and a barrier, and the backward does
+    that product's FLOPs twice (once hoisted, as one large GEMM)."""
+    outs, carried = set(d_outputs), set(d_next)
+    order = toposort(list(roots))
+    reads_carry: set[Node] = set()
+    for n in order:
+        if n in carried or any(s in reads_carry for s in n.src):
+            reads_carry.add(n)
+    mapping: dict[Node, Node] = {}
+    for n in order:
+        if n.op is not Ops.MATMUL or n.src[1].op is not Ops.PARAM or n.arg[0] or \
+                n.src[0].op is not Ops.ADD:
+            continue
+        p, q = n.src[0].src
+        for dy, rest in ((p, q), (q, p)):
+            if dy in outs and rest in reads_carry and rest not in outs:
+                mapping[n] = apply(Ops.ADD, apply(Ops.MATMUL, rest, n.src[1], arg=n.arg),
+                                   apply(Ops.MATMUL, dy, n.src[1], arg=n.arg))
+                break
+    return substitute(list(roots), mapping) if mapping else list(roots)
+
 
 def gemm_terms_last(roots: Sequence[Node], which: Sequence[int]) -> list[Node]:
     """Re-associate ``roots[i]`` (i in ``which``) as ``(other terms) + G_1 + .. + G_k``.

@@ -394,7 +394,11 @@ def test_row_kernels_compile_with_nvrtc(cache):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_issue18_pattern_cells_match_ref(dtype, cache):
     """The cells tests/test_opt_plan.py pins issue 18's plans with: zero blocks of a padded
-    cotangent zeroed once (a carry), a row kernel for a mean over a GEMM's row."""
-    from test_opt_plan import BIAS_BLOCK, ZERO_BLOCKS, eq_cell
+    cotangent zeroed once (a carry), a row kernel for a mean over a GEMM's row, a projected
+    state whose output cotangent's product is hoisted before the loop."""
+    from test_opt_plan import BIAS_BLOCK, PROJECTION, ZERO_BLOCKS, eq_cell
+
+    from frontends.equations import cell_from_equations
     for text in (ZERO_BLOCKS, BIAS_BLOCK):
         check_against_ref(eq_cell(text, dtype), dtype, 3, 5, cache)
+    check_against_ref(cell_from_equations(PROJECTION, dtype=dtype), dtype, 3, 5, cache)

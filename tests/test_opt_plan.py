@@ -702,3 +702,50 @@ def test_pattern_cells_match_ref_on_llvm(text: str, dtype: str) -> None:
     y2, s2, r2 = cc.forward_train(params, xs, h0)
     assert_all_close(flat(y2, s2, cc.backward(params, r2, dy, dh)),
                      flat(y1, s1, ref.backward(params, r1, dy, dh)), **TOL[dtype])
+
+
+# (b) a projected LSTM (LSTMP): the next state h' = W_p m is itself a GEMM output (P = 2 < H)
+PROJECTION = """input x: 3
+state h: 2, c: 4
+output h_next
+next h: h_next
+next c: c_next
+z = W_x @ x + W_h @ h + b
+i, f, o, u = split(z, 4)
+c_next = sigmoid(f) * c + sigmoid(i) * tanh(u)
+h_next = W_p @ (sigmoid(o) * tanh(c_next))"""
+
+
+def test_a_projected_state_adds_its_output_cotangent_without_a_kernel() -> None:
+    """Issue 18 (b). Minimum per backward step: dm = dh' W_p (1 GEMM), the gate cotangents
+    (1 kernel), d_h = dZ W_hᵀ (1 GEMM): 2 + 1, as the forward. dh' = d_h + dy was a kernel of
+    its own before the first GEMM (2 + 2); now dy W_p is one GEMM over T·B rows before the
+    loop, the in-loop GEMM multiplies the carry alone and the kernel adds the two, and dh'
+    (read by dW_p = Σ dh'ᵀ m after the loop) is written by the same row kernel."""
+    from frontends.equations import cell_from_equations
+    cell = cell_from_equations(PROJECTION, dtype="float64")
+    p = build_plan(cell).program
+    assert counts(p.backward, "step") == (2, 1, 0)
+    assert counts(p.forward, "step") == (2, 1, 0)
+    pre = [s for s in p.backward.pre if isinstance(s, Gemm)]
+    assert [s.a.buf.startswith("dy_") for s in pre] == [True]
+    compare(cell)
+    compare(cell, T=3, B=37, tol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_projection_cell_matches_ref_on_llvm(dtype: str) -> None:
+    from helpers import TOL
+
+    from frontends.equations import cell_from_equations
+    cell = cell_from_equations(PROJECTION, dtype=dtype)
+    ref = graphrnn.compile(cell, backend="ref", dtype=dtype)
+    cc = graphrnn.compile(cell, backend="llvm", dtype=dtype)
+    params = ref.init_params(seed=4, scale=0.5)
+    rng = np.random.default_rng(4)
+    xs, h0 = sequences(ref, 4, 37, rng, h_scale=1.0)
+    dy, dh = cotangents(ref, 4, 37, rng)
+    y1, s1, r1 = ref.forward_train(params, xs, h0)
+    y2, s2, r2 = cc.forward_train(params, xs, h0)
+    assert_all_close(flat(y2, s2, cc.backward(params, r2, dy, dh)),
+                     flat(y1, s1, ref.backward(params, r1, dy, dh)), **TOL[dtype])
