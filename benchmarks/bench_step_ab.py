@@ -1,14 +1,16 @@
 """A/B timing of one training step (forward_train + backward) between two source trees.
 
     .venv/bin/python benchmarks/bench_step_ab.py OLD_TREE NEW_TREE [--rounds 8] [--threads 1]
+        [--cell lstm | --cell examples/layer_norm_lstm.eq] [--hidden 256] [--batch 32]
 
 ``OLD_TREE`` and ``NEW_TREE`` are checkouts (e.g. ``git archive REV | tar -x -C /tmp/old``).
 Each round runs one fresh process per tree, alternating, each timing 150 steps (after 20 of
-warm-up) of the LSTM at H = I = 256, B = 32, T = 50, llvm, float32. Printed per round and as
-the median over rounds: the median step's CPU time of the calling thread (with ``--threads 1``
-and ``OPENBLAS_NUM_THREADS=1`` that is all of the step's work, and it hardly moves when other
-processes share the cores) and its wall time. ``--threads 0`` keeps the default threads: wall
-time is then the number to read, on a quiet machine only.
+warm-up) of the LSTM at H = I = 256, B = 32, T = 50, llvm, float32 (``--cell FILE.eq``: an
+equations cell instead, every ``input``/``state`` header size set to ``--hidden``). Printed
+per round and as the median over rounds: the median step's CPU time of the calling thread
+(with ``--threads 1`` and ``OPENBLAS_NUM_THREADS=1`` that is all of the step's work, and it
+hardly moves when other processes share the cores) and its wall time. ``--threads 0`` keeps
+the default threads: wall time is then the number to read, on a quiet machine only.
 """
 
 from __future__ import annotations
@@ -20,17 +22,23 @@ import subprocess
 import sys
 
 CHILD = r"""
-import statistics, sys, time
+import re, statistics, sys, time
 import numpy as np
 import graphrnn
 from graphrnn.cells import zoo_cell
 H, B, T, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-cc = graphrnn.compile(zoo_cell("lstm", H, H, "float32"), backend="llvm", dtype="float32",
-                      threads=threads or None)
+if sys.argv[5] == "lstm":
+    cell = zoo_cell("lstm", H, H, "float32")
+else:   # an equations file, its header sizes set to H
+    from frontends.equations import cell_from_equations
+    text = re.sub(r"(?m)^((?:input|state) .*)$",
+                  lambda m: re.sub(r":\s*\d+", f": {H}", m.group(1)), open(sys.argv[5]).read())
+    cell = cell_from_equations(text, dtype="float32")
+cc = graphrnn.compile(cell, backend="llvm", dtype="float32", threads=threads or None)
 params = cc.init_params(seed=0)
 rng = np.random.default_rng(0)
-x = rng.standard_normal((T, B, H)).astype(np.float32)
-dy = rng.standard_normal((T, B, H)).astype(np.float32)
+x = rng.standard_normal((T, B, int(cell.inputs[0].shape[1]))).astype(np.float32)
+dy = rng.standard_normal((T, B, int(cell.outputs[0].shape[1]))).astype(np.float32)
 cpu, wall = [], []
 for i in range(170):
     t0, c0 = time.perf_counter(), time.thread_time()
@@ -48,8 +56,9 @@ def run(tree: str, args: argparse.Namespace) -> tuple[float, float]:
     env = dict(os.environ, PYTHONPATH=tree)
     if args.threads:
         env["OPENBLAS_NUM_THREADS"] = "1"
+    cell = args.cell if args.cell == "lstm" else os.path.abspath(args.cell)
     out = subprocess.run([sys.executable, "-c", CHILD, str(args.hidden), str(args.batch),
-                          str(args.T), str(args.threads)], env=env, cwd=tree, check=True,
+                          str(args.T), str(args.threads), cell], env=env, cwd=tree, check=True,
                          capture_output=True, text=True).stdout.split()
     return float(out[0]), float(out[1])
 
@@ -63,6 +72,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--T", type=int, default=50)
+    ap.add_argument("--cell", default="lstm", help="lstm (the zoo's) or an equations file")
     args = ap.parse_args()
     res: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
     for r in range(args.rounds):

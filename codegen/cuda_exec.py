@@ -9,6 +9,8 @@ What it does with a Program:
 - every ``Kernel`` step becomes a ``KernelSpec``: the kernel's scalar program with the row
   strides of the buffers its views point into baked in (a view ``buf[:, c0:c1]`` is passed as a
   pointer to its first element; its row stride is the buffer's width);
+- every ``RowKernel`` step becomes a ``RowSpec``: one kernel with a warp per row running its
+  parts (kernels and reductions over the row) in order;
 - a diagonal sweep (only kernels in the step phase) becomes one ``LoopSpec`` kernel that runs
   the whole time loop, when every thread provably touches only its own elements (all stages
   share one domain width and each written buffer is always reached at one column offset);
@@ -18,13 +20,22 @@ What it does with a Program:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from graphrnn.errors import BackendError
 from graphrnn.ir import Cell
-from graphrnn.program import Buffer, Kernel, Program, Ref, Sweep, cols_of, overlap
+from graphrnn.program import (
+    Buffer,
+    Kernel,
+    Program,
+    Ref,
+    RowKernel,
+    Sweep,
+    cols_of,
+    overlap,
+)
 from graphrnn.runtime import Device, ExecutedCell, Executor
 
 from .cuda_render import (
@@ -35,10 +46,13 @@ from .cuda_render import (
     LoopStage,
     Operand,
     RenderedKernel,
+    RowPart,
+    RowSpec,
     grid_for,
     kernel_name,
     render,
     render_loop,
+    render_rows,
 )
 
 
@@ -59,6 +73,42 @@ def kernel_spec(step: Kernel, bufs: dict[str, Buffer], block: int = DEFAULT_BLOC
     key = f"{kd.dtype}|{kd.program}|{ins}|{outs}|{c1 - c0}|{restrict}|{block}"
     return KernelSpec(kernel_name(kd.name, key), kd.program, kd.dtype, c1 - c0, tuple(ins),
                       outs, block, restrict)
+
+
+def _operand(r: Ref, f: str, bufs: dict[str, Buffer]) -> Operand:
+    w = bufs[r.buf].cols
+    return Operand(0 if f in ("row", "scalar") else w, 0 if f in ("col", "scalar") else 1)
+
+
+def row_spec(step: RowKernel, bufs: dict[str, Buffer], dtype: str,
+             block: int = DEFAULT_BLOCK) -> RowSpec:
+    """The warp-per-row kernel for one RowKernel step (its parameters: each part's views)."""
+    parts = []
+    for part in step.parts:
+        if isinstance(part, Kernel):
+            c0, c1 = cols_of(part.outs[0], bufs[part.outs[0].buf])
+            parts.append(RowPart(c1 - c0, tuple(_operand(r, f, bufs) for r, f in
+                                                zip(part.ins, part.kernel.bcast)),
+                                 tuple(_operand(r, "full", bufs) for r in part.outs),
+                                 part.kernel.program))
+        else:
+            c0, c1 = cols_of(part.src, bufs[part.src.buf])
+            parts.append(RowPart(c1 - c0, (_operand(part.src, "full", bufs),),
+                                 (_operand(part.out, "full", bufs),), None, part.op,
+                                 part.accumulate))
+    key = f"{dtype}|{parts}|{block}"
+    return RowSpec(kernel_name(step.name, key), dtype, tuple(parts), block)
+
+
+def row_args(step: RowKernel, view: Callable[[Ref], Any]) -> list[Any]:
+    """A row kernel's array arguments, in its parameters' order."""
+    args: list[Any] = []
+    for part in step.parts:
+        if isinstance(part, Kernel):
+            args += [view(r) for r in part.ins] + [view(r) for r in part.outs]
+        else:
+            args += [view(part.src), view(part.out)]
+    return args
 
 
 def loop_spec(sweep: Sweep, bufs: dict[str, Buffer], dtype: str, label: str,
@@ -151,6 +201,9 @@ class ProgramExecutor(Executor):
                     if isinstance(s, Kernel):
                         spec = kernel_spec(s, self.bufs, block, ph == "step")
                         self.kernel_of[id(s)] = render(spec)
+                    elif isinstance(s, RowKernel):
+                        self.kernel_of[id(s)] = render_rows(
+                            row_spec(s, self.bufs, program.dtype, block))
             made = loop_spec(sw, self.bufs, program.dtype, f"{program.cell_name}_{label}",
                              block) if loop_kernels else None
             if made is not None:
@@ -176,6 +229,10 @@ class ProgramExecutor(Executor):
     def run_kernel(self, dev: Device, s: Kernel, ins: list[Any], outs: list[Any],
                    rows: int) -> None:
         dev.launch(self.kernel_of[id(s)], rows, ins + outs + [rows])
+
+    def run_row_kernel(self, dev: Device, s: RowKernel, view: Callable[[Ref], Any],
+                       rows: int) -> None:
+        dev.launch(self.kernel_of[id(s)], rows, row_args(s, view) + [rows])
 
     def run_loop(self, dev: Device, label: str, arrays: dict[str, Any], T: int, B: int) -> bool:
         if label not in self.loop_of:

@@ -15,8 +15,17 @@ Two shapes of kernel come out of here:
   kernel that runs the whole time loop: each thread owns one (b, j) element and walks t
   forward (or backward, for BPTT) itself, running the step phase's kernels in order.
 
+- ``render_rows``: a row kernel (``graphrnn.program.RowKernel``: a layer norm's statistics and
+  the elementwise work around them) as one kernel with a warp per row: the parts run in order,
+  each lane taking the columns ``lane, lane + 32, ..``; a reduction over a row sums each lane's
+  columns in order and then combines the 32 lanes with a fixed butterfly of ``__shfl_xor_sync``
+  (no atomics, no shared memory: the same bits on every run, and every lane ends with the same
+  total); ``__syncwarp()`` between parts makes a part's stores visible to the next.
+
 The same source builds unchanged for the CPU through ``codegen/cuda_shim.h``; nothing here
-uses shared memory, barriers or atomics, so any walk order over the grid gives one result.
+uses shared memory, block barriers or atomics, so any walk order over the grid gives one result.
+The shim defines ``GRNN_ROW_LANES`` as 1 (a thread per row, ``__syncwarp`` a no-op): the row
+kernels' indexing and part order run there as written, their lane sums in column order.
 """
 
 from __future__ import annotations
@@ -100,6 +109,29 @@ __device__ __forceinline__ double grnn_softplus(double x) {
 __device__ __forceinline__ float grnn_maxf(float a, float b) { return (b > a || b != b) ? b : a; }
 __device__ __forceinline__ double grnn_max(double a, double b) {
   return (b > a || b != b) ? b : a;
+}
+/* row kernels: a warp per row (the CPU shim sets 1) and a fixed butterfly over its lanes, so
+   a row's sum is the same bits on every run and in every lane */
+#ifndef GRNN_ROW_LANES
+#define GRNN_ROW_LANES 32
+#endif
+__device__ __forceinline__ float grnn_warp_sumf(float v) {
+  for (int o = GRNN_ROW_LANES / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ double grnn_warp_sum(double v) {
+  for (int o = GRNN_ROW_LANES / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float grnn_warp_maxf(float v) {
+  for (int o = GRNN_ROW_LANES / 2; o > 0; o >>= 1)
+    v = grnn_maxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ double grnn_warp_max(double v) {
+  for (int o = GRNN_ROW_LANES / 2; o > 0; o >>= 1)
+    v = grnn_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
 }
 #endif
 """
@@ -222,6 +254,63 @@ class LoopSpec:
                     for a in st.ins + st.outs if a.buf == arg] or [0])
 
 
+ROW_LANES = 32   # threads per row of a row kernel on the GPU (a warp)
+
+
+@dataclass(frozen=True)
+class RowPart:
+    """One part of a row kernel: ``program`` over ``width`` columns of the row (``op`` None),
+    or a reduction ``op`` ("sum"/"max", ``accumulate`` adds to the output) of its one input
+    over ``width`` columns into a (rows, 1) output. Operands address as in ``KernelSpec``."""
+    width: int
+    inputs: tuple[Operand, ...]
+    outputs: tuple[Operand, ...]
+    program: ScalarProgram | None = None
+    op: str | None = None
+    accumulate: bool = False
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """A row kernel: a warp per row runs the parts in order (see the module docstring). Its
+    pointer parameters are each part's inputs then outputs, part after part; none is
+    ``__restrict__`` (a part reads what an earlier one wrote)."""
+    name: str
+    dtype: str
+    parts: tuple[RowPart, ...]
+    block: int = DEFAULT_BLOCK
+    cols: int = ROW_LANES   # threads per row: what grid_for sizes the launch by
+
+    def __post_init__(self) -> None:
+        if self.dtype not in CTYPE:
+            raise BackendError(f"cuda row kernel {self.name}: dtype must be float32 or float64")
+        if self.block % ROW_LANES or self.block <= 0:
+            raise BackendError(f"cuda row kernel {self.name}: the block must be a multiple of "
+                               f"{ROW_LANES}, got {self.block}")
+        for pt in self.parts:
+            if pt.op is None:
+                ok = pt.program is not None and len(pt.inputs) == pt.program.n_inputs and \
+                    len(pt.outputs) == len(pt.program.outputs)
+            else:
+                ok = pt.op in ("sum", "max") and len(pt.inputs) == len(pt.outputs) == 1 and \
+                    not (pt.accumulate and pt.op != "sum")
+            if not ok or pt.width <= 0:
+                raise BackendError(f"cuda row kernel {self.name}: a part's operands do not "
+                                   "match its program or reduction")
+
+    def operands(self) -> list[tuple[Operand, int]]:
+        """Every pointer parameter's layout and the columns it is reached over."""
+        out: list[tuple[Operand, int]] = []
+        for pt in self.parts:
+            out += [(o, pt.width) for o in pt.inputs]
+            out += [(o, 1 if pt.op else pt.width) for o in pt.outputs]
+        return out
+
+    def extent(self, arg: int, rows: int) -> int:
+        o, width = self.operands()[arg]
+        return (rows - 1) * o.row_stride + (width - 1) * o.col_stride + 1
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of a generated kernel's signature."""
@@ -244,7 +333,7 @@ class RenderedKernel:
     source: str                      # the kernel alone, without the prelude
     params: tuple[Param, ...]
     block: int
-    spec: KernelSpec | LoopSpec = field(repr=False)
+    spec: KernelSpec | LoopSpec | RowSpec = field(repr=False)
 
     @property
     def full_source(self) -> str:
@@ -361,7 +450,55 @@ def render_loop(spec: LoopSpec) -> RenderedKernel:
     return RenderedKernel(spec.name, "\n".join(lines), tuple(params), spec.block, spec)
 
 
-def render_any(spec: KernelSpec | LoopSpec) -> RenderedKernel:
+def render_rows(spec: RowSpec) -> RenderedKernel:
+    """The CUDA C of a row kernel: a warp per row, its parts in order (module docstring)."""
+    ct = CTYPE[spec.dtype]
+    sfx = "f" if spec.dtype == "float32" else ""
+    params: list[Param] = []
+    for k, pt in enumerate(spec.parts):
+        params += [Param(f"p{k}_in{i}", ct, True, True, False) for i in range(len(pt.inputs))]
+        params += [Param(f"p{k}_out{j}", ct, True, False, False)
+                   for j in range(len(pt.outputs))]
+    params.append(Param("rows", "int", False, True))
+    sig = ",\n    ".join(p.c_decl() for p in params)
+    lines = [f'extern "C" __global__ void __launch_bounds__({spec.block}) {spec.name}(',
+             f"    {sig}) {{",
+             "  const unsigned lane = threadIdx.x % GRNN_ROW_LANES;",
+             "  const unsigned stride = (blockDim.x / GRNN_ROW_LANES) * gridDim.x;",
+             "  for (unsigned r = (blockIdx.x * blockDim.x + threadIdx.x) / GRNN_ROW_LANES;",
+             "       r < (unsigned)rows; r += stride) {"]
+    for k, pt in enumerate(spec.parts):
+        lines.append(f"    {{  /* part {k}: {pt.op or 'kernel'} over {pt.width} columns */")
+        if pt.op is None:
+            assert pt.program is not None
+            lines.append(f"      for (unsigned c = lane; c < {pt.width}u; c += GRNN_ROW_LANES) {{")
+            for i, o in enumerate(pt.inputs):
+                lines.append(f"        const {ct} v{i} = p{k}_in{i}[{_index(o, 'r', 'c')}];")
+            lines += _body(pt.program, spec.dtype, "        ")
+            for j, (o, v) in enumerate(zip(pt.outputs, pt.program.outputs)):
+                lines.append(f"        p{k}_out{j}[{_index(o, 'r', 'c')}] = v{v};")
+            lines.append("      }")
+        else:
+            (src,), (dst,) = pt.inputs, pt.outputs
+            init = c_const(float("-inf") if pt.op == "max" else 0.0, spec.dtype)
+            comb = "grnn_max" if pt.op == "max" else ""
+            lines.append(f"      {ct} acc = {init};")
+            lines.append(f"      for (unsigned c = lane; c < {pt.width}u; c += GRNN_ROW_LANES)")
+            x = f"p{k}_in0[{_index(src, 'r', 'c')}]"
+            lines.append(f"        acc = {comb}{sfx}(acc, {x});" if comb else
+                         f"        acc += {x};")
+            lines.append(f"      acc = grnn_warp_{pt.op}{sfx}(acc);")
+            out = f"p{k}_out0[{_index(Operand(dst.row_stride, 0), 'r', 'c')}]"
+            lines.append(f"      if (lane == 0) {out} {'+=' if pt.accumulate else '='} acc;")
+        lines.append("    }")
+        lines.append("    __syncwarp();")
+    lines += ["  }", "}", ""]
+    return RenderedKernel(spec.name, "\n".join(lines), tuple(params), spec.block, spec)
+
+
+def render_any(spec: KernelSpec | LoopSpec | RowSpec) -> RenderedKernel:
+    if isinstance(spec, RowSpec):
+        return render_rows(spec)
     return render_loop(spec) if isinstance(spec, LoopSpec) else render(spec)
 
 
@@ -381,9 +518,11 @@ def grid_for(rows: int, cols: int, block: int, max_blocks: int = 65535) -> int:
     return max(1, min(max_blocks, -(-rows * cols // block)))
 
 
-def extent(spec: KernelSpec | LoopSpec, arg: int, rows: int, steps: int = 1) -> int:
+def extent(spec: KernelSpec | LoopSpec | RowSpec, arg: int, rows: int, steps: int = 1) -> int:
     """Elements a kernel may touch from pointer parameter ``arg`` (for bounds checks)."""
     if isinstance(spec, LoopSpec):
         return spec.extent(arg, rows, steps)
+    if isinstance(spec, RowSpec):
+        return spec.extent(arg, rows)
     o = (spec.inputs + spec.outputs)[arg]
     return (rows - 1) * o.row_stride + (spec.cols - 1) * o.col_stride + 1

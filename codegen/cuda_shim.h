@@ -5,6 +5,9 @@
  * order the caller chooses (forward, reversed, shuffled) so that any dependence of a result on
  * the order in which the hardware schedules blocks shows up as a difference. Kernels that use
  * shared memory, barriers or atomics cannot run here; graphrnn's kernels use none of them.
+ * Row kernels (a warp per row on the GPU) run here with one thread per row: GRNN_ROW_LANES is 1,
+ * so their lane loops walk every column, the butterfly over lanes is empty and __syncwarp()
+ * has nothing to wait for.
  */
 #ifndef GRNN_CUDA_SHIM_H
 #define GRNN_CUDA_SHIM_H
@@ -23,6 +26,11 @@ struct grnn_dim3 { unsigned int x, y, z; };
 typedef struct grnn_dim3 dim3;
 
 static dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+#define GRNN_ROW_LANES 1
+static inline void __syncwarp(unsigned = 0xffffffffu) {}
+/* never called with GRNN_ROW_LANES 1 (the butterfly has no rounds); declared so it compiles */
+template <typename T> static inline T __shfl_xor_sync(unsigned, T v, int) { return v; }
 
 /* device intrinsics that have a plain C meaning */
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }

@@ -27,14 +27,17 @@ A diagonal recurrence (only kernels in the loop, ``diagonal_loop``) runs its tim
 loop over blocks of batch rows, the CPU form of CUDA's one-kernel loop (blocks ``diag_blk`` in
 the IR). Kernels are internal functions (``emit_kernel``), not inlined; GEMMs go
 through the module's gemm function pointer (or ``llvm_gemm``'s packed GEMM); reductions are
-functions of their own too; gathers and scatters are short loops emitted inline.
+functions of their own too; gathers and scatters are short loops emitted inline. A row kernel
+(``program.RowKernel``) gives each thread its share of rows and runs every part over a block of
+about ROW_BLOCK elements before the next block, each row's reductions summed in the row loop:
+one barrier for the group.
 """
 
 from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from llvmlite import ir
 
@@ -47,6 +50,7 @@ from graphrnn.program import (
     Program,
     Reduce,
     Ref,
+    RowKernel,
     Scatter,
     Sweep,
     overlap,
@@ -72,6 +76,9 @@ ENTRY_TYPE = ir.FunctionType(VOID, [I64, I64, PTR, PTR])
 SYNC_STRIDE = 8   # int64s between the barrier's two counters: separate cache lines
 # a diagonal loop's row block: about this many elements of each (rows, n) tile per step
 DIAG_BLOCK = 4096
+# a row kernel's block of rows: about this many elements of its widest part, so the block's
+# values (a layer norm's row, its statistics, the gates after them) stay in L1 across its parts
+ROW_BLOCK = 4096
 BCAST_KIND = {"full": "vec", "row": "vec", "col": "col", "scalar": "col"}
 
 
@@ -582,6 +589,8 @@ class ProgramEmitter:
                              in_loop=t is not None)
             elif isinstance(s, Reduce):
                 self._reduce(b, s, v(s.out), v(s.src))
+            elif isinstance(s, RowKernel):
+                self._row_kernel(b, s, v, in_loop=t is not None)
             elif isinstance(s, Gather):
                 out, ids = v(s.out), v(s.ids)
                 lo, hi = self._chunk(b, out.rows, 1)
@@ -596,6 +605,32 @@ class ProgramEmitter:
                     else:
                         raise BackendError(f"llvm: unknown program step {s!r}")
             self._sync(b)
+
+    def _row_kernel(self, b: ir.IRBuilder, s: RowKernel, v: Any, in_loop: bool) -> None:
+        """This thread's rows, block by block: every part on a block, then the next."""
+        views = []
+        width = 1
+        for part in s.parts:
+            if isinstance(part, Kernel):
+                views.append(([v(r) for r in part.ins], [v(r) for r in part.outs]))
+                width = max(width, views[-1][1][0].cols)
+            else:
+                views.append(([v(part.src)], [v(part.out)]))
+                width = max(width, views[-1][0][0].cols)
+        first = views[0][1][0]
+        lo, hi = self._chunk(b, first.rows, 1)
+        rb = max(1, ROW_BLOCK // width)
+        with for_range(b, lo, hi, "rowblk", step=rb) as row:
+            rest = b.sub(hi, row)
+            n = b.select(b.icmp_signed("<", rest, c64(rb)), rest, c64(rb))
+            for part, (ins, outs) in zip(s.parts, views):
+                if isinstance(part, Kernel):
+                    self._kernel(b, part, [self._split_rows(b, x, row, n, bc in ("row", "scalar"))
+                                           for x, bc in zip(ins, part.kernel.bcast)],
+                                 [self._split_rows(b, o, row, n) for o in outs], in_loop)
+                else:
+                    self._reduce_part(b, part, self._split_rows(b, outs[0], row, n),
+                                      self._split_rows(b, ins[0], row, n), c64(ins[0].cols))
 
     def _diagonal_steps(self, b: ir.IRBuilder, env: dict[str, ir.Value], steps: Sequence[object],
                         t: ir.Value, row: ir.Value, nrows: ir.Value, T: ir.Value, B: ir.Value,

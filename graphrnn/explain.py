@@ -3,6 +3,9 @@ inputs and outputs, FLOPs per step, and the residual bytes per step.
 
     print(graphrnn.explain(cell, batch=32))      # or compiled_cell.explain()
 
+A row kernel (``program.RowKernel``: a layer norm's statistics and the elementwise work around
+them, run as one kernel over rows) counts as one kernel; its parts are listed under it.
+
 Sizes print symbolically: ``B`` rows per step, ``TB`` rows over the whole sequence; FLOPs are
 counted for one time step (work before/after the loop is divided by T) at the given batch.
 Each sweep ends with a total line: its FLOPs per step, the residual bytes per step the forward
@@ -21,6 +24,7 @@ from .program import (
     Program,
     Reduce,
     Ref,
+    RowKernel,
     Scatter,
     Step,
     Sweep,
@@ -52,6 +56,14 @@ def _describe(p: Program, s: Step, in_loop: bool) -> str:
         return f"gather  {s.out} = {s.table}[{s.ids}]"
     if isinstance(s, Scatter):
         return f"scatter {s.out} {'+=' if s.accumulate else '='} scatter({s.ids}, {s.src})"
+    if isinstance(s, RowKernel):
+        first = s.parts[0]
+        rows = view_dims(p, first.outs[0] if isinstance(first, Kernel) else first.out,
+                         in_loop)[0]
+        n_red = sum(isinstance(x, Reduce) for x in s.parts)
+        head = (f"rowkernel {s.name}: one kernel over {rows} rows, {len(s.parts)} parts "
+                f"({n_red} reductions over columns)")
+        return "\n".join([head] + [f"      | {_describe(p, x, in_loop)}" for x in s.parts])
     return repr(s)
 
 
@@ -84,7 +96,7 @@ def _sweep_lines(p: Program, name: str, sw: Sweep, batch: int) -> list[str]:
         label = {"pre": "before the loop (all T·B rows)", "step": "per time step",
                  "post": "after the loop (all T·B rows)"}[ph]
         g = sum(isinstance(s, Gemm) for s in steps)
-        k = sum(isinstance(s, Kernel) for s in steps)
+        k = sum(isinstance(s, (Kernel, RowKernel)) for s in steps)   # a row kernel is one
         r = sum(isinstance(s, Reduce) for s in steps)
         fl = sum(step_flops(p, s, ph == "step", batch) for s in steps)
         lines.append(f"  {label}: {g} GEMM, {k} kernel, {r} reduce; "

@@ -30,6 +30,7 @@ from .schedule import (
     assemble_program,
     choose_residuals,
     gemm_terms_last,
+    hoist_cotangent_products,
     schedule_backward,
     schedule_forward,
 )
@@ -93,8 +94,9 @@ def _autodiff(b: Build) -> None:
     assert b.merged is not None
     b.backward = backward_cell(b.merged)
     # the carried cotangents' GEMM terms last, so schedule can accumulate them (BLAS beta = 1)
-    b.d_roots = gemm_terms_last(simplify(list(b.backward.roots)),
-                                range(len(b.backward.d_states)))
+    roots = hoist_cotangent_products(simplify(list(b.backward.roots)),
+                                     b.backward.d_outputs, b.backward.d_next)
+    b.d_roots = gemm_terms_last(roots, range(len(b.backward.d_states)))
     if debug_level() >= 1:
         lines, _ = format_nodes(b.d_roots)
         _debug("backward cell (simplified)", "\n".join(lines))

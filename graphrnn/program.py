@@ -62,6 +62,18 @@ Steps (executed strictly in order within a phase)
     ``op`` in {"sum", "max"} over ``axis`` of the 2-D view ``src``, keeping dims: axis 0 gives
     (1, n) (a bias gradient over T·B rows), axis 1 gives (rows, 1) (a layer-norm statistic).
     With ``accumulate`` (sum only) the result is added to ``out``.
+``RowKernel(name, parts)``
+    Kernel steps and reductions over columns (``Reduce`` with ``axis=1``) that only touch their
+    own rows, run as one kernel over the rows (a layer norm: a row's mean and variance are
+    computed and used by the elementwise work after them while the row is in cache, with one
+    launch and one barrier for the whole group). Its meaning is running ``parts`` in order; a
+    backend may instead run them block by block of rows (every part on rows r0:r1, then the
+    next block), which gives the same result because the parts are row-local: every part's
+    domain is the same batch rows (B in the loop, T·B before/after it), batch-shaped views are
+    read and written row for row (``full``/``col``), fixed buffers are only read (``row``/
+    ``scalar``), and before/after the loop a seq buffer written by a part is seen at one time
+    offset by every part (otherwise row r of one view would be row r + B of another).
+    ``validate`` checks all of it. ``Sweep.count(phase, Kernel)`` counts one per row kernel.
 ``Gather(out, table, ids)``
     ``out[r, :] = table[ids[r, 0], :]``; ``ids`` views an int64 buffer with one column.
 ``Scatter(out, ids, src, accumulate)``
@@ -231,7 +243,15 @@ class Scatter:
     accumulate: bool = False
 
 
-Step = Union[Gemm, Kernel, Reduce, Gather, Scatter]
+@dataclass(frozen=True)
+class RowKernel:
+    """Row-local kernels and column reductions run as one kernel over rows (see the module
+    docstring)."""
+    name: str
+    parts: tuple[Union[Kernel, Reduce], ...]
+
+
+Step = Union[Gemm, Kernel, Reduce, Gather, Scatter, RowKernel]
 
 
 @dataclass(frozen=True)
@@ -251,6 +271,10 @@ class Sweep:
         yield "post", self.post
 
     def count(self, phase: str, kind: type) -> int:
+        """Steps of a kind in a phase; a row kernel counts as one Kernel (its parts run as
+        one launch), and its reductions do not count as Reduce steps."""
+        if kind is Kernel:
+            return sum(isinstance(s, (Kernel, RowKernel)) for s in getattr(self, phase))
         return sum(isinstance(s, kind) for s in getattr(self, phase))
 
 
@@ -311,8 +335,9 @@ class Program:
         for sw in (self.forward, self.backward):
             for _ph, steps in sw.phases():
                 for s in steps:
-                    if isinstance(s, Kernel):
-                        seen.setdefault(s.kernel.name, s.kernel)
+                    for k in (s.parts if isinstance(s, RowKernel) else (s,)):
+                        if isinstance(k, Kernel):
+                            seen.setdefault(k.kernel.name, k.kernel)
         return list(seen.values())
 
     def residual_values_per_row(self) -> int:
@@ -380,9 +405,14 @@ class _Written:
     def add(self, buf: str, key: object, cols: tuple[int, int]) -> None:
         self.w.setdefault((buf, key), []).append(cols)
 
-    def covers(self, buf: str, key: object, cols: tuple[int, int]) -> bool:
-        ivs = sorted(self.w.get((buf, key), []) + (self.w.get((buf, "all"), [])
-                                                 if key != "all" else []))
+    def intervals(self, buf: str, key: object) -> list[tuple[int, int]]:
+        return self.w.get((buf, key), []) + (self.w.get((buf, "all"), [])
+                                             if key != "all" else [])
+
+    def covers(self, buf: str, key: object, cols: tuple[int, int],
+               also: list[tuple[int, int]] | None = None) -> bool:
+        """Whether the columns are written (with ``also``: or in those intervals)."""
+        ivs = sorted(self.intervals(buf, key) + (also or []))
         pos = cols[0]
         for a, b in ivs:
             if a <= pos < b:
@@ -426,7 +456,59 @@ def reads_writes(s: Step) -> tuple[list[Ref], list[Ref]]:
         return [s.table, s.ids], [s.out]
     if isinstance(s, Scatter):
         return [s.ids, s.src] + ([s.out] if s.accumulate else []), [s.out]
+    if isinstance(s, RowKernel):
+        reads: list[Ref] = []
+        writes: list[Ref] = []
+        for part in s.parts:
+            r, w = reads_writes(part)
+            reads += r
+            writes += w
+        return reads, writes
     raise BackendError(f"unknown step {s!r}")
+
+
+def flat_steps(steps: tuple[Step, ...] | list[Step]) -> list[Step]:
+    """The steps with every row kernel replaced by its parts (what it means)."""
+    out: list[Step] = []
+    for s in steps:
+        out += list(s.parts) if isinstance(s, RowKernel) else [s]
+    return out
+
+
+def row_kernel_problem(parts: tuple[Step, ...] | list[Step], bufs: dict[str, Buffer],
+                       in_loop: bool) -> str | None:
+    """Why these steps cannot run as one row kernel (see the module docstring), or None."""
+    if not parts:
+        return "has no parts"
+    written = {r.buf for part in parts for r in reads_writes(part)[1]}
+    offsets: dict[str, set[int]] = {}
+    for part in parts:
+        if isinstance(part, Kernel):
+            if not part.outs:
+                return f"holds kernel {part.kernel.name} without outputs"
+            views = list(zip(part.ins, part.kernel.bcast)) + [(o, "full") for o in part.outs]
+        elif isinstance(part, Reduce):
+            if part.axis != 1:
+                return f"holds a reduction over axis {part.axis} (rows are not local)"
+            views = [(part.src, "full"), (part.out, "col")]
+        else:
+            return (f"holds a {type(part).__name__}: only kernels and reductions over columns "
+                    "are row-local")
+        for r, f in views:
+            b = bufs[r.buf]
+            if b.fixed:
+                if f not in ("row", "scalar") or r.buf in written:
+                    return (f"reads fixed buffer {r} as {f!r} or writes it: rows would not be "
+                            "independent")
+            elif f not in ("full", "col"):
+                return f"broadcasts batch buffer {r} as {f!r}"
+            elif b.kind == "seq" and not in_loop:
+                offsets.setdefault(r.buf, set()).add(r.t)
+    for name, ts in offsets.items():
+        if name in written and len(ts) > 1:
+            return (f"sees {name} at time offsets {sorted(ts)} outside the loop: row r of one "
+                    "view is another row of the other")
+    return None
 
 
 def _check_shapes(p: Program, s: Step, in_loop: bool, bufs: dict[str, Buffer]) -> None:
@@ -467,6 +549,16 @@ def _check_shapes(p: Program, s: Step, in_loop: bool, bufs: dict[str, Buffer]) -
             raise bad(f"writes {s.out} {sh(s.out)}, expected {want}")
         if s.accumulate and s.op != "sum":
             raise bad("accumulates a max")
+    elif isinstance(s, RowKernel):
+        why = row_kernel_problem(s.parts, bufs, in_loop)
+        if why is not None:
+            raise bad(f"{s.name} {why}")
+        rows = {sh(part.outs[0] if isinstance(part, Kernel) else part.out)[0]
+                for part in s.parts}
+        if len(rows) != 1:
+            raise bad(f"{s.name}: parts over different rows {sorted(map(str, rows))}")
+        for part in s.parts:
+            _check_shapes(p, part, in_loop, bufs)
     elif isinstance(s, Gather):
         if sh(s.ids)[1] != 1 or bufs[s.ids.buf].dtype != "int64":
             raise bad(f"ids {s.ids} must be one int64 column")
@@ -501,12 +593,15 @@ def validate(p: Program) -> None:
 
     def run_sweep(sw: Sweep, name: str) -> None:
         d = -1 if sw.reverse else 1   # the offset a step writes for the next one to read at 0
-        loop_writes = [(r.buf, r.t, _cols(r, bufs)) for s in sw.step
+        loop_writes = [(r.buf, r.t, _cols(r, bufs)) for s in flat_steps(sw.step)
                        for r in reads_writes(s)[1] if bufs[r.buf].kind == "seq"]
         for phase, steps in sw.phases():
             in_loop = phase == "step"
             this_iter = _Written()
-            for i, s in enumerate(steps):
+            for s in steps:
+                if isinstance(s, RowKernel):
+                    _check_shapes(p, s, in_loop, bufs)
+            for i, s in enumerate(flat_steps(steps)):
                 _check_shapes(p, s, in_loop, bufs)
                 reads, writes = reads_writes(s)
                 for r in reads:
@@ -519,7 +614,10 @@ def validate(p: Program) -> None:
                         # buf[t+k] is known before the loop, or written earlier in this
                         # iteration, or initialized for the first step and written by the
                         # previous iteration at offset k + d
-                        ok = (w.covers(r.buf, r.t, cols) and r.t not in _init_keys(r.buf)) \
+                        # (before the loop, e.g. a zero block filled once, and in this
+                        # iteration: the two together)
+                        ok = (w.covers(r.buf, r.t, cols, this_iter.intervals(r.buf, r.t))
+                              and r.t not in _init_keys(r.buf)) \
                             or this_iter.covers(r.buf, r.t, cols) \
                             or (w.covers(r.buf, r.t, cols) and any(
                                 x[0] == r.buf and x[1] == r.t + d and x[2][0] <= cols[0]
@@ -644,6 +742,8 @@ def step_flops(p: Program, s: Step, in_loop: bool, batch: int) -> int:
     if isinstance(s, Scatter):
         r, c = view_dims(p, s.src, in_loop)
         return _rows_at(r, batch) * int(c)
+    if isinstance(s, RowKernel):
+        return sum(step_flops(p, part, in_loop, batch) for part in s.parts)
     return 0
 
 

@@ -31,6 +31,7 @@ from .program import (
     Program,
     Reduce,
     Ref,
+    RowKernel,
     Scatter,
     Sweep,
     cols_of,
@@ -171,6 +172,27 @@ class Executor:
         """Run a sweep's whole step phase at once, if this executor can (then True)."""
         return False
 
+    def run_row_kernel(self, dev: Device, s: RowKernel, view: Callable[[Ref], Any],
+                       rows: int) -> None:
+        """A row kernel run block by block of rows, as a native backend runs it: every part on
+        rows r0:r1, then the next block (three blocks), so a part that read a row another block
+        writes would differ from the reference."""
+        edges = sorted({0, rows // 3, (2 * rows) // 3, rows})
+        whole = {id(part): ([view(r) for r in part.ins], [view(r) for r in part.outs])
+                 if isinstance(part, Kernel) else ([view(part.src)], [view(part.out)])
+                 for part in s.parts}
+        for r0, r1 in zip(edges, edges[1:]):
+            for part in s.parts:
+                ins, outs = whole[id(part)]
+                if isinstance(part, Kernel):
+                    ins = [x if f in ("row", "scalar") else x[r0:r1]
+                           for x, f in zip(ins, part.kernel.bcast)]
+                    outs = [o[r0:r1] for o in outs]
+                    self.run_kernel(dev, part, ins, outs, r1 - r0)
+                else:
+                    dev.reduce(outs[0][r0:r1], ins[0][r0:r1], part.op, part.axis,
+                               part.accumulate)
+
     # ---- views ----
     def view(self, arrays: dict[str, Any], r: Ref, phase: str, t: int, T: int, B: int) -> Any:
         b = self.bufs[r.buf]
@@ -221,6 +243,11 @@ class Executor:
             dev.gather(v(s.out), v(s.table), v(s.ids))
         elif isinstance(s, Scatter):
             dev.scatter(v(s.out), v(s.ids), v(s.src), s.accumulate)
+        elif isinstance(s, RowKernel):
+            first = s.parts[0]
+            rows = int(v(first.outs[0] if isinstance(first, Kernel) else first.out).shape[0])
+            if rows:
+                self.run_row_kernel(dev, s, v, rows)
         else:
             raise BackendError(f"unknown program step {s!r}")
 

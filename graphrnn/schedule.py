@@ -17,7 +17,10 @@ view: its root's destination (state buffer S[t+1], a carry), a column block of t
 it is part of (so kernels write ``dZ = [d_i|d_f|d_o|d_g]`` in place and no copy runs), or a
 fresh buffer: ``seq`` before/after the loop or when a later phase or the backward reads it,
 ``temp`` otherwise, ``mat``/``grad`` for parameter-shaped values. A carry written while an older
-value is still to be read goes through a temp and a copy.
+value is still to be read goes through a temp and a copy. Constant-zero blocks of a concatenation
+in the loop (the zero padding a slice's cotangent gets) are written once, not every step: one
+fill over T·B rows before the loop in a ``seq`` home; a backward ``temp`` home becomes a
+``carry``, which the binding zeroes before the sweep (nothing else writes those columns).
 
 **Accumulating GEMMs**: a sum ``a + m`` whose GEMM term ``m = u @ v`` feeds nothing else, where
 ``a`` is computed in the same phase and read by nothing else, and where no elementwise consumer
@@ -32,14 +35,14 @@ one GEMM adding ``dZ @ W_hᵀ`` to it: 1 GEMM + 1 kernel per step, like the LSTM
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import networkx as nx
 
 from .autodiff import BackwardCell, output_name
 from .errors import BackendError
 from .fuse import build_program, fusable, group_nodes, kernel_spec
-from .ir import Cell, Node, apply, short_type, toposort
+from .ir import Cell, Node, apply, short_type, substitute, toposort
 from .merge import Layout
 from .ops import GroupOp, Ops
 from .program import (
@@ -52,12 +55,15 @@ from .program import (
     Program,
     Reduce,
     Ref,
+    RowKernel,
     Scatter,
     Step,
     Sweep,
     fill_kernel,
     identity_kernel,
+    overlap,
     reads_writes,
+    row_kernel_problem,
 )
 from .scalar import ScalarProgram
 from .split import LOOP, SEQ, STATIC, is_batch, place
@@ -290,8 +296,14 @@ class SweepBuilder:
             r = self.ref_of(k, "step") if k.op is not Ops.CONST else None
             if r is not None and self.bufs.items[r.buf].kind in ("carry", "temp"):
                 self.keep_ref[k] = self._seq_copy(k, r)
-        return Sweep(tuple(self.steps["pre"]), tuple(self.steps["step"]),
-                     tuple(self.steps["post"]), self.reverse)
+        bufs = self.bufs.items
+        st = self.steps
+        diagonal = bool(st["step"]) and all(isinstance(s, Kernel) for s in st["step"])
+        return Sweep(tuple(fuse_rows(st["pre"], bufs, False, f"{self.tag}_pre_r")),
+                     tuple(st["step"]) if diagonal else
+                     tuple(fuse_rows(st["step"], bufs, True, f"{self.tag}_step_r")),
+                     tuple(fuse_rows(st["post"], bufs, False, f"{self.tag}_post_r")),
+                     self.reverse)
 
     def _materialized(self, n: Node) -> bool:
         return n in self.phase and n.op is not Ops.SLICE and n not in self.bound
@@ -368,6 +380,12 @@ class SweepBuilder:
             if k not in self.home:
                 seq = needs_seq(k) or any(needs_seq(s) for s in elig)
                 self.home[k] = self._fresh(k, ph, seq)
+                name = self.home[k].buf
+                if self.reverse and self.bufs.items[name].kind == "temp" and \
+                        any(_is_zero(x) for x in k.src):
+                    # zero blocks of a per-step concatenation stay zero: as a carry the
+                    # binding zeroes it once before the sweep, instead of a fill every step
+                    self.bufs.items[name] = replace(self.bufs.items[name], kind="carry")
             hk = self.home[k]
             if self.bufs.items[hk.buf].kind == "temp" and any(needs_seq(s) for s in elig):
                 elig = [s for s in elig if not needs_seq(s)]
@@ -460,16 +478,101 @@ class SweepBuilder:
                                           self.ref_of(n.src[1], ph)))
         elif n.op is Ops.CONCAT:
             off = 0
+            kind = self.bufs.items[out.buf].kind
             for i, s in enumerate(n.src):
                 w = int(s.shape[1])
-                if (n, i) not in self.elided:
+                if (n, i) in self.elided:
+                    pass
+                elif _is_zero(s) and ph == "step" and kind == "carry":
+                    pass   # zeroed once by the binding (see _assign_homes)
+                elif _is_zero(s) and ph == "step" and kind == "seq":
+                    # a zero block of every step's slab: one fill over T·B rows before the loop
+                    self._emit_fill(0.0, _narrow(out, off, off + w), "pre")
+                else:
                     self._emit_copy(s, _narrow(out, off, off + w), ph)
                 off += w
         else:
             raise BackendError(f"schedule: cannot schedule {n.op.name}")
 
 
+# ---- row kernels ----
+
+def _conflict(x: Step, s: Step, bufs: dict[str, Buffer], in_loop: bool) -> bool:
+    """Must x and s keep their order (one writes what the other reads or writes)?"""
+    xr, xw = reads_writes(x)
+    sr, sw = reads_writes(s)
+    return any(overlap(a, b, bufs, in_loop) for a in xw for b in sr + sw) or \
+        any(overlap(a, b, bufs, in_loop) for a in xr for b in sw)
+
+
+def fuse_rows(steps: Sequence[Step], bufs: dict[str, Buffer], in_loop: bool,
+              name: str) -> list[Step]:
+    """Row-local steps (kernels, reductions over columns) grouped into row kernels: each such
+    step joins the latest group it can reach by moving up past steps it does not conflict
+    with (a layer norm's statistics and the kernels around them, or a fill next to a kernel,
+    become one launch); a group of one stays a plain step. See ``program.RowKernel``."""
+    out: list[Step | list[Step]] = []
+    for s in steps:
+        if row_kernel_problem([s], bufs, in_loop) is not None:
+            out.append(s)
+            continue
+        target = None
+        for j in range(len(out) - 1, -1, -1):
+            x = out[j]
+            if isinstance(x, list) and row_kernel_problem(x + [s], bufs, in_loop) is None:
+                target = j
+                break
+            parts = x if isinstance(x, list) else [x]
+            if any(_conflict(p, s, bufs, in_loop) for p in parts):
+                break
+        if target is None:
+            out.append([s])
+        else:
+            out[target].append(s)   # type: ignore[union-attr]
+    result: list[Step] = []
+    for x in out:
+        if isinstance(x, list) and len(x) > 1:
+            result.append(RowKernel(f"{name}{len(result)}", tuple(x)))  # type: ignore[arg-type]
+        elif isinstance(x, list):
+            result.append(x[0])
+        else:
+            result.append(x)
+    return result
+
+
 # ---- sums of GEMMs ----
+
+def hoist_cotangent_products(roots: Sequence[Node], d_outputs: Sequence[Node],
+                             d_next: Sequence[Node]) -> list[Node]:
+    """Split ``(d_h + dy) @ W`` as ``d_h @ W + dy @ W`` (W a parameter, dy an output's
+    cotangent, d_h depending on a carried cotangent).
+
+    A next state that is itself a GEMM output (a projection, h' = m W_pᵀ) receives the
+    cotangent dh' = d_h + dy, and its backward multiplies that sum by W_p: the sum cost a kernel
+    of its own every step, between the carry's GEMM and this one. Split, ``dy @ W`` reads no
+    carry and becomes one GEMM over T·B rows before the loop, the add moves into the kernel
+    that reads the product, and the sum itself (which dW_p = Σ dh'ᵀ m still reads) is computed
+    in the row kernel beside it: the step loses a kernel and a barrier, and the backward does
+    that product's FLOPs twice (once hoisted, as one large GEMM)."""
+    outs, carried = set(d_outputs), set(d_next)
+    order = toposort(list(roots))
+    reads_carry: set[Node] = set()
+    for n in order:
+        if n in carried or any(s in reads_carry for s in n.src):
+            reads_carry.add(n)
+    mapping: dict[Node, Node] = {}
+    for n in order:
+        if n.op is not Ops.MATMUL or n.src[1].op is not Ops.PARAM or n.arg[0] or \
+                n.src[0].op is not Ops.ADD:
+            continue
+        p, q = n.src[0].src
+        for dy, rest in ((p, q), (q, p)):
+            if dy in outs and rest in reads_carry and rest not in outs:
+                mapping[n] = apply(Ops.ADD, apply(Ops.MATMUL, rest, n.src[1], arg=n.arg),
+                                   apply(Ops.MATMUL, dy, n.src[1], arg=n.arg))
+                break
+    return substitute(list(roots), mapping) if mapping else list(roots)
+
 
 def gemm_terms_last(roots: Sequence[Node], which: Sequence[int]) -> list[Node]:
     """Re-associate ``roots[i]`` (i in ``which``) as ``(other terms) + G_1 + .. + G_k``.

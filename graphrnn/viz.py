@@ -667,6 +667,7 @@ class _PlanDrawer:
     # -- one sweep --
     def sweep(self, name: str, sw: Any) -> dict[str, list[tuple[Any, str]]]:
         """Draw a sweep; returns the writers by buffer, in order (for the bindings)."""
+        from .program import flat_steps
         d = -1 if sw.reverse else 1
         writers: dict[str, list[tuple[Any, str]]] = {}   # buffer -> [(ref, node id)]
         order = " (t = T-1 down to 0)" if sw.reverse else " (t = 0 to T-1)"
@@ -681,8 +682,9 @@ class _PlanDrawer:
                 with sg.subgraph(name=f"cluster_{name}_{phase}") as pg:
                     pg.attr(label=PHASE_TITLES[phase], style="dashed,rounded",
                             color="#d32f2f" if in_loop else "#9e9e9e", fontsize="12")
+                    # a row kernel is drawn as its parts (what it means)
                     placed = [self.place(pg, name, phase, i, s, in_loop)
-                              for i, s in enumerate(steps)]
+                              for i, s in enumerate(flat_steps(steps))]
                 # every write of the loop body, to recognise reads of the previous iteration
                 loop_writes = [w for _ins, outs in placed for w in outs] if in_loop else []
                 for ins, outs in placed:
@@ -876,18 +878,20 @@ def plan_dot(program: Any, title: str | None = None, sweeps: Sequence[str] = ("f
 
 def _sweep_kernels(program: Any, sweeps: Sequence[str]) -> list[str]:
     """The distinct kernel names the given sweeps launch, in first-use order."""
-    from .program import Kernel
+    from .program import Kernel, flat_steps
     seen: dict[str, None] = {}
     for name in sweeps:
         for _ph, steps in getattr(program, name).phases():
-            for s in steps:
+            for s in flat_steps(steps):
                 if isinstance(s, Kernel):
                     seen.setdefault(s.kernel.name)
     return list(seen)
 
 
 def _step_writes(s: Any) -> list[Any]:
-    from .program import Kernel
+    from .program import Kernel, RowKernel
+    if isinstance(s, RowKernel):
+        return [w for p in s.parts for w in _step_writes(p)]
     if isinstance(s, Kernel):
         return list(s.outs)
     return [s.out]

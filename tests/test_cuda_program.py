@@ -330,3 +330,75 @@ def test_ptx_export_falls_back_to_nvrtc_without_nvcc(monkeypatch):
     monkeypatch.setattr(cc, "nvrtc_version", lambda: None)
     with pytest.raises(BackendError, match="nvcc not found.*nvidia-cuda-nvrtc"):
         ptx(cell, "sm_90")
+
+
+# ---- row kernels (a layer norm's statistics fused with the work around them) ----
+
+def ln_lstm_case(dtype: str):
+    from pathlib import Path
+
+    from frontends.equations import parse_file
+    build_program = pytest.importorskip("graphrnn.pipeline").build_program
+    path = Path(__file__).resolve().parent.parent / "examples" / "layer_norm_lstm.eq"
+    cell = parse_file(path, dtype=dtype)
+    return cell, build_program(cell)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_layer_norm_lstm_row_kernels_match_ref(dtype, cache):
+    """Each RowKernel step is one launch of a warp-per-row kernel (a thread per row in the
+    shim) that equals ref in every walk order, with half the blocks a grid needs."""
+    from codegen.cuda_render import RowSpec
+    from graphrnn.program import RowKernel
+    cell, prog = ln_lstm_case(dtype)
+    assert any(isinstance(s, RowKernel) for s in prog.forward.step + prog.backward.step)
+    cc = check_against_ref(cell, dtype, 3, 5, cache, prog)
+    rows = [r for r in cc.device.launcher.records
+            if isinstance(cc.device.lib.kernels[r.kernel].spec, RowSpec)]
+    assert rows, "no row kernel was launched"
+
+
+def test_row_kernel_source_is_a_warp_per_row_without_atomics():
+    from codegen.cuda_render import module_source
+    _cell, prog = ln_lstm_case("float32")
+    src = module_source(ProgramExecutor(prog).kernels())
+    assert "grnn_warp_sumf(acc)" in src and "__syncwarp();" in src
+    assert "atomic" not in src and "__shared__" not in src
+
+
+@pytest.mark.skipif(find_tool("nvcc") is None, reason="no nvcc")
+def test_row_kernels_compile_to_ptx_with_warp_shuffles(cache):
+    from codegen.cuda_cpu import compile_ptx, ptxas_report
+    from codegen.cuda_render import module_source
+    ks = []
+    for dt in ("float32", "float64"):
+        ks += ProgramExecutor(ln_lstm_case(dt)[1]).kernels()
+    src = module_source(ks)
+    for arch in ("sm_80", "sm_90"):
+        ptx = compile_ptx(src, arch, cache)
+        assert "shfl.sync.bfly" in ptx
+        rep = ptxas_report(ptx, arch)
+        assert set(rep) == {k.name for k in ks}
+        assert not {n: i for n, i in rep.items() if i.spill_stores or i.spill_loads}
+
+
+@needs_nvrtc
+def test_row_kernels_compile_with_nvrtc(cache):
+    from codegen.cuda import NVRTC_OPTIONS, cuda_source
+    from codegen.cuda_cpu import compile_nvrtc
+    cell, _prog = ln_lstm_case("float32")
+    cubin = compile_nvrtc(cuda_source(cell), "sm_90", NVRTC_OPTIONS, cubin=True)
+    assert cubin[:4] == b"\x7fELF"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_issue18_pattern_cells_match_ref(dtype, cache):
+    """The cells tests/test_opt_plan.py pins issue 18's plans with: zero blocks of a padded
+    cotangent zeroed once (a carry), a row kernel for a mean over a GEMM's row, a projected
+    state whose output cotangent's product is hoisted before the loop."""
+    from test_opt_plan import BIAS_BLOCK, PROJECTION, ZERO_BLOCKS, eq_cell
+
+    from frontends.equations import cell_from_equations
+    for text in (ZERO_BLOCKS, BIAS_BLOCK):
+        check_against_ref(eq_cell(text, dtype), dtype, 3, 5, cache)
+    check_against_ref(cell_from_equations(PROJECTION, dtype=dtype), dtype, 3, 5, cache)

@@ -3,15 +3,33 @@ against the reference interpreter (float64, 1e-10), explain(), GRAPHRNN_DEBUG.""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from helpers import assert_all_close, cotangents, flat, sequences
 
 import graphrnn
 from frontends.trace import CellBuilder, sigmoid, tanh
+from graphrnn.errors import BackendError
 from graphrnn.fuse import is_convex
+from graphrnn.ops import Ops
 from graphrnn.pipeline import build_plan
-from graphrnn.program import Gemm, Kernel, Reduce, validate
+from graphrnn.program import (
+    Buffer,
+    Gemm,
+    Kernel,
+    KernelDef,
+    Program,
+    Reduce,
+    Ref,
+    RowKernel,
+    Sweep,
+    row_kernel_problem,
+    validate,
+)
+from graphrnn.runtime import Device, Executor
+from graphrnn.scalar import ScalarProgram
 
 I, H = 3, 4
 
@@ -506,3 +524,228 @@ def test_bias_packing_keeps_every_user_parameter() -> None:
     (red,) = [s for s in p.backward.post if isinstance(s, Reduce)]
     grads = {pc.ref.buf for pc in p.grad_pieces if pc.name in users}
     assert grads == {red.out.buf}
+
+
+# ---- row kernels: reductions over the features fused with their elementwise neighbours ----
+
+LN_LSTM_FILE = "examples/layer_norm_lstm.eq"
+
+
+def ln_lstm(dtype: str = "float64") -> graphrnn.Cell:
+    from pathlib import Path
+
+    from frontends.equations import parse_file
+    path = Path(__file__).resolve().parent.parent / LN_LSTM_FILE
+    return parse_file(path, dtype=dtype)
+
+
+def test_layer_norm_lstm_is_one_gemm_and_one_row_kernel_per_step() -> None:
+    """The issue's target: ``graphrnn explain`` of the layer-norm LSTM shows 1 GEMM per step and
+    at most 2 kernels per step in the forward. Why 1 + 1 is the minimum both ways:
+
+    * forward step: h @ W_h is the only product on the state (1 GEMM, it must come first).
+      Everything after it is row-local: LN(W_h h)'s mean and variance over the GEMM's row
+      (B×1), the gates (B×H), c', LN(c')'s statistics, h'. A row kernel runs them all per
+      block of rows (each row's statistics computed and used in it), so 1 kernel. Before the
+      loop LN(W_x x) is 1 GEMM over T·B rows + 1 row kernel; the old plan had 8 kernels and 4
+      reductions per step (each statistic split the kernel in three).
+    * backward step: every cotangent up to dZ (the LN backward's row sums included) is
+      row-local and comes before the one GEMM d_h = dZ W_h (h is read by the GEMM only, so the
+      GEMM writes the carry): 1 row kernel + 1 GEMM (was 15 kernels and 5 reductions).
+    """
+    p = build_plan(ln_lstm()).program
+    assert counts(p.forward, "pre") == (1, 1, 0)
+    assert counts(p.forward, "step") == (1, 1, 0)
+    assert counts(p.backward, "step") == (1, 1, 0)
+    assert not p.forward.diagonal and not p.backward.diagonal
+    text = graphrnn.explain(ln_lstm("float32"))
+    assert "per time step: 1 GEMM, 1 kernel, 0 reduce" in text
+    assert "rowkernel f_step_" in text and "reduce  f_step_reduce = sum(axis 1)" in text
+
+
+def test_explain_cli_of_the_layer_norm_lstm_file(capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from graphrnn.tools.cli import main
+    main(["explain", str(Path(__file__).resolve().parent.parent / LN_LSTM_FILE)])
+    out = capsys.readouterr().out
+    fwd = out[out.index("forward ("):out.index("backward (")]
+    assert "per time step: 1 GEMM, 1 kernel, 0 reduce" in fwd
+
+
+@pytest.mark.parametrize("backend", ["program", "llvm"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_layer_norm_lstm_row_kernels_match_ref(backend: str, dtype: str) -> None:
+    """B = 70 rows: llvm runs each thread's rows in blocks of ROW_BLOCK // 128 = 32 (the last
+    one short), the program executor in three blocks; results equal ref."""
+    from helpers import TOL
+    cell = ln_lstm(dtype)
+    ref = graphrnn.compile(cell, backend="ref", dtype=dtype)
+    cc = graphrnn.compile(cell, backend=backend, dtype=dtype)
+    params = ref.init_params(seed=2, scale=0.5)
+    rng = np.random.default_rng(2)
+    xs, h0 = sequences(ref, 3, 70, rng, h_scale=1.0)
+    y1, s1, r1 = ref.forward_train(params, xs, h0)
+    y2, s2, r2 = cc.forward_train(params, xs, h0)
+    dy, dh = cotangents(ref, 3, 70, rng)
+    want = flat(y1, s1, ref.backward(params, r1, dy, dh))
+    got = flat(y2, s2, cc.backward(params, r2, dy, dh))
+    assert_all_close(got, want, **TOL[dtype])
+    y3, s3 = cc.forward(params, xs, h0)
+    assert_all_close(y3 + s3, y1 + s1, **TOL[dtype])
+
+
+def test_row_kernel_executor_runs_blocks_of_rows() -> None:
+    """The numpy executor runs a row kernel block by block, as native backends do: a group
+    that is not row-local (a part reading a row another block writes) gives another result
+    than its parts one after another, which is what validate() refuses."""
+    neg = KernelDef("neg", ScalarProgram(1, ((Ops.NEG, (0,), None),), (1,)), "float64",
+                    ("full",))
+    bufs = (Buffer("X", "seq", "float64", 4), Buffer("Y", "seq", "float64", 4, extra=1),
+            Buffer("Z", "seq", "float64", 1))
+    # before the loop: Y[0:T] = -X, then Z = the row sums of Y[1:T+1]: row r reads the row
+    # r + B that a later block writes
+    parts = (Kernel(neg, (Ref("X"),), (Ref("Y", 0),)), Reduce(Ref("Z"), Ref("Y", 1), "sum", 1))
+    assert "time offsets [0, 1]" in row_kernel_problem(parts, {b.name: b for b in bufs}, False)
+    p = Program("t", "float64", bufs, Sweep(pre=(RowKernel("r", parts),)), Sweep(), (), (),
+                (), (), (), (), (), (), ())
+    ex, dev = Executor(p), Device()
+    T, B = 3, 2
+    a = {"X": np.arange(24.0).reshape(T, B, 4), "Y": np.zeros((T + 1, B, 4)),
+         "Z": np.zeros((T, B, 1))}
+    b = {k: v.copy() for k, v in a.items()}
+    ex.run_sweep(dev, "forward", p.forward, a, T, B)
+    for s in parts:
+        ex.run_step(dev, s, b, "pre", 0, T, B)
+    assert b["Z"][0, 0, 0] == -(8 + 9 + 10 + 11)  # the parts in order: -(row 2 of X)
+    assert a["Z"][0, 0, 0] == 0                  # by blocks: row 2 not written yet
+
+
+def test_validate_refuses_row_kernels_that_are_not_row_local() -> None:
+    p = build_plan(ln_lstm()).program
+    rk = next(s for s in p.forward.step if isinstance(s, RowKernel))
+    for bad, msg in [
+            (rk.parts + (Reduce(Ref("b_post_reduce_3"), rk.parts[0].src, "sum", 0),),
+             "reduction over axis 0"),
+            (rk.parts + (Gemm(rk.parts[0].out, rk.parts[0].src, Ref("p_W_h")),), "holds a Gemm")]:
+        steps = tuple(RowKernel(rk.name, bad) if s is rk else s for s in p.forward.step)
+        q = dataclasses.replace(p, forward=dataclasses.replace(p.forward, step=steps))
+        with pytest.raises(BackendError, match=msg):
+            validate(q)
+
+
+# ---- issue 18's plan patterns, each with a cell of its own ----
+
+def eq_cell(text: str, dtype: str = "float64") -> graphrnn.Cell:
+    from frontends.equations import cell_from_equations
+    return cell_from_equations("input x: 3\nstate h: 4\noutput h_next\nnext h: h_next\n" + text,
+                               dtype=dtype)
+
+
+# (d) a slice's cotangent is zero-padded to the full width: z = W_h h + W_x x feeds a mean over
+# all 2H columns and the two halves a, b separately, so d z = [d_a, 0] + [0, d_b] - d_m / 2H.
+ZERO_BLOCKS = "z = W_h @ h + W_x @ x\nm = mean(z)\na, b = split(z, 2)\n" \
+    "h_next = tanh(a - m) * sigmoid(b)"
+# (a) the bias b1 sits on one block of the GEMM's output: its gradient Σ_t d_a sums a block of
+# the per-step gate cotangents dZ = [d_a | d_b] that the in-loop GEMM reads
+BIAS_BLOCK = "z = W_h @ h + W_x @ x\na, b = split(z, 2)\nh_next = tanh(a + b1) * sigmoid(b)"
+
+
+def test_zero_blocks_of_a_concatenation_are_not_filled_every_step() -> None:
+    """Issue 18 (d). Minimum per backward step: dZ needs the mean's cotangent, a row sum, then
+    every column: 1 row kernel; then d_h = dZ W_hᵀ: 1 GEMM. The zero blocks of the padded
+    cotangents ([d_a, 0], [0, d_b]) were two fill_0 kernels every step (and the mean's
+    statistics two more kernels and a reduction): now their buffer is a carry the binding
+    zeroes once. In the layer-norm LSTM the padded blocks kept for after the loop are filled
+    once over T·B rows before it."""
+    p = build_plan(eq_cell(ZERO_BLOCKS)).program
+    assert counts(p.backward, "step") == (1, 1, 0)
+    flat_step = [s for s in p.backward.step for s in getattr(s, "parts", (s,))]
+    assert not [s for s in flat_step if isinstance(s, Kernel) and s.kernel.name.startswith("fill")]
+    assert any(b.kind == "carry" and b.name.startswith("b_step_concat") for b in p.buffers)
+    compare(eq_cell(ZERO_BLOCKS))
+    ln = build_plan(ln_lstm()).program
+    fills = [s for s in ln.backward.pre for s in getattr(s, "parts", (s,))
+             if isinstance(s, Kernel) and s.kernel.name.startswith("fill")]
+    assert fills and all(ln.buffer(s.outs[0].buf).kind == "seq" for s in fills)
+    assert not [s for s in ln.backward.step for s in getattr(s, "parts", (s,))
+                if isinstance(s, Kernel) and s.kernel.name.startswith("fill")]
+
+
+def test_a_bias_gradient_sums_the_block_its_kernel_writes() -> None:
+    """Issue 18 (a). Minimum per backward step: 1 kernel (d_a, d_b from dh' = dy + d_h) and
+    1 GEMM (d_h = dZ W_hᵀ; h is read only by the GEMM). The kernel writes d_a straight into
+    its block of dZ, a sequence the GEMMs after the loop read too, and b1's gradient is one
+    reduction over that block after the loop: no copy kernel per step."""
+    p = build_plan(eq_cell(BIAS_BLOCK)).program
+    assert counts(p.backward, "step") == (1, 1, 0)
+    (k,) = [s for s in p.backward.step if isinstance(s, Kernel)]
+    (g,) = [s for s in p.backward.step if isinstance(s, Gemm)]
+    assert all(o.buf == g.a.buf for o in k.outs)
+    (r,) = [s for s in p.backward.post if isinstance(s, Reduce)]
+    assert r.src.buf == g.a.buf and r.axis == 0 and r.src.cols == (0, 4)
+    compare(eq_cell(BIAS_BLOCK))
+
+
+@pytest.mark.parametrize("text", [ZERO_BLOCKS, BIAS_BLOCK])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_pattern_cells_match_ref_on_llvm(text: str, dtype: str) -> None:
+    from helpers import TOL
+    cell = eq_cell(text, dtype)
+    ref = graphrnn.compile(cell, backend="ref", dtype=dtype)
+    cc = graphrnn.compile(cell, backend="llvm", dtype=dtype)
+    params = ref.init_params(seed=3, scale=0.5)
+    rng = np.random.default_rng(3)
+    xs, h0 = sequences(ref, 4, 37, rng, h_scale=1.0)
+    dy, dh = cotangents(ref, 4, 37, rng)
+    y1, s1, r1 = ref.forward_train(params, xs, h0)
+    y2, s2, r2 = cc.forward_train(params, xs, h0)
+    assert_all_close(flat(y2, s2, cc.backward(params, r2, dy, dh)),
+                     flat(y1, s1, ref.backward(params, r1, dy, dh)), **TOL[dtype])
+
+
+# (b) a projected LSTM (LSTMP): the next state h' = W_p m is itself a GEMM output (P = 2 < H)
+PROJECTION = """input x: 3
+state h: 2, c: 4
+output h_next
+next h: h_next
+next c: c_next
+z = W_x @ x + W_h @ h + b
+i, f, o, u = split(z, 4)
+c_next = sigmoid(f) * c + sigmoid(i) * tanh(u)
+h_next = W_p @ (sigmoid(o) * tanh(c_next))"""
+
+
+def test_a_projected_state_adds_its_output_cotangent_without_a_kernel() -> None:
+    """Issue 18 (b). Minimum per backward step: dm = dh' W_p (1 GEMM), the gate cotangents
+    (1 kernel), d_h = dZ W_hᵀ (1 GEMM): 2 + 1, as the forward. dh' = d_h + dy was a kernel of
+    its own before the first GEMM (2 + 2); now dy W_p is one GEMM over T·B rows before the
+    loop, the in-loop GEMM multiplies the carry alone and the kernel adds the two, and dh'
+    (read by dW_p = Σ dh'ᵀ m after the loop) is written by the same row kernel."""
+    from frontends.equations import cell_from_equations
+    cell = cell_from_equations(PROJECTION, dtype="float64")
+    p = build_plan(cell).program
+    assert counts(p.backward, "step") == (2, 1, 0)
+    assert counts(p.forward, "step") == (2, 1, 0)
+    pre = [s for s in p.backward.pre if isinstance(s, Gemm)]
+    assert [s.a.buf.startswith("dy_") for s in pre] == [True]
+    compare(cell)
+    compare(cell, T=3, B=37, tol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_projection_cell_matches_ref_on_llvm(dtype: str) -> None:
+    from helpers import TOL
+
+    from frontends.equations import cell_from_equations
+    cell = cell_from_equations(PROJECTION, dtype=dtype)
+    ref = graphrnn.compile(cell, backend="ref", dtype=dtype)
+    cc = graphrnn.compile(cell, backend="llvm", dtype=dtype)
+    params = ref.init_params(seed=4, scale=0.5)
+    rng = np.random.default_rng(4)
+    xs, h0 = sequences(ref, 4, 37, rng, h_scale=1.0)
+    dy, dh = cotangents(ref, 4, 37, rng)
+    y1, s1, r1 = ref.forward_train(params, xs, h0)
+    y2, s2, r2 = cc.forward_train(params, xs, h0)
+    assert_all_close(flat(y2, s2, cc.backward(params, r2, dy, dh)),
+                     flat(y1, s1, ref.backward(params, r1, dy, dh)), **TOL[dtype])
