@@ -39,6 +39,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -241,6 +242,8 @@ class CompiledCell:
     backend_name = "?"
     # whether this backend runs the optimizer's Program (``self.program``); compile() builds it
     runs_program = False
+    # whether the backend's constructor takes compile()'s ``cache`` option (its own disk cache)
+    cache_option = False
     program: Program
 
     @classmethod
@@ -253,6 +256,7 @@ class CompiledCell:
         self.cell = cell.with_dtype(dtype)
         self.dtype = dtype
         self.program_seconds = 0.0   # time in the optimizer (compile() sets it)
+        self.program_cache_hit = False   # whether compile() found the Program in a cache
         if self.runs_program:
             # program: compile()'s, or a hand-written one (tests); a backend constructed
             # directly gets the pipeline's (loaded here: it brings networkx and the passes)
@@ -520,7 +524,10 @@ def compile(cell: Cell, backend: str = "ref", dtype: str | None = None,  # noqa:
             **options: Any) -> CompiledCell:
     """Compile a Cell for a backend (``ref``, ``program``, ``llvm``, ``cuda``). The backends that
     run the optimizer's Program are handed it built here (``graphrnn.pipeline``); for them
-    ``use_sympy=False`` builds kernel bodies without ``sympy.cse``."""
+    ``use_sympy=False`` builds kernel bodies without ``sympy.cse``. The Program is cached by the
+    cell's IR, dtype and the compiler's source, in memory and on disk
+    (``graphrnn.program_json``); ``cache=False`` builds it afresh and stores nothing (and
+    turns off the backend's own cache where it has one), as does ``GRAPHRNN_DEBUG``."""
     if not isinstance(cell, Cell):
         to_cell = getattr(cell, "to_cell", None)
         if to_cell is None:
@@ -542,10 +549,24 @@ def compile(cell: Cell, backend: str = "ref", dtype: str | None = None,  # noqa:
     # do meanwhile starts first (llvm: loading LLVM overlaps the optimizer and its imports)
     cls.prepare(dtype, options)
     t0 = time.perf_counter()
-    from .pipeline import build_program
     use_sympy = options.pop("use_sympy", True)
-    options["program"] = build_program(cell, dtype, use_sympy=use_sympy)
+
+    def build() -> Program:
+        from .pipeline import build_program  # brings networkx and the passes: only on a miss
+        return build_program(cell, dtype, use_sympy=use_sympy)
+
+    cache = bool(options.pop("cache", True))
+    if cls.cache_option:
+        options["cache"] = cache
+    if cache and not os.environ.get("GRAPHRNN_DEBUG"):
+        # the Program as data, keyed by the cell's IR and the compiler's source: a hit runs
+        # no pass of the optimizer (graphrnn/program_json.py); GRAPHRNN_DEBUG shows the passes
+        from .program_json import cached_program
+        options["program"], hit = cached_program(cell, dtype, bool(use_sympy), build)
+    else:
+        options["program"], hit = build(), False
     seconds = time.perf_counter() - t0
     cc = cls(cell, dtype, **options)
     cc.program_seconds = seconds
+    cc.program_cache_hit = hit
     return cc  # type: ignore[no-any-return]
