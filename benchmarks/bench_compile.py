@@ -9,6 +9,9 @@ Kinds, one fresh process each per round, in this order every round:
 
 * ``cold``: ``graphrnn.compile(cell, backend=..., cache=False)``: the optimizer, IR emission
   and LLVM, with every import they bring (networkx, llvmlite), nothing from a disk cache;
+* ``new``: a cell this cache has not seen (hidden size H+1, H+2, ... one per round) with the
+  disk cache on: the optimizer and LLVM run for the cell, the packed-GEMM helpers (the same for
+  every cell of a dtype on this CPU) come from the cache, as for a user's second cell;
 * ``disk``: the same call with a disk cache that an earlier process filled (the Program and the
   machine code are read back);
 * ``memory``: the second compile of the same cell in one process (the first one filled the
@@ -56,7 +59,7 @@ s.update(total=t3 - t2, imports=t1 - t0,
 print(json.dumps(s))
 """
 
-KINDS = ("cold", "disk", "memory")
+KINDS = ("cold", "new", "disk", "memory")
 
 
 def run_one(root: str, env: dict[str, str], cell: str, h: int, kind: str,
@@ -89,10 +92,10 @@ def main() -> None:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
         # fill the disk cache (and the bytecode cache), not counted
         run_one(root, env, args.cell, args.hidden, "disk", args.backend)
-        for _r in range(args.runs):
+        for r in range(args.runs):
             for kind in KINDS:
-                rows[kind].append(run_one(root, env, args.cell, args.hidden, kind,
-                                          args.backend))
+                h = args.hidden + 1 + r if kind == "new" else args.hidden
+                rows[kind].append(run_one(root, env, args.cell, h, kind, args.backend))
     load = os.getloadavg()
     print(f"{args.cell} H={args.hidden} {args.backend} float32, tree {root}, {args.runs} rounds, "
           f"bytecode cache {'off' if args.no_bytecode else 'on'}, load average "

@@ -168,7 +168,8 @@ class LLVMBackend(CompiledCell):
             for name, sw in (("forward", self.program.forward),
                              ("backward", self.program.backward))}
         # the object is cached by what determines the IR, so a hit emits nothing
-        self.jitted = jit_module().jit_keyed(self._module_id(), lambda: self.ir_text,
+        module_id = self._module_id()
+        self.jitted = jit_module().jit_keyed(module_id or self.ir_text, lambda: self.ir_text,
                                              use_cache=cache)
         self._compile_seconds = {"emit": self._emit_seconds,
                                  "llvm": self.jitted.stats.seconds - self._emit_seconds,
@@ -254,12 +255,16 @@ class LLVMBackend(CompiledCell):
     def _module_id(self) -> str:
         """A text that determines ``ir_text``: the Program's digest, the emitter's options and
         the source of the code that emits it (codegen and the core), and the machine. The
-        CPU, LLVM and llvmlite versions are added by ``llvm_jit.cache_key``."""
+        CPU, LLVM and llvmlite versions are added by ``llvm_jit.cache_key``. "" when the
+        sources cannot be read: the IR text itself is the key then."""
+        source = program_json.source_digest(str(Path(__file__).parent))
+        compiler = program_json.compiler_digest()
+        if not source or not compiler:
+            return ""
         program = hashlib.sha256(program_json.dumps(self.program)).hexdigest()
         return (f"graphrnn-llvm-program:{program}:{self.prefix}:blas={self.uses_blas}:"
                 f"diagonal={self._diagonal}:own_packed=False:{platform.machine()}:"
-                f"{program_json.source_digest(str(Path(__file__).parent))}:"
-                f"{program_json.compiler_digest()}")
+                f"{source}:{compiler}")
 
     @classmethod
     def prepare(cls, dtype: str, options: Mapping[str, Any]) -> None:

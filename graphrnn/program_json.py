@@ -357,8 +357,10 @@ def source_digest(folder: str) -> str:
     """SHA-256 over the names and bytes of a package folder's ``*.py`` files (not below it):
     the version of the code, so a changed compiler never reads a plan an older one made."""
     h = hashlib.sha256()
-    root = Path(folder)
-    for path in sorted(root.glob("*.py")):
+    paths = sorted(Path(folder).glob("*.py"))
+    if not paths:   # no sources to read (a zipped install): no version, so no caching
+        return ""
+    for path in paths:
         h.update(path.name.encode() + b"\0")
         h.update(path.read_bytes())
         h.update(b"\0")
@@ -366,22 +368,29 @@ def source_digest(folder: str) -> str:
 
 
 def compiler_digest() -> str:
-    """The version of the optimizer: the core's source files and sympy's version."""
+    """The version of the optimizer: the core's source files and sympy's version ("" when the
+    sources cannot be read: then nothing is cached)."""
+    source = source_digest(str(Path(__file__).parent))
+    if not source:
+        return ""
     sympy = sys.modules.get("sympy")
     version = getattr(sympy, "__version__", "?") if sympy is not None else "?"
-    return f"{source_digest(str(Path(__file__).parent))}:sympy-{version}"
+    return f"{source}:sympy-{version}"
 
 
 def program_key(cell: Cell, dtype: str, use_sympy: bool = True) -> str | None:
     """The cache key of the Program ``build_program(cell, dtype, use_sympy)`` makes, or None
     for a cell that cannot be stored as IR JSON (it is then built every time)."""
     from .ir_json import cell_to_json
+    compiler = compiler_digest()
+    if not compiler:
+        return None
     try:
         doc = cell_to_json(cell.with_dtype(dtype))
     except GraphRNNError:
         return None
     h = hashlib.sha256()
-    for part in (MAGIC.decode(), str(VERSION), compiler_digest(), dtype, repr(bool(use_sympy)),
+    for part in (MAGIC.decode(), str(VERSION), compiler, dtype, repr(bool(use_sympy)),
                  json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=True)):
         h.update(part.encode())
         h.update(b"\0")

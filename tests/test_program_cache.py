@@ -271,3 +271,18 @@ def test_the_llvm_module_id_follows_the_program(cache_dir: Path) -> None:
     ids = {a._module_id(), b._module_id(), c._module_id()}
     assert len(ids) == 3
     assert a.ir_text and a._ir_text is not None   # emitted on demand (export, assembly)
+
+
+def test_without_readable_sources_nothing_is_cached(cache_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A zipped install has no source files to hash: no version, so no Program is stored
+    (and llvm keys its object by the IR text)."""
+    monkeypatch.setattr(program_json, "source_digest", lambda folder: "")
+    cell = _zoo("rnn_tanh")
+    assert program_json.program_key(cell, "float64") is None
+    built = _count_builds(monkeypatch)
+    a = graphrnn.compile(cell, backend="llvm", dtype="float64")
+    b = graphrnn.compile(cell, backend="llvm", dtype="float64")
+    assert len(built) == 2 and not b.program_cache_hit
+    assert a._module_id() == "" and b.jitted.stats.cache_hit   # the IR text's key
+    assert not cache_dir.exists() or not list(cache_dir.glob("*.json"))
