@@ -78,16 +78,27 @@ def _register_process_symbols() -> None:
     memcpy that LLVM may introduce), made known to the JIT linker explicitly."""
     names = {"m": ["tanh", "log1p", "exp", "log", "tanhf", "expf", "logf", "log1pf"],
              "c": ["memset", "memcpy", "memmove", "sched_yield"]}
+    # the process itself first (Python links libc and libm): find_library runs ldconfig or a
+    # compiler, 20-35 ms on the path of every compile that waits for LLVM
+    here = ctypes.CDLL(None)
     for lib_name, syms in names.items():
-        path = ctypes.util.find_library(lib_name)
-        lib = ctypes.CDLL(path) if path else ctypes.CDLL(None)
+        lib: ctypes.CDLL | None = None
         for s in syms:
-            try:
-                addr = ctypes.cast(getattr(lib, s), ctypes.c_void_p).value
-            except AttributeError:
-                continue
+            addr = _symbol(here, s)
+            if not addr:
+                if lib is None:
+                    path = ctypes.util.find_library(lib_name)
+                    lib = ctypes.CDLL(path) if path else here
+                addr = _symbol(lib, s)
             if addr:
                 llvm.add_symbol(s, addr)
+
+
+def _symbol(lib: ctypes.CDLL, name: str) -> int:
+    try:
+        return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+    except AttributeError:
+        return 0
 
 
 @lru_cache(maxsize=1)

@@ -170,8 +170,10 @@ def data_address(a: np.ndarray) -> int:
 
 def _load_memcmp() -> Callable[[int, int, int], int]:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        fn = libc.memcmp
+        try:   # the process's own libc: find_library runs ldconfig (~15 ms at import)
+            fn = ctypes.CDLL(None).memcmp
+        except (OSError, AttributeError, TypeError):
+            fn = ctypes.CDLL(ctypes.util.find_library("c") or None).memcmp
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
         return fn  # type: ignore[no-any-return]
