@@ -26,7 +26,9 @@ when ``T * B`` reaches ``PACK_MIN_ROWS``).
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -39,6 +41,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from graphrnn import program_json
 from graphrnn.api import CompiledCell, Grads, Residuals, data_address
 from graphrnn.errors import BackendError, RuntimeInputError
 from graphrnn.ir import Cell
@@ -138,6 +141,7 @@ def _written_whole_first(sweep: Any, bufs: dict[str, Any]) -> frozenset[str]:
 class LLVMBackend(CompiledCell):
     backend_name = "llvm"
     runs_program = True
+    cache_option = True
     # below these a call runs on one thread / without packing the weights: handing work to a
     # second thread costs tens of microseconds, packing costs one pass over the weights
     THREAD_MIN_FLOPS = 4e6
@@ -153,21 +157,22 @@ class LLVMBackend(CompiledCell):
         self.threads = threads
         self.packed = packed
         self.prefix = module_prefix(self.cell.name, dtype)
-        t1 = time.perf_counter()
         self.uses_blas = bool(blas and blas_info().found)
-        # with BLAS the naive fallback is never called: leave it out of the module
-        self.ir_text = str(emit_program(self.program, self.prefix,
-                                        fallback_gemm=not self.uses_blas, diagonal=diagonal,
-                                        own_packed=False))
+        self._diagonal = diagonal
+        self._ir_text: str | None = None
+        self._emit_seconds = 0.0
         # which sweeps run their time loop as one loop over batch rows (diagonal recurrences)
         bufs = self.program.buffer_map
         self.diagonal_loops = {
             name: diagonal and diagonal_loop(sw, bufs)
             for name, sw in (("forward", self.program.forward),
                              ("backward", self.program.backward))}
-        t2 = time.perf_counter()
-        self.jitted = jit_module().jit(self.ir_text, use_cache=cache)
-        self._compile_seconds = {"emit": t2 - t1, "llvm": self.jitted.stats.seconds,
+        # the object is cached by what determines the IR, so a hit emits nothing
+        module_id = self._module_id()
+        self.jitted = jit_module().jit_keyed(module_id or self.ir_text, lambda: self.ir_text,
+                                             use_cache=cache)
+        self._compile_seconds = {"emit": self._emit_seconds,
+                                 "llvm": self.jitted.stats.seconds - self._emit_seconds,
                                  "cache_hit": float(self.jitted.stats.cache_hit)}
         if self.uses_blas:
             info = blas_info()
@@ -237,6 +242,32 @@ class LLVMBackend(CompiledCell):
         self._work_bytes = workspace_bytes(self.program)
         self._work: np.ndarray | None = None   # allocated at the first packed call
         self._work_addr = 0                     # its first 64-byte aligned address
+
+    @property
+    def ir_text(self) -> str:
+        """The cell's LLVM module as text (emitted on first use: a cache hit needs none)."""
+        if self._ir_text is None:
+            t0 = time.perf_counter()
+            # with BLAS the naive fallback is never called: leave it out of the module
+            self._ir_text = str(emit_program(self.program, self.prefix,
+                                             fallback_gemm=not self.uses_blas,
+                                             diagonal=self._diagonal, own_packed=False))
+            self._emit_seconds = time.perf_counter() - t0
+        return self._ir_text
+
+    def _module_id(self) -> str:
+        """A text that determines ``ir_text``: the Program's digest, the emitter's options and
+        the source of the code that emits it (codegen and the core), and the machine. The
+        CPU, LLVM and llvmlite versions are added by ``llvm_jit.cache_key``. "" when the
+        sources cannot be read: the IR text itself is the key then."""
+        source = program_json.source_digest(str(Path(__file__).parent))
+        compiler = program_json.compiler_digest()
+        if not source or not compiler:
+            return ""
+        program = hashlib.sha256(program_json.dumps(self.program)).hexdigest()
+        return (f"graphrnn-llvm-program:{program}:{self.prefix}:blas={self.uses_blas}:"
+                f"diagonal={self._diagonal}:own_packed=False:{platform.machine()}:"
+                f"{source}:{compiler}")
 
     @classmethod
     def prepare(cls, dtype: str, options: Mapping[str, Any]) -> None:

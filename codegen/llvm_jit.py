@@ -6,9 +6,10 @@ target and asm printer are initialised), optimisation uses the new pass manager
 pointers are opaque, and every engine gets its own target machine.
 
 Compiled objects are cached under ``$GRAPHRNN_CACHE_DIR`` (default ``~/.cache/graphrnn``) in
-``llvm/<key>.o``, where the key hashes the unoptimised IR text, the llvmlite and LLVM versions
-and the host CPU name and features. A file holds a header (magic, key, SHA-256 of key and
-payload, so an entry is bound to its key) before the object bytes; an entry whose header, key or
+``llvm/<key>.o``, where the key hashes the unoptimised IR text (or, for ``jit_keyed``, a text
+that determines it), the llvmlite and LLVM versions and the host CPU name and features. A file
+holds a header (magic, key, SHA-256 of key and payload, so an entry is bound to its key) before
+the object bytes; an entry whose header, key or
 checksum does not match is rebuilt and overwritten. An entry is machine code we run, so it is
 only read when it is a regular file (no symlink, never a FIFO) owned by us and not writable by
 others, in a directory owned by us that nobody else may write (``graphrnn.safefile``);
@@ -31,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import llvmlite
 import llvmlite.binding as llvm
@@ -76,16 +78,27 @@ def _register_process_symbols() -> None:
     memcpy that LLVM may introduce), made known to the JIT linker explicitly."""
     names = {"m": ["tanh", "log1p", "exp", "log", "tanhf", "expf", "logf", "log1pf"],
              "c": ["memset", "memcpy", "memmove", "sched_yield"]}
+    # the process itself first (Python links libc and libm): find_library runs ldconfig or a
+    # compiler, 20-35 ms on the path of every compile that waits for LLVM
+    here = ctypes.CDLL(None)
     for lib_name, syms in names.items():
-        path = ctypes.util.find_library(lib_name)
-        lib = ctypes.CDLL(path) if path else ctypes.CDLL(None)
+        lib: ctypes.CDLL | None = None
         for s in syms:
-            try:
-                addr = ctypes.cast(getattr(lib, s), ctypes.c_void_p).value
-            except AttributeError:
-                continue
+            addr = _symbol(here, s)
+            if not addr:
+                if lib is None:
+                    path = ctypes.util.find_library(lib_name)
+                    lib = ctypes.CDLL(path) if path else here
+                addr = _symbol(lib, s)
             if addr:
                 llvm.add_symbol(s, addr)
+
+
+def _symbol(lib: ctypes.CDLL, name: str) -> int:
+    try:
+        return ctypes.cast(getattr(lib, name), ctypes.c_void_p).value or 0
+    except AttributeError:
+        return 0
 
 
 @lru_cache(maxsize=1)
@@ -155,6 +168,8 @@ def cache_dir() -> Path:
 
 
 def cache_key(ir_text: str) -> str:
+    """The key of an object: ``ir_text`` is the IR, or a description that determines it
+    (``jit_keyed``)."""
     cpu, feats = host_cpu()
     h = hashlib.sha256()
     for part in (MAGIC.decode(), llvmlite.__version__, ".".join(map(str, llvm.llvm_version_info)),
@@ -196,17 +211,24 @@ class Jitted:
 
 def jit(ir_text: str, use_cache: bool = True) -> Jitted:
     """Compile (or load from the cache) and link ir_text into a fresh engine."""
+    return jit_keyed(ir_text, lambda: ir_text, use_cache)
+
+
+def jit_keyed(source_id: str, make_ir: Callable[[], str], use_cache: bool = True) -> Jitted:
+    """``jit(make_ir())``, with the cache keyed by ``source_id`` instead of the IR: a text that
+    determines the IR (the llvm backend's: a digest of the Program, the emitter's options and
+    source), so that a hit does not emit the IR at all. ``make_ir`` runs only on a miss."""
     t0 = time.perf_counter()
     _init()
     stats = JitStats()
-    key = cache_key(ir_text)
+    key = cache_key(source_id)
     path = cache_dir() / f"{key}.o"
     stats.key, stats.path = key, str(path)
     tm = target_machine()
     obj = _read_entry(path, key) if use_cache else None
     stats.cache_hit = obj is not None
     if obj is None:
-        obj = compile_object(ir_text, tm)
+        obj = compile_object(make_ir(), tm)
         if use_cache:
             _write_entry(path, key, obj)  # a read-only home is not an error: no caching
     with _lock:

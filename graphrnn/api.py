@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import importlib
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -176,8 +178,10 @@ def data_address(a: np.ndarray) -> int:
 
 def _load_memcmp() -> Callable[[int, int, int], int]:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        fn = libc.memcmp
+        try:   # the process's own libc: find_library runs ldconfig (~15 ms at import)
+            fn = ctypes.CDLL(None).memcmp
+        except (OSError, AttributeError, TypeError):
+            fn = ctypes.CDLL(ctypes.util.find_library("c") or None).memcmp
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
         return fn  # type: ignore[no-any-return]
@@ -249,6 +253,8 @@ class CompiledCell:
     backend_name = "?"
     # whether this backend runs the optimizer's Program (``self.program``); compile() builds it
     runs_program = False
+    # whether the backend's constructor takes compile()'s ``cache`` option (its own disk cache)
+    cache_option = False
     program: Program
 
     @classmethod
@@ -261,6 +267,7 @@ class CompiledCell:
         self.cell = cell.with_dtype(dtype)
         self.dtype = dtype
         self.program_seconds = 0.0   # time in the optimizer (compile() sets it)
+        self.program_cache_hit = False   # whether compile() found the Program in a cache
         if self.runs_program:
             # program: compile()'s, or a hand-written one (tests); a backend constructed
             # directly gets the pipeline's (loaded here: it brings networkx and the passes)
@@ -547,7 +554,24 @@ def compile(cell: Cell, backend: str = "ref", dtype: str | None = None,  # noqa:
             **options: Any) -> CompiledCell:
     """Compile a Cell for a backend (``ref``, ``program``, ``llvm``, ``cuda``). The backends that
     run the optimizer's Program are handed it built here (``graphrnn.pipeline``); for them
-    ``use_sympy=False`` builds kernel bodies without ``sympy.cse``."""
+    ``use_sympy=False`` builds kernel bodies without ``sympy.cse``. The Program is cached by the
+    cell's IR, dtype and the compiler's source, in memory and on disk
+    (``graphrnn.program_json``); ``cache=False`` builds it afresh and stores nothing (and
+    turns off the backend's own cache where it has one), as does ``GRAPHRNN_DEBUG``."""
+    # the optimizer (sympy) and the IR builders make ~10^5 short-lived objects: the cyclic
+    # collector ran ~90 times in a cold LSTM compile, 10-15% of its time, and freed nothing
+    # that could not wait until compile() returns
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _compile(cell, backend, dtype, options)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _compile(cell: Cell, backend: str, dtype: str | None,
+             options: dict[str, Any]) -> CompiledCell:
     if not isinstance(cell, Cell):
         to_cell = getattr(cell, "to_cell", None)
         if to_cell is None:
@@ -569,10 +593,24 @@ def compile(cell: Cell, backend: str = "ref", dtype: str | None = None,  # noqa:
     # do meanwhile starts first (llvm: loading LLVM overlaps the optimizer and its imports)
     cls.prepare(dtype, options)
     t0 = time.perf_counter()
-    from .pipeline import build_program
     use_sympy = options.pop("use_sympy", True)
-    options["program"] = build_program(cell, dtype, use_sympy=use_sympy)
+
+    def build() -> Program:
+        from .pipeline import build_program  # brings networkx and the passes: only on a miss
+        return build_program(cell, dtype, use_sympy=use_sympy)
+
+    cache = bool(options.pop("cache", True))
+    if cls.cache_option:
+        options["cache"] = cache
+    if cache and not os.environ.get("GRAPHRNN_DEBUG"):
+        # the Program as data, keyed by the cell's IR and the compiler's source: a hit runs
+        # no pass of the optimizer (graphrnn/program_json.py); GRAPHRNN_DEBUG shows the passes
+        from .program_json import cached_program
+        options["program"], hit = cached_program(cell, dtype, bool(use_sympy), build)
+    else:
+        options["program"], hit = build(), False
     seconds = time.perf_counter() - t0
     cc = cls(cell, dtype, **options)
     cc.program_seconds = seconds
+    cc.program_cache_hit = hit
     return cc  # type: ignore[no-any-return]

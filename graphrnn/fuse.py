@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import networkx as nx
 import sympy
 
+from . import graphs as nx  # networkx's names, without importing networkx (graphs.py)
 from .ir import B, Node, short_type
 from .ops import GroupOp, Ops
 from .scalar import TABLE, ScalarProgram, cmpgt, relu, sigmoid, softplus, step, where

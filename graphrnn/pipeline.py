@@ -17,9 +17,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from .autodiff import BackwardCell, backward_cell
+from .graphs import DiGraph
 from .ir import Cell, Node
 from .merge import Layout, merge_gemms
 from .printer import format_cell, format_nodes
@@ -61,8 +60,8 @@ class Plan:
     layout: Layout
     forward_groups: list[list[Node]]
     backward_groups: list[list[Node]]
-    forward_deps: nx.DiGraph
-    backward_deps: nx.DiGraph
+    forward_deps: DiGraph
+    backward_deps: DiGraph
     residual_nodes: list[Node]
 
 

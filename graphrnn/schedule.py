@@ -37,8 +37,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import networkx as nx
-
+from . import graphs as nx  # networkx's names, without importing networkx (graphs.py)
 from .autodiff import BackwardCell, output_name
 from .errors import BackendError
 from .fuse import build_program, fusable, group_nodes, kernel_spec
