@@ -48,6 +48,7 @@ from .program import (
     Program,
     Reduce,
     Ref,
+    RowKernel,
     Scatter,
     Step,
     Sweep,
@@ -57,7 +58,7 @@ from .safefile import read_keyed, write_keyed
 from .scalar import ScalarProgram
 
 # version of the document's layout; the key also covers the compiler's source (source_digest)
-VERSION = 1
+VERSION = 2   # 2: row kernels
 MAGIC = b"GRNNPRG1"
 # a Program larger than this is not one we wrote (an LSTM's is ~20 kB)
 MAX_ENTRY_BYTES = 64 << 20
@@ -112,6 +113,8 @@ def program_to_json(p: Program) -> dict[str, Any]:
             return ["gather", _ref(s.out), _ref(s.table), _ref(s.ids)]
         if isinstance(s, Scatter):
             return ["scatter", _ref(s.out), _ref(s.ids), _ref(s.src), s.accumulate]
+        if isinstance(s, RowKernel):
+            return ["rows", s.name, [step(part) for part in s.parts]]
         raise GraphError(f"program {p.cell_name}: cannot store step {s!r}")
 
     def sweep(sw: Sweep) -> dict[str, Any]:
@@ -236,7 +239,7 @@ def _kernel_from(where: str, v: Any) -> KernelDef:
 
 def _step_from(where: str, v: Any, kernels: list[KernelDef]) -> Step:
     kind = _str(f"{where} kind", _list(where, v)[0] if v else None,
-                ("gemm", "kernel", "reduce", "gather", "scatter"))
+                ("gemm", "kernel", "reduce", "gather", "scatter", "rows"))
     if kind == "gemm":
         _k, out, a, b, ta, tb, acc = _list(where, v, 7)
         return Gemm(_ref_from(f"{where} out", out), _ref_from(f"{where} a", a),
@@ -252,6 +255,13 @@ def _step_from(where: str, v: Any, kernels: list[KernelDef]) -> Step:
         return Reduce(_ref_from(f"{where} out", out), _ref_from(f"{where} src", src),
                       _str(f"{where} op", op, ("sum", "max")), _int(f"{where} axis", axis, 0, 1),
                       _bool(where, acc))
+    if kind == "rows":
+        _k, name, parts = _list(where, v, 3)
+        steps = tuple(_step_from(f"{where} part {i}", part, kernels)
+                      for i, part in enumerate(_list(where, parts)))
+        if not steps or not all(isinstance(x, (Kernel, Reduce)) for x in steps):
+            raise _fail(where, "row kernel parts that are kernels and reductions", parts)
+        return RowKernel(_str(f"{where} name", name), steps)  # type: ignore[arg-type]
     if kind == "gather":
         _k, out, table, ids = _list(where, v, 4)
         return Gather(_ref_from(f"{where} out", out), _ref_from(f"{where} table", table),

@@ -286,3 +286,19 @@ def test_without_readable_sources_nothing_is_cached(cache_dir: Path,
     assert len(built) == 2 and not b.program_cache_hit
     assert a._module_id() == "" and b.jitted.stats.cache_hit   # the IR text's key
     assert not cache_dir.exists() or not list(cache_dir.glob("*.json"))
+
+
+def test_a_program_with_row_kernels_round_trips():
+    """The layer-norm LSTM's Program holds row kernels (a layer norm fused with its
+    neighbours): stored and read back, it is the same Program."""
+    from pathlib import Path
+
+    from frontends.equations import parse_file
+    from graphrnn.pipeline import build_program
+    from graphrnn.program import RowKernel
+    from graphrnn.program_json import dumps, loads
+    prog = build_program(parse_file(Path(__file__).parents[1] / "examples" / "layer_norm_lstm.eq",
+                                    dtype="float64"), "float64")
+    assert any(isinstance(s, RowKernel) for sw in (prog.forward, prog.backward)
+               for _ph, steps in sw.phases() for s in steps)
+    assert loads(dumps(prog)) == prog
