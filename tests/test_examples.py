@@ -157,3 +157,17 @@ def test_lecture_lstm_gradient_check_passes(capsys):
     assert {"x (all steps)", "h0", "c0"} <= set(errs)
     assert max(errs.values()) < mod.TOLERANCE
     assert re.search(r"^max relative error \S+ \(tolerance 1e-06\): PASS$", out, re.M)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_jax_optax(corpus, capsys):
+    pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    mod = _load("jax_optax")
+    assert mod.main(["--data", str(corpus), "--steps", "25", "--hidden", "16", "--batch", "4",
+                     "--seq-len", "8", "--val-batches", "2", "--lr", "1e-2", "--no-progress",
+                     "--backend", "ref"]) == 0
+    out = capsys.readouterr().out
+    assert "ln_mgu" in out and "optax.adamw" in out
+    before, after = map(float, re.search(r"validation loss (\S+) -> (\S+) nats", out).groups())
+    assert after < before   # the jitted optax steps trained the cell
