@@ -38,6 +38,10 @@ with B = the number of examples). Training under ``vmap`` runs one ``forward_tra
 compiled backward sums them over its batch; for a training step, pass the batch in the B axis
 (one native call each way). Vmapped parameters (an ensemble) run one call per example.
 
+Only what is asked for crosses back: the ``custom_vjp`` uses symbolic zeros, so gradients of
+arguments that are not differentiated (the data ``xs``, a zero ``h0``) are not copied out of
+the backward callback, and outputs the loss does not read (often ``hT``) pass no cotangent.
+
 Errors. Shapes, dtypes, names and counts are checked while JAX traces and raised as
 ``RuntimeInputError`` (a ``ValueError``) or ``TypeError`` naming the argument, since an exception
 inside a pure callback is undefined behaviour in JAX. What only values can tell (a token id out
@@ -48,6 +52,7 @@ cell's message.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import threading
 from typing import Any, Sequence
@@ -225,6 +230,7 @@ class CellFunction:
     # ---- the custom_vjp over three callbacks ----
     def _build(self, jax: Any) -> Any:
         jnp = jax.numpy
+        from jax.custom_derivatives import SymbolicZero
 
         def shapes(xs: Sequence[Any]) -> tuple[Any, Any]:
             T, B = xs[0].shape[:2]
@@ -238,25 +244,42 @@ class CellFunction:
                                      vmap_method="expand_dims")
 
         def fwd(pvals: tuple, xs: tuple, h0: tuple) -> Any:
+            # symbolic zeros: each primal says whether it is differentiated (perturbed), so the
+            # backward returns (and copies out of the callback) only the gradients asked for
+            wants = tuple(tuple(bool(a.perturbed) for a in group) for group in (pvals, xs, h0))
+            pvals, xs, h0 = (tuple(a.value for a in group) for group in (pvals, xs, h0))
             ys, hT = shapes(xs)
             out = jax.pure_callback(self._host_train,
                                     (ys, hT, jax.ShapeDtypeStruct((), jnp.int32)),
                                     pvals, xs, h0, vmap_method="expand_dims")
-            return (out[0], out[1]), (pvals, xs, h0, out[2])
+            return (out[0], out[1]), (pvals, xs, h0, out[2], wants)
 
         def bwd(res: Any, cts: Any) -> Any:
-            pvals, xs, h0, token = res
+            pvals, xs, h0, token, (wp, wx, wh) = res
+            wx = tuple(w and not ids for w, ids in zip(wx, self._in_ids))
             d_ys, d_hT = cts
-            want = (tuple(jax.ShapeDtypeStruct(p.shape, self.dtype) for p in pvals),
-                    tuple(jax.ShapeDtypeStruct(x.shape, self.dtype)
-                          for x, ids in zip(xs, self._in_ids) if not ids),
-                    tuple(jax.ShapeDtypeStruct(h.shape, self.dtype) for h in h0))
-            gp, gx, gh = jax.pure_callback(self._host_backward, want, token, pvals, xs, h0,
-                                           d_ys, d_hT, vmap_method="expand_dims")
-            gxi = iter(gx)
-            return gp, tuple(None if ids else next(gxi) for ids in self._in_ids), gh
+            # a cotangent that is a symbolic zero (an output the loss does not read) stays
+            # behind: the cell's backward takes None for it
+            has = (tuple(not isinstance(d, SymbolicZero) for d in d_ys),
+                   tuple(not isinstance(d, SymbolicZero) for d in d_hT))
+            d_ys = tuple(d for d, h in zip(d_ys, has[0]) if h)
+            d_hT = tuple(d for d, h in zip(d_hT, has[1]) if h)
+            want = tuple(tuple(jax.ShapeDtypeStruct(a.shape, self.dtype)
+                               for a, w in zip(group, ws) if w)
+                         for group, ws in ((pvals, wp), (xs, wx), (h0, wh)))
+            if not any(want):
+                gp, gx, gh = (), (), ()
+            else:
+                gp, gx, gh = jax.pure_callback(
+                    functools.partial(self._host_backward, (wp, wx, wh), has), want, token,
+                    pvals, xs, h0, d_ys, d_hT, vmap_method="expand_dims")
 
-        core.defvjp(fwd, bwd)
+            def spread(got: tuple, ws: tuple) -> tuple:
+                it = iter(got)
+                return tuple(next(it) if w else None for w in ws)
+            return spread(gp, wp), spread(gx, wx), spread(gh, wh)
+
+        core.defvjp(fwd, bwd, symbolic_zeros=True)
         return core
 
     # ---- host side: plain numpy, one native call per (folded) batch ----
@@ -314,14 +337,19 @@ class CellFunction:
         ys, hT, tok = self._per_example(lead, pv, xv, hv, one)
         return ys, hT, tok[0]
 
-    def _host_backward(self, token: Any, pvals: Any, xs: Any, h0: Any, d_ys: Any,
-                       d_hT: Any) -> Any:
+    def _host_backward(self, wants: tuple, has: tuple, token: Any, pvals: Any, xs: Any,
+                       h0: Any, d_ys: Any, d_hT: Any) -> Any:
+        """Gradients for the primals ``wants`` flags; ``has``: which cotangents were given
+        (the others are zeros, None to the cell)."""
         lead, pv, xv, hv = self._split(pvals, xs, h0)
-        dy = [np.asarray(d) for d in d_ys]
-        dh = [np.asarray(d) for d in d_hT]
+        dy_it, dh_it = iter([np.asarray(d) for d in d_ys]), iter([np.asarray(d) for d in d_hT])
+        dy = [next(dy_it) if h else None for h in has[0]]
+        dh = [next(dh_it) if h else None for h in has[1]]
         tok = np.asarray(token)
-        lead = tuple(np.broadcast_shapes(lead, tok.shape, *[_lead(d, _XS_RANK) for d in dy],
-                                         *[_lead(d, _STATE_RANK) for d in dh]))
+        lead = tuple(np.broadcast_shapes(lead, tok.shape,
+                                         *[_lead(d, _XS_RANK) for d in dy if d is not None],
+                                         *[_lead(d, _STATE_RANK) for d in dh if d is not None]))
+        wp, wx, wh = wants
 
         def one(params: dict, x: list, h: list, t: int, d_y: list, d_h: list) -> tuple:
             entry = self.saved.take(t)
@@ -330,8 +358,12 @@ class CellFunction:
             else:
                 res, params = entry   # the very arrays forward_train had: no comparison
             g = self.cc.backward(params, res, d_y, d_h)
-            return ([g.params[n] for n in self._pnames],
-                    [gx for gx, ids in zip(g.inputs, self._in_ids) if not ids], g.states)
+            return ([g.params[n] for n, w in zip(self._pnames, wp) if w],
+                    [gx for gx, w in zip(g.inputs, wx) if w],
+                    [gh for gh, w in zip(g.states, wh) if w])
+
+        def at(d: np.ndarray | None, rank: int, idx: tuple[int, ...]) -> np.ndarray | None:
+            return None if d is None else self._at(d, rank, lead, idx)
 
         if not lead:
             gp, gx, gh = one(self._params(pv), xv, hv, int(tok), dy, dh)
@@ -342,8 +374,8 @@ class CellFunction:
                             [self._at(x, _XS_RANK, lead, idx) for x in xv],
                             [self._at(h, _STATE_RANK, lead, idx) for h in hv],
                             int(np.broadcast_to(tok, lead)[idx]),
-                            [self._at(d, _XS_RANK, lead, idx) for d in dy],
-                            [self._at(d, _STATE_RANK, lead, idx) for d in dh]))
+                            [at(d, _XS_RANK, idx) for d in dy],
+                            [at(d, _STATE_RANK, idx) for d in dh]))
         return tuple(tuple(np.stack([o[k][i] for o in outs]).reshape(
             lead + np.shape(outs[0][k][i])) for i in range(len(outs[0][k]))) for k in range(3))
 
