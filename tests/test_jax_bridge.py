@@ -301,3 +301,41 @@ def test_partial_gradients_equal_ref():
     for k in params:
         np.testing.assert_allclose(np.asarray(gp[k]), only_c.params[k], rtol=1e-9, atol=1e-12)
     assert len(f.saved) == 0
+
+
+def embedding_cell():
+    """Two inputs, token ids (int64) and a float feature, and an embedding table inside."""
+    from frontends.trace import tanh
+    from graphrnn.ir import Cell, apply, input_, param, state
+    from graphrnn.ops import Ops
+    d = "float64"
+    ids, x, h = input_("jb_ids", 1, "int64"), input_("jb_x", 2, d), state("jb_h", 3, d)
+    e = apply(Ops.GATHER, param("jb_E", (7, 3), d), ids)
+    hn = tanh(e + x @ param("jb_W", (2, 3), d) + h @ param("jb_U", (3, 3), d))
+    return Cell.make([ids, x], [h], [hn], [hn], "jb_embed")
+
+
+def test_token_id_inputs_get_no_gradient_and_match_ref():
+    cell = embedding_cell()
+    cc = graphrnn.compile(cell, backend="llvm", dtype="float64")
+    ref = graphrnn.compile(cell, backend="ref", dtype="float64")
+    rng = np.random.default_rng(3)
+    params = cc.init_params(seed=2, scale=0.5)
+    ids = rng.integers(0, 7, (T, B, 1))
+    xs = rng.standard_normal((T, B, 2))
+    f = gj.rnn(cc)
+    p = jtree(params)
+    for id_dtype in (jnp.int32, jnp.int64):
+        check_grads(lambda p, x, t=id_dtype: f(p, [jnp.asarray(ids, t), x]), (p, jnp.asarray(xs)),
+                    order=1, modes=["rev"], eps=1e-5, atol=1e-6, rtol=1e-6)
+    cy = rng.standard_normal((T, B, 3))
+    _, _, res = ref.forward_train(params, [ids, xs])
+    want = ref.backward(params, res, [cy])
+    gp, gx = jax.grad(lambda p, x: jnp.vdot(f(p, [jnp.asarray(ids), x])[0][0], cy),
+                      argnums=(0, 1))(p, jnp.asarray(xs))
+    for k in params:
+        np.testing.assert_allclose(np.asarray(gp[k]), want.params[k], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(gx), want.inputs[1], rtol=1e-9, atol=1e-12)
+    with pytest.raises(TypeError, match=r"input 'jb_ids': expected integer token ids, got "
+                                        r"dtype float64"):
+        f(p, [jnp.asarray(ids, jnp.float64), jnp.asarray(xs)])
