@@ -417,6 +417,9 @@ def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
             fns.get("train", {})["JAX jit+scan"] = \
                 lambda: jax.block_until_ready(j_grad(jp, jx, jh, jdy))
 
+    if want("graphrnn via jax bridge"):
+        add_jax_bridge(f"{LABEL[cell]} H={H} B={B}", cc, params, x, dy, fns)
+
     rows = []
     flops_fwd = gemm_flops(cell, T, B, H)
     for mode in modes:
@@ -466,6 +469,32 @@ def alone_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
                           "vs_llvm": ms / base if base else float("nan")}
         print(f"<!-- alone: {label} H={H} B={B} {mode}: " + ", ".join(
             f"{n} {statistics.median(v):.2f} ms" for n, v in meds.items()) + " -->", flush=True)
+
+
+def add_jax_bridge(label: str, cc: Any, params: dict[str, np.ndarray], x: np.ndarray,
+                   dy: np.ndarray, fns: dict[str, dict[str, Callable[[], Any]]]) -> None:
+    """The row "graphrnn via jax bridge": the same compiled cell as a JAX function
+    (``graphrnn.jax.rnn``), its forward and its gradient of <ys, dy> each in one ``jax.jit``;
+    checked against graphrnn first, left out when JAX is not installed."""
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        import graphrnn.jax as gjax
+    except ImportError:
+        return
+    f = gjax.rnn(cc)
+    jp = {k: jnp.asarray(v) for k, v in params.items()}
+    jx, jdy = jnp.asarray(x), jnp.asarray(dy)
+    b_inf = jax.jit(lambda p, xx: f(p, xx)[0][0])
+    b_grad = jax.jit(jax.grad(lambda p, xx, d: jnp.vdot(f(p, xx)[0][0], d)))
+    if check_against(f"graphrnn via jax bridge {label}", cc, params, x, dy,
+                     np.asarray(b_inf(jp, jx)),
+                     {k: np.asarray(v) for k, v in b_grad(jp, jx, jdy).items()}, rtol=1e-6):
+        fns.get("infer", {})["graphrnn via jax bridge"] = \
+            lambda: b_inf(jp, jx).block_until_ready()
+        fns.get("train", {})["graphrnn via jax bridge"] = \
+            lambda: jax.block_until_ready(b_grad(jp, jx, jdy))
 
 
 CUSTOM_RIVALS = ("torch eager", "TorchScript", "JAX jit+scan")

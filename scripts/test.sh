@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: install graphrnn with its test extras into .venv, run every test.
-# Set GRAPHRNN_NO_TORCH=1 to skip installing PyTorch (its cross-checks then skip).
+# Set GRAPHRNN_NO_TORCH=1 to skip installing PyTorch (its cross-checks then skip),
+# GRAPHRNN_NO_JAX=1 to skip JAX (the JAX bridge tests then skip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
@@ -9,6 +10,11 @@ cd "$(dirname "$0")/.."
 if [ "${GRAPHRNN_NO_TORCH:-0}" != 1 ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e ".[torch]" \
     || echo "note: could not install torch==2.13.0; the PyTorch cross-checks will skip"
+fi
+# JAX and optax for graphrnn.jax (the bridge's tests and example skip without them)
+if [ "${GRAPHRNN_NO_JAX:-0}" != 1 ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[jax]" \
+    || echo "note: could not install jax/optax; the JAX bridge tests will skip"
 fi
 # CuPy and NVRTC (no GPU needed): the CUDA backend is compiled by NVRTC and checked against the
 # real CuPy's signatures; where they cannot be installed those tests skip

@@ -174,3 +174,17 @@ def test_classify_learns_well_above_chance(capsys, args):
         ids, y = mod.example(rng, "ab", 9, label)
         s = "".join(mod.ALPHABET[i] for i in ids)
         assert y == label and ("ab" in s) == bool(label) and 4 <= len(s) <= 9
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_jax_optax(corpus, capsys):
+    pytest.importorskip("jax")
+    pytest.importorskip("optax")
+    mod = _load("jax_optax")
+    assert mod.main(["--data", str(corpus), "--steps", "25", "--hidden", "16", "--batch", "4",
+                     "--seq-len", "8", "--val-batches", "2", "--lr", "1e-2", "--no-progress",
+                     "--backend", "ref"]) == 0
+    out = capsys.readouterr().out
+    assert "ln_mgu" in out and "optax.adamw" in out
+    before, after = map(float, re.search(r"validation loss (\S+) -> (\S+) nats", out).groups())
+    assert after < before   # the jitted optax steps trained the cell
