@@ -1,0 +1,150 @@
+"""Data-parallel training over MPI (``graphrnn.distributed``), run for real: ``mpiexec -n N``
+on ``tests/mpi_worker.py`` (2 and 3 ranks on this host), compared with one process on the
+concatenated global batch. Skipped where mpi4py or mpiexec is missing (``pip install
+'graphrnn[mpi]'``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("mpi4py")
+pytestmark = pytest.mark.mpi
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = ROOT / "tests" / "mpi_worker.py"
+_BIN = Path(sys.executable).parent / "mpiexec"
+MPIEXEC = str(_BIN) if _BIN.exists() else shutil.which("mpiexec")
+if MPIEXEC is None:
+    pytest.skip("no mpiexec (pip install 'graphrnn[mpi]')", allow_module_level=True)
+
+sys.path.insert(0, str(ROOT / "tests"))
+import mpi_worker as w  # noqa: E402
+
+
+def mpirun(n: int, *args: str, timeout: float = 120, check: bool = True,
+           prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
+    p = subprocess.run([*prefix, MPIEXEC, "-n", str(n), sys.executable, str(WORKER), *args],
+                       capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    if check and p.returncode != 0:
+        raise AssertionError(f"mpiexec -n {n} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def single_run(steps: int) -> dict[str, np.ndarray]:
+    return w.trainer(None, steps).run().params
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("mode", ["overlap", "one-bucket", "deterministic"])
+def test_gradients_equal_single_process_on_the_global_batch(tmp_path, n, mode):
+    """One step's reduced gradients equal one process's on the whole batch (ranks hold
+    unequal token counts: the mask gives the sequences different lengths)."""
+    extra = {"overlap": [], "one-bucket": ["--no-overlap", "--bucket-mb", "1000"],
+             "deterministic": ["--deterministic"]}[mode]
+    mpirun(n, "grads", str(tmp_path), *extra)
+    got = np.load(tmp_path / "grads.npz")
+    m = w.model()
+    params = m.init_params(seed=3, scale=0.3)
+    b = w.batch(0)
+    want = m.loss_and_grads(params, b.ids, b.targets, None, b.mask, b.weights)
+    assert float(got["loss"]) == pytest.approx(want.loss, rel=1e-13)
+    assert set(got.files) - {"loss"} == set(want.grads)
+    for k, g in want.grads.items():
+        assert np.abs(g).max() > 0, k
+        np.testing.assert_allclose(got[k], g, rtol=1e-11, atol=1e-15, err_msg=k)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_parameters_equal_single_process_after_20_steps(tmp_path, n):
+    """20 Adam steps with the state carried (and reset every 5 batches): every rank holds the
+    same parameters bit for bit, equal to one process's to float64 rounding."""
+    mpirun(n, "train", str(tmp_path), "--steps", "20")
+    got = np.load(tmp_path / "params.npz")
+    assert bool(got["same"]) and int(got["step"]) == 20
+    want = single_run(20)
+    init = w.model().init_params(seed=3, scale=0.3)
+    for k, v in want.items():
+        assert not np.allclose(v, init[k]), k   # training moved it
+        np.testing.assert_allclose(got[k], v, rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_deterministic_mode_is_bit_identical_across_runs(tmp_path):
+    runs = []
+    for i in range(2):
+        out = tmp_path / str(i)
+        out.mkdir()
+        mpirun(3, "train", str(out), "--steps", "10", "--deterministic")
+        runs.append(np.load(out / "params.npz"))
+    for k in w.model().param_shapes():
+        assert np.array_equal(runs[0][k], runs[1][k]), k
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_a_dead_or_hung_rank_ends_the_job_with_a_clear_error(tmp_path, how):
+    """SIGKILL: mpiexec sees the death and ends the others. SIGSTOP (a hung rank, which
+    mpiexec cannot see): the others' collectives time out after 3 s with an error naming the
+    collective, and MPI_Abort ends the job, the stopped rank included."""
+    t0 = time.monotonic()
+    p = mpirun(3, "train", str(tmp_path), "--steps", "100000", "--kill-rank", "1",
+               "--timeout", "3", *(["--stop"] if how == "stop" else []),
+               timeout=60, check=False)
+    took = time.monotonic() - t0
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert "rank 1: killing itself at step 3" in out
+    if how == "kill":
+        assert "KILLED" in out.upper() and "signal 9" in out, out
+    else:
+        assert "gradient all-reduce did not complete within 3 s" in out, out
+        assert "MPI_Abort" in out
+    assert took < 40, took
+    assert not (tmp_path / "params.npz").exists()
+
+
+def test_restart_from_the_last_checkpoint_on_another_number_of_ranks(tmp_path):
+    """2 ranks save every 5 steps and one dies at step 7; 3 ranks resume from the step-5
+    checkpoint (written by rank 0, with the global carried state) and reach step 20 with one
+    process's parameters; one process resumes from the 3-rank checkpoint too."""
+    ck = str(tmp_path / "ck.npz")
+    p = mpirun(2, "train", str(tmp_path), "--steps", "20", "--checkpoint", ck,
+               "--kill-rank", "1", "--kill-step", "7", timeout=60, check=False)
+    assert p.returncode != 0
+    from graphrnn import checkpoint
+    _, meta = checkpoint.load(ck)
+    assert meta["step"] == 5
+    mpirun(3, "train", str(tmp_path), "--steps", "15", "--checkpoint", ck, "--resume", ck)
+    got = np.load(tmp_path / "params.npz")
+    assert int(got["step"]) == 20 and bool(got["same"])
+    want = single_run(20)
+    for k, v in want.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-9, atol=1e-12, err_msg=k)
+    # and back to one process: the checkpoint does not depend on N
+    tr = w.trainer(None, 0)
+    tr.load(ck)
+    assert tr.step == 20 and tr.state is not None and tr.state[0][0].shape[0] == w.B
+    for k, v in want.items():
+        np.testing.assert_allclose(tr.params[k], v, rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+def test_ranks_whose_parameters_differ_are_an_error(tmp_path):
+    p = mpirun(2, "train", str(tmp_path), "--steps", "3", "--perturb-rank", "1",
+               timeout=60, check=False)
+    assert p.returncode != 0
+    assert "the parameters differ between ranks at step 0: ranks [1]" in p.stderr, p.stderr
+
+
+def test_split_bounds():
+    from graphrnn.distributed import DistributedError, split_bounds
+    assert split_bounds(7, 3) == [(0, 3), (3, 5), (5, 7)]
+    assert split_bounds(2, 2) == [(0, 1), (1, 2)]
+    with pytest.raises(DistributedError, match="batch of 2 sequences cannot be split over 3"):
+        split_bounds(2, 3)
