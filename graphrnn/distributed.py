@@ -223,6 +223,12 @@ class Distributed:
             acc += allv[i]
         return [float(v) for v in acc]
 
+    def root_says(self, flag: bool) -> bool:
+        """Rank 0's flag, on every rank (a decision all ranks must take together)."""
+        buf = np.array([1 if flag else 0], np.int8)
+        self._wait([self.comm.Ibcast(buf, root=0)], "broadcast of rank 0's decision")
+        return bool(buf[0])
+
     # ---- consistency ----
     def check_params(self, params: Arrays, step: int) -> None:
         """Raise DistributedError when the parameters differ between ranks (CRC32 of their

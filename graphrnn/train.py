@@ -325,7 +325,7 @@ class Trainer:
         t0 = time.perf_counter()
         try:
             while (end_step is None or self.step < end_step) and \
-                    (deadline is None or time.time() < deadline):
+                    (deadline is None or self._before(deadline)):
                 self._one_step(bar)
                 if cfg.eval_every and self.step % cfg.eval_every == 0:
                     self._validate(say)
@@ -375,6 +375,12 @@ class Trainer:
             self.dist.after_step(self.params, self.step)
         self.history.append((self.step, float(r.loss)))
         bar.update(r.loss, batch.tokens)
+
+    def _before(self, deadline: float) -> bool:
+        """Whether the time budget has time left; rank 0's clock decides for every rank (they
+        must stop at the same step)."""
+        ok = time.time() < deadline
+        return ok if self.dist is None else self.dist.root_says(ok)
 
     def _validate(self, say: Callable[[str], None]) -> None:
         if self.val_data is not None:

@@ -148,3 +148,36 @@ def test_split_bounds():
     assert split_bounds(2, 2) == [(0, 1), (1, 2)]
     with pytest.raises(DistributedError, match="batch of 2 sequences cannot be split over 3"):
         split_bounds(2, 3)
+
+
+def _cli(n: int, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "graphrnn.cli", "train", *args]
+    if n > 1:
+        cmd = [MPIEXEC, "-n", str(n), *cmd]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def test_cli_under_mpiexec_equals_one_process_and_resumes_on_any_n(tmp_path, corpus):
+    """``mpiexec -n 2 graphrnn train`` trains what one process trains (float64, 10 steps);
+    rank 0 alone prints; ``mpiexec -n 3 ... --resume`` continues the 2-rank checkpoint to the
+    parameters of 20 steps in one process; a time budget stops all ranks at the same step."""
+    from graphrnn import checkpoint
+    base = ["--data", str(corpus), "--hidden-size", "16", "--layers", "1", "--batch", "6",
+            "--seq-len", "8", "--dtype", "float64", "--no-progress", "--length", "5",
+            "--eval-every", "5", "--check-every", "1", "--backend", "ref"]
+    p2 = _cli(2, *base, "--steps", "10", "--out", str(tmp_path / "two"))
+    assert p2.stdout.count("data: ") == 1 and "data-parallel: 2 ranks" in p2.stdout
+    _cli(1, *base, "--steps", "20", "--out", str(tmp_path / "one"))
+    _cli(3, *base, "--steps", "10", "--out", str(tmp_path / "three"),
+         "--resume", str(tmp_path / "two" / "checkpoint.npz"))
+    a1, m1 = checkpoint.load(tmp_path / "one" / "checkpoint.npz")
+    a3, m3 = checkpoint.load(tmp_path / "three" / "checkpoint.npz")
+    assert m1["step"] == m3["step"] == 20
+    assert set(a1) == set(a3)
+    for k in a1:
+        np.testing.assert_allclose(a3[k], a1[k], rtol=1e-8, atol=1e-11, err_msg=k)
+    p = _cli(2, *base, "--minutes", "0.02", "--out", str(tmp_path / "timed"))
+    assert "trained " in p.stdout
