@@ -181,3 +181,91 @@ def test_cli_under_mpiexec_equals_one_process_and_resumes_on_any_n(tmp_path, cor
         np.testing.assert_allclose(a3[k], a1[k], rtol=1e-8, atol=1e-11, err_msg=k)
     p = _cli(2, *base, "--minutes", "0.02", "--out", str(tmp_path / "timed"))
     assert "trained " in p.stdout
+
+
+# ---- across hosts: two network namespaces joined by a veth pair ----
+
+_LAUNCHER = """#!/bin/sh
+# hydra's "ssh": [options] HOST COMMAND... runs COMMAND in HOST's network namespace, under a
+# hostname of its own (so that MPICH counts it as another node)
+while [ "${{1#-}}" != "$1" ]; do shift; done
+host=$1; shift
+case $host in
+  {ip_a}) ns={ns_a};;
+  {ip_b}) ns={ns_b};;
+  *) echo "unknown host $host" >&2; exit 1;;
+esac
+exec ip netns exec "$ns" unshare --uts sh -c "hostname node-$ns; $*"
+"""
+
+
+def _sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+
+@pytest.fixture()
+def two_hosts(tmp_path):
+    """Namespaces A (10.199.x.1) and B (10.199.x.2) joined by a veth pair; root only."""
+    if os.geteuid() != 0 or not (shutil.which("ip") and shutil.which("unshare")):
+        pytest.skip("needs root, ip and unshare to create network namespaces")
+    tag = f"{os.getpid() % 100000}"
+    ns_a, ns_b, va, vb = f"grnA{tag}", f"grnB{tag}", f"grva{tag}", f"grvb{tag}"
+    net = f"10.199.{os.getpid() % 250}"
+    ip_a, ip_b = f"{net}.1", f"{net}.2"
+    try:
+        _sh("ip", "netns", "add", ns_a)
+        _sh("ip", "netns", "add", ns_b)
+    except (subprocess.CalledProcessError, OSError) as e:
+        subprocess.run(["ip", "netns", "del", ns_a], capture_output=True)
+        pytest.skip(f"cannot create network namespaces here: {e}")
+    try:
+        _sh("ip", "link", "add", va, "type", "veth", "peer", "name", vb)
+        for ns, dev, addr in ((ns_a, va, ip_a), (ns_b, vb, ip_b)):
+            _sh("ip", "link", "set", dev, "netns", ns)
+            _sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            _sh("ip", "-n", ns, "link", "set", dev, "up")
+            _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        launcher = tmp_path / "nsssh"
+        launcher.write_text(_LAUNCHER.format(ip_a=ip_a, ip_b=ip_b, ns_a=ns_a, ns_b=ns_b))
+        launcher.chmod(0o755)
+        yield {"ns_a": ns_a, "va": va, "ip_a": ip_a, "ip_b": ip_b, "launcher": str(launcher)}
+    finally:
+        for ns in (ns_a, ns_b):   # deleting a namespace deletes its end of the veth pair
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def _iface_bytes(ns: str, dev: str) -> tuple[int, int]:
+    """(received, sent) bytes of an interface, from its counters in sysfs."""
+    def read(what: str) -> int:
+        p = subprocess.run(["ip", "netns", "exec", ns, "cat",
+                            f"/sys/class/net/{dev}/statistics/{what}_bytes"],
+                           capture_output=True, text=True, check=True, timeout=30)
+        return int(p.stdout)
+    return read("rx"), read("tx")
+
+
+def test_two_ranks_in_two_network_namespaces(tmp_path, two_hosts):
+    """Rank 0 in namespace A, rank 1 in B (hydra's ssh launcher replaced by ``ip netns exec``):
+    20 steps give one process's parameters, and the gradients crossed the veth interface (its
+    byte counters grow by at least the 20 reductions' payload). Both namespaces share this
+    kernel, so UCX would otherwise pick shared memory: UCX_TLS=tcp (FI_PROVIDER=tcp for the
+    OFI netmod) makes the ranks talk TCP, as they must between real machines."""
+    h = two_hosts
+    before = _iface_bytes(h["ns_a"], h["va"])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1",
+           "UCX_TLS": "tcp", "FI_PROVIDER": "tcp"}
+    inner = " ".join([MPIEXEC, "-launcher", "ssh", "-launcher-exec", h["launcher"], "-hosts",
+                      f"{h['ip_a']},{h['ip_b']}", "-n", "2", "-ppn", "1", sys.executable,
+                      str(WORKER), "train", str(tmp_path), "--steps", "20"])
+    p = subprocess.run(["ip", "netns", "exec", h["ns_a"], "unshare", "--uts", "sh", "-c",
+                        f"hostname node-{h['ns_a']}; exec {inner}"],
+                       capture_output=True, text=True, timeout=90, env=env, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rx, tx = (a - b for a, b in zip(_iface_bytes(h["ns_a"], h["va"]), before))
+    got = np.load(tmp_path / "params.npz")
+    assert bool(got["same"]) and int(got["step"]) == 20
+    want = single_run(20)
+    for k, v in want.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-9, atol=1e-12, err_msg=k)
+    payload = 20 * sum(v.nbytes for v in want.values())
+    assert rx >= payload and tx >= payload, (rx, tx, payload)
