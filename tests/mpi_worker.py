@@ -3,7 +3,8 @@ on a small float64 LSTM, its results written by rank 0 as ``.npz`` files into OU
 
     mpiexec -n N python tests/mpi_worker.py MODE OUT [options]
 
-MODE ``grads``: the reduced gradients of one global batch (``grads.npz``) and the loss.
+MODE ``grads``: the reduced gradients of one global batch and the loss, in each of the
+``GRAD_MODES`` (``grads-MODE.npz``).
 MODE ``train``: ``--steps`` Trainer steps on a fixed stream of global batches; the final
 parameters (``params.npz``) and, from every rank, its parameters' bytes compared to rank 0's.
 ``--kill-rank R --kill-step S`` makes rank R kill itself (SIGKILL) or stop (SIGSTOP,
@@ -64,6 +65,11 @@ def trainer(dist: object | None, steps: int, checkpoint: str | None = None,
                    dist=dist)
 
 
+GRAD_MODES = {"overlap": {"bucket_mb": 0.0},
+              "one-bucket": {"overlap": False, "bucket_mb": 1000.0},
+              "deterministic": {"deterministic": True, "bucket_mb": 0.0}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=("grads", "train"))
@@ -86,11 +92,15 @@ def main() -> None:
     out = Path(a.out)
     try:
         if a.mode == "grads":
-            m = model()
-            params = m.init_params(seed=3, scale=0.3)
-            r = d.loss_and_grads(m, params, batch(0), None, None)
-            if d.is_root:
-                np.savez(out / "grads.npz", loss=np.array(r.loss), **r.grads)
+            # one launch, every way of reducing: overlapped small buckets, one bucket after
+            # the backward, the ordered (deterministic) reduction
+            for name, kw in GRAD_MODES.items():
+                dm = Distributed(timeout=a.timeout, **kw)
+                m = model()
+                params = m.init_params(seed=3, scale=0.3)
+                r = dm.loss_and_grads(m, params, batch(0), None, None)
+                if d.is_root:
+                    np.savez(out / f"grads-{name}.npz", loss=np.array(r.loss), **r.grads)
             return
         tr = trainer(d, a.steps, a.checkpoint, perturb=a.perturb_rank == d.rank)
         if a.resume:
