@@ -104,7 +104,6 @@ def test_a_dead_or_hung_rank_ends_the_job_with_a_clear_error(tmp_path, how):
         assert "KILLED" in out.upper() and "signal 9" in out, out
     else:
         assert "gradient all-reduce did not complete within 3 s" in out, out
-        assert "MPI_Abort" in out
     assert took < 40, took
     assert not (tmp_path / "params.npz").exists()
 
