@@ -278,3 +278,18 @@ def test_two_ranks_in_two_network_namespaces(tmp_path, two_hosts):
         np.testing.assert_allclose(got[k], v, rtol=1e-9, atol=1e-12, err_msg=k)
     payload = 20 * sum(v.nbytes for v in want.values())
     assert rx >= payload and tx >= payload, (rx, tx, payload)
+
+
+def test_cli_oversubscribed_threads_are_an_error_that_ends_every_rank(tmp_path, corpus):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one core: one thread per rank is allowed whatever the rank count")
+    p = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "graphrnn.cli", "train",
+                        "--data", str(corpus), "--steps", "1", "--threads", str(cores),
+                        "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
+    assert p.returncode != 0
+    assert f"--threads {cores} x 2 ranks on this host needs {2 * cores} cores" in p.stderr, \
+        p.stderr
+    assert not (tmp_path / "run").exists()

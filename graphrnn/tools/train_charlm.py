@@ -390,9 +390,18 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
             from codegen.llvm_blas import set_blas_threads
             set_blas_threads(a.threads)
         return _run(a, out)
-    from ..distributed import Distributed
-    dist = Distributed(deterministic=a.deterministic, bucket_mb=a.bucket_mb,
-                       timeout=a.comm_timeout, check_every=a.check_every, threads=a.threads)
+    from ..distributed import Distributed, DistributedError, mpi_module
+    MPI = mpi_module()   # a missing mpi4py: one error line on every rank, nothing to abort
+    try:
+        dist = Distributed(deterministic=a.deterministic, bucket_mb=a.bucket_mb,
+                           timeout=a.comm_timeout, check_every=a.check_every,
+                           threads=a.threads)
+    except DistributedError as e:   # e.g. --threads oversubscribing one host: end them all
+        print(f"graphrnn: error: rank {MPI.COMM_WORLD.Get_rank()}: {e}", file=sys.stderr,
+              flush=True)
+        time.sleep(0.5)
+        MPI.COMM_WORLD.Abort(1)
+        raise SystemExit(1) from None
     try:
         from codegen.llvm_blas import set_blas_threads
         set_blas_threads(dist.threads)
@@ -408,7 +417,7 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
             print(f"graphrnn: error: rank {dist.rank}: {msg or type(e).__name__}",
                   file=sys.stderr, flush=True)
         dist.abort(1)
-        raise
+        raise SystemExit(1) from None
 
 
 def _run(a: argparse.Namespace, out: Any = None, dist: Any = None) -> int:
