@@ -576,10 +576,14 @@ class RNNModel:
         return self._user(logits), new_state, cache
 
     def backward(self, params: Arrays, cache: dict[str, Any], d_logits: np.ndarray,
-                 d_final: State | None = None) -> tuple[Arrays, State]:
+                 d_final: State | None = None,
+                 grad_ready: Callable[[Arrays], None] | None = None) -> tuple[Arrays, State]:
         """Gradients of every parameter and of the initial forward states, given the cotangent
         of the head's outputs (the layout ``forward`` returned) and (optionally) of the final
-        forward states."""
+        forward states. ``grad_ready`` is called with each group of gradients as soon as it is
+        final (the head, then each layer from the top, then the embedding), in the same order on
+        every call: data-parallel training starts reducing a group while the layers below are
+        still running backward."""
         grads: Arrays = {}
         T, Bn, top = cache["T"], cache["B"], cache["top"]
         H = top.shape[2]
@@ -595,6 +599,8 @@ class RNNModel:
             grads["head.W"] = self._head_mm(top.reshape(T * Bn, H).T, d2)
             grads["head.b"] = d2.sum(0)
             d_x = self._head_mm(d2, params["head.W"].T).reshape(T, Bn, H)
+        if grad_ready is not None:
+            grad_ready({"head.W": grads["head.W"], "head.b": grads["head.b"]})
         m3, idx = cache["m3"], cache["idx"]
         d_state0: State = [[] for _ in self.layers]
         for i in reversed(range(len(self.layers))):
@@ -618,6 +624,9 @@ class RNNModel:
                                   [d_r] + [None] * (len(rcc.cell.outputs) - 1), None)
                 grads.update({f"l{i}r.{k}": v for k, v in rg.params.items()})
                 d_in = d_in + _reverse(rg.inputs[0], idx)
+            if grad_ready is not None:
+                grad_ready({k: v for k, v in grads.items()
+                            if k.startswith((f"l{i}.", f"l{i}r."))})
             d_x = d_in
         drop = cache["drops"][0]
         if drop is not None:
@@ -627,6 +636,8 @@ class RNNModel:
             np.add.at(dE, np.asarray(cache["ids"]).reshape(-1),
                       d_x.reshape(T * Bn, -1))
             grads["embed"] = dE
+            if grad_ready is not None:
+                grad_ready({"embed": dE})
         return grads, d_state0
 
     # ---- losses ----
@@ -692,19 +703,21 @@ class RNNModel:
     def loss_and_grads(self, params: Arrays, ids: np.ndarray, targets: np.ndarray,
                        state: State | None = None, mask: np.ndarray | None = None,
                        weights: np.ndarray | None = None, rng: np.random.Generator | None = None,
-                       d_final: State | None = None, grad_scale: float | None = None) -> Result:
+                       d_final: State | None = None, grad_scale: float | None = None,
+                       grad_ready: Callable[[Arrays], None] | None = None) -> Result:
         """Mean loss (cross-entropy per weighted token or sequence, or squared error per
         weighted element) and its gradients.
 
         ``mask`` (T, B) stops the states past each sequence's end and, for a per-step head
         unless ``weights`` is given, also weights the loss. Pooled heads take targets (B,) (or
         (B, C) for regression) and optional ``weights`` (B,). The gradient is of
-        ``loss_sum * grad_scale`` where grad_scale defaults to 1/weight (the mean)."""
+        ``loss_sum * grad_scale`` where grad_scale defaults to 1/weight (the mean).
+        ``grad_ready``: see ``backward``."""
         out, new_state, cache = self.forward(params, ids, state, mask, rng)
         loss_sum, d_out, tokens = self._loss(out, targets, mask, weights)
         scale = grad_scale if grad_scale is not None else 1.0 / max(tokens, 1e-12)
         d_out *= np.asarray(scale, self.dtype)
-        grads, d0 = self.backward(params, cache, d_out, d_final)
+        grads, d0 = self.backward(params, cache, d_out, d_final, grad_ready)
         return Result(loss_sum / max(tokens, 1e-12), grads, new_state, tokens, d0, out)
 
     def evaluate(self, params: Arrays, ids: np.ndarray, targets: np.ndarray,

@@ -301,6 +301,9 @@ class Trainer:
     log: Callable[[str], None] | None = None
     _runlog: RunLog | None = field(default=None, init=False, repr=False)
     _logged: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    # data-parallel over MPI (a graphrnn.distributed.Distributed): each step's global batch is
+    # sharded over the ranks and the gradients summed; only rank 0 logs and writes
+    dist: Any = None
 
     def __post_init__(self) -> None:
         if self.rng is None:
@@ -308,6 +311,8 @@ class Trainer:
         self.model.check_params(self.params)
         if not callable(self.data):
             self.data = IterableData(self.data, self.model.batch_first)
+        if self.dist is not None:
+            self.dist.check_params(self.params, self.step)
 
     # ---- validation ----
     def evaluate(self) -> float:
@@ -321,8 +326,11 @@ class Trainer:
         for item in src:
             b = to_batch(item, self.model.batch_first)
             s = None if b.reset or not self.config.carry_state else state
-            ls, n, state, _ = self.model.evaluate(self.params, b.ids, b.targets, s, b.mask,
-                                                  b.weights)
+            if self.dist is not None:
+                ls, n, state = self.dist.evaluate(self.model, self.params, b, s)
+            else:
+                ls, n, state, _ = self.model.evaluate(self.params, b.ids, b.targets, s, b.mask,
+                                                      b.weights)
             total += ls
             count += n
         return total / max(count, 1e-12)
@@ -357,13 +365,14 @@ class Trainer:
             raise ValueError("give a step budget or a time budget (steps= or minutes=)")
         end_step = self.step + steps if steps is not None else None
         deadline = time.time() + 60 * minutes if minutes is not None else None
-        bar = Progress(steps, deadline, enabled=cfg.progress)
-        say = self.log or bar.write
+        root = self.dist is None or self.dist.is_root
+        bar = Progress(steps, deadline, enabled=cfg.progress and root)
+        say = (self.log or bar.write) if root else (lambda m: None)
         self.model.train()
         t0 = time.perf_counter()
         try:
             while (end_step is None or self.step < end_step) and \
-                    (deadline is None or time.time() < deadline):
+                    (deadline is None or self._before(deadline)):
                 try:
                     self._one_step(bar)
                 except StopIteration:  # a one-shot iterator of batches ran out
@@ -408,8 +417,13 @@ class Trainer:
         assert self.rng is not None
         batch = self.data(self.step, self.rng)  # type: ignore[operator]
         state = None if batch.reset or not cfg.carry_state else self.state
-        r = self.model.loss_and_grads(self.params, batch.ids, batch.targets, state, batch.mask,
-                                      batch.weights, self.rng)
+        if self.dist is not None:
+            from .distributed import make_rng
+            r = self.dist.loss_and_grads(self.model, self.params, batch, state,
+                                         make_rng(cfg.seed, self.dist.rank, self.step))
+        else:
+            r = self.model.loss_and_grads(self.params, batch.ids, batch.targets, state,
+                                          batch.mask, batch.weights, self.rng)
         try:
             _check_finite(r, self.step)
         except TrainingDivergedError as e:
@@ -437,8 +451,16 @@ class Trainer:
                                  f"{self.step} (in {bad})")
         self.state = r.state if cfg.carry_state else None
         self.step += 1
+        if self.dist is not None:
+            self.dist.after_step(self.params, self.step)
         self.history.append((self.step, float(r.loss)))
         bar.update(r.loss, batch.tokens)
+
+    def _before(self, deadline: float) -> bool:
+        """Whether the time budget has time left; rank 0's clock decides for every rank (they
+        must stop at the same step)."""
+        ok = time.time() < deadline
+        return ok if self.dist is None else self.dist.root_says(ok)
 
     def _validate(self, say: Callable[[str], None]) -> float | None:
         v = None
@@ -484,11 +506,18 @@ class Trainer:
         bad = self._nonfinite_params()
         if bad:
             raise self._diverged(f"not saving {path}: parameters {bad} are not finite")
+        state = self.state
+        if self.dist is not None:
+            # the global batch's state (every rank's rows), so that any number of ranks
+            # resumes from it; rank 0 alone writes
+            state = self.dist.gather_state(state)
+            if not self.dist.is_root:
+                return path
         arrays: dict[str, np.ndarray] = {}
         arrays.update(ckpt.prefixed("param", self.params))
         arrays.update(ckpt.prefixed("opt", self.opt.state_dict()))
-        if self.state is not None:
-            for i, layer in enumerate(self.state):
+        if state is not None:
+            for i, layer in enumerate(state):
                 for j, h in enumerate(layer):
                     arrays[f"state/{i}/{j}"] = h
         assert self.rng is not None
@@ -531,6 +560,9 @@ class Trainer:
                           for i in range(n)]
         else:
             self.state = None
+        if self.dist is not None:
+            self.state = self.dist.shard_state(self.state)
+            self.dist.check_params(self.params, self.step)
         return self
 
 

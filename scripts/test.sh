@@ -16,6 +16,12 @@ if [ "${GRAPHRNN_NO_JAX:-0}" != 1 ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e ".[jax]" \
     || echo "note: could not install jax/optax; the JAX bridge tests will skip"
 fi
+
+
+# mpi4py and MPICH (mpiexec) for the data-parallel tests; where they cannot be installed those
+# tests skip
+.venv/bin/pip install -q --disable-pip-version-check -e ".[mpi]" \
+  || echo "note: could not install mpi4py/mpich; the MPI tests will skip"
 # CuPy and NVRTC (no GPU needed): the CUDA backend is compiled by NVRTC and checked against the
 # real CuPy's signatures; where they cannot be installed those tests skip
 .venv/bin/pip install -q --disable-pip-version-check -e ".[cuda]" \

@@ -304,3 +304,24 @@ def test_head_gemms_are_asked_of_the_top_compiled_cell(monkeypatch):
     assert got.loss == want.loss
     for k in want.grads:
         np.testing.assert_array_equal(got.grads[k], want.grads[k])
+
+
+@pytest.mark.parametrize("bidir", [False, True])
+def test_grad_ready_hands_over_every_gradient_once_head_first(bidir):
+    """``loss_and_grads(grad_ready=...)`` (data-parallel buckets start from it): each group is
+    final when handed over (equal to the returned gradients), every parameter comes exactly
+    once, the head first, then the layers from the top, the embedding last."""
+    m = _model(layers=2, bidir=bidir)
+    params = m.init_params(seed=0, scale=0.3)
+    rng = np.random.default_rng(0)
+    ids, tg = rng.integers(0, 5, (4, 3)), rng.integers(0, 5, (4, 3))
+    seen: list[tuple[str, np.ndarray]] = []
+    r = m.loss_and_grads(params, ids, tg, grad_ready=lambda g: seen.extend(
+        (k, v.copy()) for k, v in g.items()))
+    names = [k for k, _ in seen]
+    assert sorted(names) == sorted(params) and len(names) == len(set(names))
+    assert names[:2] == ["head.W", "head.b"] and names[-1] == "embed"
+    layer_of = [int(k[1]) for k in names if k.startswith("l")]
+    assert layer_of == sorted(layer_of, reverse=True)
+    for k, v in seen:
+        np.testing.assert_array_equal(v, r.grads[k], err_msg=k)

@@ -35,6 +35,7 @@ without ``input``/``state`` lines is read as input ``x`` and state ``h``.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import sys
@@ -314,6 +315,23 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tensorboard", default="auto", choices=("auto", "on", "off"),
                    help="TensorBoard event files in the log folder: auto (when tensorboard or "
                    "tensorboardX is installed), on (an error without one), off")
+    g = p.add_argument_group("parallel (mpiexec -n N graphrnn train ...: data-parallel over MPI, "
+                             "see docs/distributed.md)")
+    g.add_argument("--threads", type=number(int, gt=0), default=None,
+                   help="threads per process (default: the cores, over mpiexec's processes "
+                   "on this host); each rank is pinned to cores of its own")
+    g.add_argument("--deterministic", action="store_true",
+                   help="sum the gradients in rank order: runs with the same N are "
+                   "bit-identical")
+    g.add_argument("--bucket-mb", type=number(float, ge=0), default=4.0,
+                   help="gradients are reduced in buckets of at least this many MiB, each "
+                   "started as soon as it is ready (default 4)")
+    g.add_argument("--comm-timeout", type=number(float, gt=0), default=300.0,
+                   help="seconds a collective may wait for the other ranks before the job "
+                   "ends with an error (default 300)")
+    g.add_argument("--check-every", type=number(int, ge=0), default=100,
+                   help="compare a checksum of the parameters across ranks every N steps "
+                   "(0: off; default 100)")
 
 
 def _check_args(a: argparse.Namespace) -> None:
@@ -377,7 +395,46 @@ def _check_resume(path: str, opts: dict[str, Any], meta: dict[str, Any],
 
 
 def run(a: argparse.Namespace, out: Any = None) -> int:
-    """Train as the arguments say; print samples and where the files went."""
+    """Train as the arguments say; print samples and where the files went. Under ``mpiexec
+    -n N`` (N > 1) data-parallel: rank 0 prints and writes, and an error on any rank ends the
+    whole job (``graphrnn.distributed``)."""
+    from ..distributed import launched_with_several_ranks
+    if not launched_with_several_ranks():
+        if getattr(a, "threads", None):
+            from codegen.llvm_blas import set_blas_threads
+            set_blas_threads(a.threads)
+        return _run(a, out)
+    from ..distributed import Distributed, DistributedError, mpi_module
+    MPI = mpi_module()   # a missing mpi4py: one error line on every rank, nothing to abort
+    try:
+        dist = Distributed(deterministic=a.deterministic, bucket_mb=a.bucket_mb,
+                           timeout=a.comm_timeout, check_every=a.check_every,
+                           threads=a.threads)
+    except DistributedError as e:   # e.g. --threads oversubscribing one host: end them all
+        print(f"graphrnn: error: rank {MPI.COMM_WORLD.Get_rank()}: {e}", file=sys.stderr,
+              flush=True)
+        time.sleep(0.5)
+        MPI.COMM_WORLD.Abort(1)
+        raise SystemExit(1) from None
+    try:
+        from codegen.llvm_blas import set_blas_threads
+        set_blas_threads(dist.threads)
+        if dist.is_root:
+            print(f"data-parallel: {dist.size} ranks, {dist.threads} thread(s) each"
+                  f"{', deterministic' if a.deterministic else ''}", file=out or sys.stdout)
+        return _run(a, out if dist.is_root else io.StringIO(), dist)
+    except BaseException as e:  # noqa: BLE001 - any error on one rank must end them all
+        from ..train import TrainingDivergedError
+        # a divergence happens on every rank at once (they hold the same numbers): one line
+        if dist.is_root or not isinstance(e, TrainingDivergedError):
+            msg = " | ".join(ln.strip() for ln in str(e).splitlines() if ln.strip())
+            print(f"graphrnn: error: rank {dist.rank}: {msg or type(e).__name__}",
+                  file=sys.stderr, flush=True)
+        dist.abort(1)
+        raise SystemExit(1) from None
+
+
+def _run(a: argparse.Namespace, out: Any = None, dist: Any = None) -> int:
     out = out or sys.stdout
     given = _given(a)
     _check_args(a)
@@ -390,7 +447,8 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
         text, source = stdlib_corpus(a.max_chars), "the Python standard library's source"
     # the output folder now, before minutes of training, with a one-line reason when it fails
     outdir = Path(a.out)
-    check_output_dir(outdir)
+    if dist is None or dist.is_root:
+        check_output_dir(outdir)
     resume_params = None
     if a.resume:
         from .. import checkpoint as ckpt
@@ -459,7 +517,8 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
     # without the bar, each evaluation is a line of its own, printed as it happens
     log = (lambda m: print(m, file=out, flush=True)) if a.no_progress else None
     tr = Trainer(model, params, opt, lambda step, rng: train.batch(step), vb, cfg,
-                 meta={"vocab": vocab.to_json(), "options": opts, "kind": "charlm"}, log=log)
+                 meta={"vocab": vocab.to_json(), "options": opts, "kind": "charlm"}, log=log,
+                 dist=dist)
     if a.resume:
         tr.load(a.resume)
         print(f"resumed from {a.resume} at step {tr.step}", file=out)
@@ -474,6 +533,11 @@ def run(a: argparse.Namespace, out: Any = None) -> int:
     last = tr.val_history[-1][1] if tr.val_history else float("nan")
     print(f"trained {tr.step} steps in {wall:.1f} s ({tr.tokens_per_s:,.0f} tokens/s); "
           f"validation loss {last:.4f} nats/char", file=out)
+    if dist is not None:
+        print(f"rank 0 waited {dist.comm_seconds:.2f} s for the other ranks' gradients",
+              file=out)
+        if not dist.is_root:
+            return 0
     from ..sample import generate
     prime = "def " if not a.data else ""
     for temp in (a.temperature,):
