@@ -45,15 +45,12 @@ from graphrnn.runtime import fixed_view
 from .llvm_blas import blas_info
 from .llvm_kernels import ELEMENTWISE, FAST, I64, PTR, VOID, for_range, ftype
 from .llvm_load import jit_module
-from .llvm_program import ProgramEmitter, View, c64
+from .llvm_program import ENTRY_TYPE, ProgramEmitter, View, c64
+from .llvm_threads import ENTRY, TEAM
 from .mangle import mangle
 
 F64 = ir.DoubleType()
 SETTER = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-# int64 gen(n_prime, prime*, n_new, out*, P**, temperature, argmax, seed)
-GEN = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double, ctypes.c_int64,
-                       ctypes.c_uint64)
 GAMMA = 0x9E3779B97F4A7C15   # SplitMix64's increment
 
 
@@ -73,12 +70,19 @@ def uniform(seed: int, i: int) -> float:
 
 # ---- the GEMV ----
 
+GROUP = 4   # rows of W per pass over y in the GEMV (measured: 4 and 8 alike, 1 and 2 slower)
+
+
 def _emit_gemv(module: ir.Module, name: str, dtype: str) -> ir.Function:
     """``gemv(K, N, a, W, ldw, trans, y, acc)``: ``y[0:N] (+)= a[0:K] @ op(W)``, op(W) = W
-    (K x N, rows ldw apart) or, with ``trans``, Wᵀ (W is N x K). Without ``trans`` the rows of W
-    whose ``a[k]`` is zero are skipped and each column sums its terms in k order (the inner loop
-    over columns vectorizes with no reassociation); with ``trans`` each y[n] is a dot product
-    (reassociated, as a BLAS does)."""
+    (K x N, rows ldw apart) or, with ``trans``, Wᵀ (W is N x K).
+
+    Without ``trans``: the indices k of the nonzero ``a[k]`` are listed first (a one-hot input
+    reads one row of W), then y is updated GROUP rows at a time, ``y[n] = fma(a[k3], W[k3, n],
+    fma(a[k2], ...))``: each column still sums its terms in k order, so the result does not
+    depend on the grouping, and the loop over columns vectorizes with no reassociation while
+    y is loaded and stored once per GROUP rows (the GEMV is bound by reading W). With
+    ``trans`` each y[n] is a dot product (reassociated, as a BLAS does)."""
     t = ftype(dtype)
     fn = ir.Function(module, ir.FunctionType(VOID, [I64, I64, PTR, PTR, I64, I64, PTR, I64]),
                      name)
@@ -90,6 +94,7 @@ def _emit_gemv(module: ir.Module, name: str, dtype: str) -> ir.Function:
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     zero = ir.Constant(t, 0.0)
     s = b.alloca(t)
+    nnz = b.alloca(I64)
     is_acc = b.icmp_signed("!=", acc, c64(0))
     with b.if_else(b.icmp_signed("!=", trans, c64(0))) as (tr, plain):
         with tr:
@@ -108,31 +113,55 @@ def _emit_gemv(module: ir.Module, name: str, dtype: str) -> ir.Function:
             with b.if_then(b.not_(is_acc)):
                 with for_range(b, c64(0), N, "zn") as n:
                     b.store(zero, b.gep(y, [n], source_etype=t))
-            with for_range(b, c64(0), K, "k") as k:
-                ak = b.load(b.gep(a, [k], source_etype=t), typ=t)
-                with b.if_then(b.fcmp_unordered("!=", ak, zero)):
-                    row = b.gep(W, [b.mul(k, ldw)], source_etype=t)
-                    with for_range(b, c64(0), N, "n") as n:
-                        yp = b.gep(y, [n], source_etype=t)
+            # the nonzero multipliers' indices, in order (a stack array of K int64s)
+            idx = b.alloca(I64, size=K)
+            b.store(c64(0), nnz)
+            with for_range(b, c64(0), K, "nz") as k:
+                with b.if_then(b.fcmp_unordered("!=", b.load(b.gep(a, [k], source_etype=t),
+                                                             typ=t), zero)):
+                    c = b.load(nnz, typ=I64)
+                    b.store(k, b.gep(idx, [c], source_etype=I64))
+                    b.store(b.add(c, c64(1)), nnz)
+            count = b.load(nnz, typ=I64)
+            full = b.mul(b.sdiv(count, c64(GROUP)), c64(GROUP))
+
+            def rows(g: ir.Value, m: int) -> list[tuple[ir.Value, ir.Value]]:
+                out = []
+                for j in range(m):
+                    k = b.load(b.gep(idx, [b.add(g, c64(j))], source_etype=I64), typ=I64)
+                    out.append((b.load(b.gep(a, [k], source_etype=t), typ=t),
+                                b.gep(W, [b.mul(k, ldw)], source_etype=t)))
+                return out
+
+            def update(rs: list[tuple[ir.Value, ir.Value]], name: str) -> None:
+                with for_range(b, c64(0), N, name) as n:
+                    yp = b.gep(y, [n], source_etype=t)
+                    v = b.load(yp, typ=t)
+                    for ak, row in rs:
                         w = b.load(b.gep(row, [n], source_etype=t), typ=t)
-                        b.store(b.fadd(b.load(yp, typ=t), b.fmul(ak, w, flags=ELEMENTWISE),
-                                       flags=ELEMENTWISE), yp)
+                        v = b.fadd(v, b.fmul(ak, w, flags=ELEMENTWISE), flags=ELEMENTWISE)
+                    b.store(v, yp)
+
+            with for_range(b, c64(0), full, "g", step=GROUP) as g:
+                update(rows(g, GROUP), "gn")
+            with for_range(b, full, count, "r") as g:
+                update(rows(g, 1), "rn")
     b.ret_void()
     return fn
 
 
 class _GenEmitter(ProgramEmitter):
-    """A layer's forward sweep for T = B = 1 in a shared module: one-row GEMMs are GEMVs."""
+    """A layer's forward sweep for T = B = 1 in a shared module: one-row GEMMs are GEMVs, each
+    thread taking its share of the output columns (so its share of the weights stays in its
+    own cache from token to token); the barrier function is the module's one."""
 
     def __init__(self, program: Program, prefix: str, module: ir.Module, gemv: ir.Function,
-                 fallback_gemm: bool) -> None:
+                 fallback_gemm: bool, barrier: ir.Function | None) -> None:
         super().__init__(program, prefix, fallback_gemm=fallback_gemm, diagonal=False,
                          own_packed=False)
         self.module = module
         self.gemv = gemv
-
-    def _sync(self, b: ir.IRBuilder) -> None:
-        """One thread runs the step (ctx NULL): no barriers."""
+        self._barrier_fn = barrier
 
     def _gemm(self, b: ir.IRBuilder, s: Gemm, out: View, a: View, bv: View) -> None:
         if s.trans_a:   # not a forward product: the BLAS
@@ -141,8 +170,11 @@ class _GenEmitter(ProgramEmitter):
         n = bv.rows if s.trans_b else c64(bv.cols)
         with b.if_else(b.icmp_signed("==", a.rows, c64(1))) as (one, many):
             with one:
-                b.call(self.gemv, [c64(a.cols), n, a.ptr, bv.ptr, bv.ld, c64(int(s.trans_b)),
-                                   out.ptr, c64(int(s.accumulate))])
+                lo, hi = self._chunk(b, n, self.tile.lanes)
+                w = b.gep(bv.ptr, [b.mul(lo, bv.ld) if s.trans_b else lo], source_etype=self.t)
+                b.call(self.gemv, [c64(a.cols), b.sub(hi, lo), a.ptr, w, bv.ld,
+                                   c64(int(s.trans_b)), b.gep(out.ptr, [lo], source_etype=self.t),
+                                   c64(int(s.accumulate))])
             with many:
                 self._blas_gemm(b, s, out, a, bv)
 
@@ -184,24 +216,63 @@ def _layer_plan(cc: Any, i: int) -> _LayerPlan:
 
 # ---- the module ----
 
+# the generation entry's argument block (int64 slots; pointers and the temperature's bits)
+A_PRIME_N, A_PRIME, A_NEW, A_OUT, A_P, A_TEMP, A_ARGMAX, A_SEED, A_RESULT, A_STOP = range(10)
+N_ARGS = 10
+
+
 def _emit(plans: Sequence[_LayerPlan], dtype: str, onehot: bool, embed: int, hidden: int,
           classes: int, fallback_gemm: bool) -> tuple[str, list[str]]:
-    """The module's IR text and the names of its layers' gemm setters."""
+    """The module's IR text and the names of its layers' gemm setters. The entry
+    ``grnn_generate(0, 0, args, ctx)`` has the sweeps' signature (``llvm_threads.ENTRY``): n
+    threads call it at once with their ``ctx``, or one thread with ctx NULL. Thread 0 does the
+    glue (the input row, copies between layers, the head and the draw); the layers' GEMVs are
+    split by columns."""
     t = ftype(dtype)
     module = ir.Module(name="graphrnn_generate")
     gemv = _emit_gemv(module, "grnn_gen_gemv", dtype)
     sweeps, setters = [], []
+    barrier = None
     for lp in plans:
-        em = _GenEmitter(lp.program, lp.prefix, module, gemv, fallback_gemm)
+        em = _GenEmitter(lp.program, lp.prefix, module, gemv, fallback_gemm, barrier)
+        barrier = em._barrier()
         em._gemm_global(dtype)
         sweeps.append(em.emit_sweep("step", lp.program.forward))
         setters.append(f"{lp.prefix}_set_gemm_f{dtype[-2:]}")
+    assert barrier is not None
     exp = ir.Function(module, ir.FunctionType(F64, [F64]), "exp")
+    pick_fn = _emit_pick(module, dtype, exp)
     L = len(plans)
-    fn = ir.Function(module, ir.FunctionType(I64, [I64, PTR, I64, PTR, PTR, F64, I64, I64]),
-                     "grnn_generate")
-    n_prime, prime, n_new, out, P, temp, argmax, seed = fn.args
+    fn = ir.Function(module, ENTRY_TYPE, "grnn_generate")
+    _t, _b, args, ctx = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def slot(i: int) -> ir.Value:
+        return b.gep(args, [c64(i)], source_etype=I64)
+
+    def iarg(i: int) -> ir.Value:
+        return b.load(slot(i), typ=I64)
+
+    def parg(i: int) -> ir.Value:
+        return b.inttoptr(iarg(i), PTR)
+
+    n_prime, prime, n_new, out, P = iarg(A_PRIME_N), parg(A_PRIME), iarg(A_NEW), parg(A_OUT), \
+        parg(A_P)
+    temp = b.bitcast(iarg(A_TEMP), F64)
+    argmax, seed = iarg(A_ARGMAX), iarg(A_SEED)
+    has_ctx = b.icmp_unsigned("!=", ctx, ir.Constant(PTR, None))
+    # ctx NULL: one thread (a fake ctx on the stack keeps every load below unconditional)
+    solo = b.alloca(I64, size=4)
+    for i, v in enumerate((0, 1, 0, 0)):
+        b.store(c64(v), b.gep(solo, [c64(i)], source_etype=I64))
+    cx = b.select(has_ctx, ctx, solo)
+    tid = b.load(b.gep(cx, [c64(0)], source_etype=I64), typ=I64)
+    nthr = b.load(b.gep(cx, [c64(1)], source_etype=I64), typ=I64)
+    sync = b.inttoptr(b.load(b.gep(cx, [c64(2)], source_etype=I64), typ=I64), PTR)
+    first = b.icmp_signed("==", tid, c64(0))
+
+    def wait() -> None:
+        b.call(barrier, [sync, nthr])
 
     def arg(i: int) -> ir.Value:
         return b.load(b.gep(P, [c64(i)], source_etype=PTR), typ=PTR)
@@ -218,59 +289,71 @@ def _emit(plans: Sequence[_LayerPlan], dtype: str, onehot: bool, embed: int, hid
             b.store(b.load(b.gep(src, [j], source_etype=t), typ=t), b.gep(dst, [j], source_etype=t))
 
     tok = b.alloca(I64)
-    done = b.alloca(I64)   # tokens written to out
+    done = b.alloca(I64)   # tokens written to out (thread 0)
     b.store(c64(0), done)
     b.store(b.load(prime, typ=I64), tok)
-    total = b.add(n_prime, n_new)
-    result = b.alloca(I64)
-    b.store(n_new, result)
+    with b.if_then(first):
+        b.store(n_new, slot(A_RESULT))
+        b.store(c64(0), slot(A_STOP))
     exit_blk = fn.append_basic_block("exit")
-    with for_range(b, c64(0), b.sub(total, c64(1)), "tok") as step:
-        cur = b.load(tok, typ=I64)
-        x0 = buf_ptr(0, plans[0].x[0], plans[0].x[1])
-        if onehot:
-            with for_range(b, c64(0), c64(embed), "oh") as j:
-                b.store(ir.Constant(t, 0.0), b.gep(x0, [j], source_etype=t))
-            b.store(ir.Constant(t, 1.0), b.gep(x0, [cur], source_etype=t))
-        else:
-            copy(x0, b.gep(table, [b.mul(cur, c64(embed))], source_etype=t), embed, "emb")
+    with for_range(b, c64(0), b.sub(b.add(n_prime, n_new), c64(1)), "tok") as step:
+        with b.if_then(first):
+            cur = b.load(tok, typ=I64)
+            x0 = buf_ptr(0, plans[0].x[0], plans[0].x[1])
+            if onehot:
+                with for_range(b, c64(0), c64(embed), "oh") as j:
+                    b.store(ir.Constant(t, 0.0), b.gep(x0, [j], source_etype=t))
+                b.store(ir.Constant(t, 1.0), b.gep(x0, [cur], source_etype=t))
+            else:
+                copy(x0, b.gep(table, [b.mul(cur, c64(embed))], source_etype=t), embed, "emb")
+            for i, lp in enumerate(plans):
+                for idx, n in lp.zero:
+                    with for_range(b, c64(0), c64(n), f"z{i}") as j:
+                        b.store(ir.Constant(t, 0.0),
+                                b.gep(buf_ptr(i, idx, 0), [j], source_etype=t))
+        wait()
         for i, lp in enumerate(plans):
-            for idx, n in lp.zero:
-                with for_range(b, c64(0), c64(n), f"z{i}") as j:
-                    b.store(ir.Constant(t, 0.0), b.gep(buf_ptr(i, idx, 0), [j], source_etype=t))
-            b.call(sweeps[i], [c64(1), c64(1), layer_bufs[i], ir.Constant(PTR, None)])
+            b.call(sweeps[i], [c64(1), c64(1), layer_bufs[i], ctx])   # ends with a barrier
+            with b.if_then(first):
+                if i + 1 < L:
+                    nx = plans[i + 1].x
+                    copy(buf_ptr(i + 1, nx[0], nx[1]), buf_ptr(i, lp.out[0], lp.out[1]), nx[2],
+                         f"o{i}")
+                for idx, n in lp.states:
+                    copy(buf_ptr(i, idx, 0), buf_ptr(i, idx, n), n, f"s{i}")
             if i + 1 < L:
-                nx = plans[i + 1].x
-                copy(buf_ptr(i + 1, nx[0], nx[1]), buf_ptr(i, lp.out[0], lp.out[1]), nx[2],
-                     f"o{i}")
-            for idx, n in lp.states:
-                copy(buf_ptr(i, idx, 0), buf_ptr(i, idx, n), n, f"s{i}")
+                wait()
         nxt_prime = b.add(step, c64(1))
-        is_prime = b.icmp_signed("<", nxt_prime, n_prime)
-        with b.if_else(is_prime) as (feed, sample):
-            with feed:
-                b.store(b.load(b.gep(prime, [nxt_prime], source_etype=I64), typ=I64), tok)
-            with sample:
-                top = buf_ptr(L - 1, plans[-1].out[0], plans[-1].out[1])
-                b.call(gemv, [c64(hidden), c64(classes), top, head_w, c64(classes), c64(0),
-                              logits, c64(0)])
-                with for_range(b, c64(0), c64(classes), "hb") as j:
-                    lp_ = b.gep(logits, [j], source_etype=t)
-                    b.store(b.fadd(b.load(lp_, typ=t), b.load(b.gep(head_b, [j], source_etype=t),
-                                                             typ=t)), lp_)
-                k = b.load(done, typ=I64)
-                pick = b.call(_emit_pick(module, dtype, exp),
-                              [c64(classes), logits, temp, argmax, _uniform(b, seed, k)])
-                bad = b.icmp_signed("<", pick, c64(0))
-                with b.if_then(bad):
-                    b.store(b.sub(c64(-1), k), result)
-                    b.branch(exit_blk)
-                b.store(pick, b.gep(out, [k], source_etype=I64))
-                b.store(b.add(k, c64(1)), done)
-                b.store(pick, tok)
+        with b.if_then(first):
+            with b.if_else(b.icmp_signed("<", nxt_prime, n_prime)) as (feed, sample):
+                with feed:
+                    b.store(b.load(b.gep(prime, [nxt_prime], source_etype=I64), typ=I64), tok)
+                with sample:
+                    top = buf_ptr(L - 1, plans[-1].out[0], plans[-1].out[1])
+                    b.call(gemv, [c64(hidden), c64(classes), top, head_w, c64(classes), c64(0),
+                                  logits, c64(0)])
+                    with for_range(b, c64(0), c64(classes), "hb") as j:
+                        zp = b.gep(logits, [j], source_etype=t)
+                        bj = b.load(b.gep(head_b, [j], source_etype=t), typ=t)
+                        b.store(b.fadd(b.load(zp, typ=t), bj), zp)
+                    k = b.load(done, typ=I64)
+                    pick = b.call(pick_fn, [c64(classes), logits, temp, argmax,
+                                            _uniform(b, seed, k)])
+                    with b.if_else(b.icmp_signed("<", pick, c64(0))) as (bad, good):
+                        with bad:
+                            b.store(b.sub(c64(-1), k), slot(A_RESULT))
+                            b.store(c64(1), slot(A_STOP))
+                        with good:
+                            b.store(pick, b.gep(out, [k], source_etype=I64))
+                            b.store(b.add(k, c64(1)), done)
+                            b.store(pick, tok)
+        wait()
+        stop = b.icmp_signed("!=", b.load(slot(A_STOP), typ=I64), c64(0))
+        with b.if_then(stop):
+            b.branch(exit_blk)
     b.branch(exit_blk)
     b.position_at_end(exit_blk)
-    b.ret(b.load(result, typ=I64))
+    b.ret_void()
     return str(module), setters
 
 
@@ -344,10 +427,14 @@ class NativeGenerator:
     llvm-compiled, unidirectional, with one-hot or embedding input (``supported`` says why
     not otherwise)."""
 
-    def __init__(self, model: Any, cache: bool = True) -> None:
+    def __init__(self, model: Any, cache: bool = True, threads: int | None = None) -> None:
         why = unsupported(model)
         if why:
             raise BackendError(f"llvm generate: {why}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise BackendError(f"llvm generate: threads must be a positive int or None, got "
+                               f"{threads!r}")
+        self.threads_option = threads
         self.cells = tuple(lay.fwd for lay in model.layers)
         self.dtype = model.dtype
         self.onehot = model.input == "onehot"
@@ -365,7 +452,7 @@ class NativeGenerator:
             addr = info.sgemm if self.dtype == "float32" else info.dgemm
             for s in setters:
                 SETTER(self.jitted.address(s))(addr)
-        self._gen = GEN(self.jitted.address("grnn_generate"))
+        self._gen = ENTRY(self.jitted.address("grnn_generate"))
         dt = np.dtype(self.dtype)
         # every layer's buffers at T = B = 1, kept between calls
         self.bufs = [{b.name: np.zeros(b.shape(1, 1), b.dtype) for b in lp.program.buffers}
@@ -373,6 +460,18 @@ class NativeGenerator:
         self.ptrs = [np.array([a.ctypes.data for a in bufs.values()], np.uintp)
                      for bufs in self.bufs]
         self.logits = np.zeros(self.classes, dt)
+        # the weights one token reads (the one-hot input's weights count whole)
+        self.weight_bytes = dt.itemsize * (self.hidden * self.classes + sum(
+            b.rows * b.cols for lp in self.plans for b in lp.program.buffers
+            if b.kind == "param"))
+
+    def threads(self) -> int:
+        """Threads per call: the ``threads`` option, else one. Two threads split every GEMV by
+        columns, so each core keeps its half of the weights in its own L2 from token to token
+        (H = 256: 3.1 MB of float32 weights, 2 MB of L2 per core here), at ~10 barriers a
+        token; on the shared 2-core machine they measured slower than one thread at every size
+        (``benchmarks/bench_sample.py``, native2 vs native1), hence the default."""
+        return self.threads_option if self.threads_option is not None else 1
 
     def accepts(self, params: dict[str, np.ndarray]) -> bool:
         """Whether every parameter the loop reads is finite (the GEMV's skipping of zero
@@ -435,8 +534,14 @@ class NativeGenerator:
                      + [keep[2].ctypes.data if not self.onehot else 0, keep[0].ctypes.data,
                         keep[1].ctypes.data, self.logits.ctypes.data], np.uintp)
         out = np.zeros(max(length, 1), np.int64)
-        r = self._gen(prime_ids.size, prime_ids.ctypes.data, length, out.ctypes.data,
-                      P.ctypes.data, float(temperature), int(bool(argmax)), int(seed))
+        a = np.zeros(N_ARGS, np.int64)
+        a[[A_PRIME_N, A_PRIME, A_NEW, A_OUT, A_P, A_ARGMAX]] = [
+            prime_ids.size, prime_ids.ctypes.data, length, out.ctypes.data, P.ctypes.data,
+            int(bool(argmax))]
+        a[A_TEMP] = np.float64(temperature if temperature > 0 else 1.0).view(np.int64)
+        a[A_SEED] = np.uint64(seed).view(np.int64)
+        TEAM.run(self._gen, 0, 0, int(a.ctypes.data), self.threads(), 0)
+        r = int(a[A_RESULT])
         if r < 0:
             raise RuntimeInputError(f"generate: the logits of token {-r - 1} contain NaN")
         return [int(v) for v in out[:length]]
