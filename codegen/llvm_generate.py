@@ -15,6 +15,11 @@ over tokens runs in one LLVM function (``gen``), built per model from the layers
   bias; the next token is the argmax (the first maximum, as ``np.argmax``) or a draw from
   ``softmax(z / temperature)`` computed in float64.
 
+With ``threads=n`` the loop runs on n threads (``llvm_threads.TEAM``, each with its ``ctx``):
+every GEMV is split by output columns, so each core keeps its share of the weights in its own L2
+from token to token, and thread 0 does the glue between spin barriers (about ten a token for a
+2-layer LSTM). The default is one thread (see ``NativeGenerator.threads``).
+
 The GEMV skips the rows of ``W`` whose multiplier is exactly zero, so a one-hot input reads one
 row of the input weights instead of all of them. That equals the full product only when ``W`` is
 finite (``0 * inf`` is NaN): ``NativeGenerator.run`` checks the parameters and refuses
@@ -31,6 +36,7 @@ order than OpenBLAS, so a near tie, within float rounding, may break the other w
 from __future__ import annotations
 
 import ctypes
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -435,6 +441,7 @@ class NativeGenerator:
             raise BackendError(f"llvm generate: threads must be a positive int or None, got "
                                f"{threads!r}")
         self.threads_option = threads
+        self._lock = threading.Lock()   # one call at a time: the buffers are the generator's
         self.cells = tuple(lay.fwd for lay in model.layers)
         self.dtype = model.dtype
         self.onehot = model.input == "onehot"
@@ -513,6 +520,12 @@ class NativeGenerator:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 0 <= seed < 1 << 64:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        with self._lock:
+            return self._run(params, prime_ids, length, temperature, argmax, seed, state)
+
+    def _run(self, params: dict[str, np.ndarray], prime_ids: np.ndarray, length: int,
+             temperature: float, argmax: bool, seed: int,
+             state: Sequence[Sequence[np.ndarray]] | None) -> list[int]:
         keep = self._bind(params)
         if state is not None and len(state) != len(self.plans):
             raise RuntimeInputError(f"state has {len(state)} layers, the model {len(self.plans)}")
