@@ -503,6 +503,12 @@ class LLVMBackend(CompiledCell):
     def assembly(self) -> str:
         return jit_module().assembly(self.ir_text)
 
+    def generator(self, model: Any) -> Any:
+        """The model's token loop as one native call (``llvm_generate``), or None when the
+        model is not one it runs (bidirectional, dense input, a layer of another backend)."""
+        from .llvm_generate import generator_for
+        return generator_for(model)
+
 
 # ---- export ----
 

@@ -523,6 +523,13 @@ class CompiledCell:
         runs on: numpy's here, a backend with its own threads overrides it."""
         return a @ b  # type: ignore[no-any-return]
 
+    def generator(self, model: Any) -> Any:
+        """A native generation loop for ``model`` (a ``graphrnn.model.RNNModel`` whose layers are
+        cells of this backend), which ``graphrnn.sample.generate`` uses instead of stepping each
+        layer from Python; None when this backend has none (the llvm backend has one:
+        ``codegen.llvm_generate``)."""
+        return None
+
     def step(self, params: dict[str, np.ndarray], x: Any,
              h: Any = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
         xs = [np.asarray(v)[None] for v in self._step_inputs(x)]
