@@ -130,6 +130,11 @@ def _to_tensor(a: Any) -> Tensor:
     return torch.from_dlpack(a)
 
 
+def _native_call() -> Any:
+    """The thread policy for PyTorch (``graphrnn.threads``; default: on torch's OpenMP pool)."""
+    return _threads.native_call("torch", torch.get_num_threads(), torch.set_num_threads)
+
+
 @torch.library.custom_op("graphrnn::forward", mutates_args=())
 def _forward_op(cell: int, train: bool, xs: list[Tensor], h0: list[Tensor],
                 params: list[Tensor]) -> list[Tensor]:
@@ -140,7 +145,7 @@ def _forward_op(cell: int, train: bool, xs: list[Tensor], h0: list[Tensor],
     p_arrays = {n: _to_backend(t) for n, t in zip(names, params)}
     x_arrays = [_to_backend(t) for t in xs]
     h_arrays = [_to_backend(t) for t in h0]
-    with _threads.native_call():
+    with _native_call():
         ys, hT, res = cc.forward_train(p_arrays, x_arrays, h_arrays, save=train)
     out = [_to_tensor(y) for y in ys] + [_to_tensor(h) for h in hT]
     device = xs[0].device
@@ -188,7 +193,7 @@ def _backward_op(cell: int, handle: Tensor, T: int, B: int, d_ys: list[Tensor | 
     res, p_arrays = entry
     dys = [None if d is None else _to_backend(d) for d in d_ys]
     dfin = [None if d is None else _to_backend(d) for d in d_final]
-    with _threads.native_call():
+    with _native_call():
         g = cc.backward(p_arrays, res, dys, dfin)
     return ([_to_tensor(a) for a in g.inputs] + [_to_tensor(a) for a in g.states]
             + [_to_tensor(g.params[p.arg]) for p in cc.cell.params])

@@ -333,3 +333,56 @@ def test_double_precision_by_module_double():
     mod = gt.Module("lstm", I, H).double()
     y, _ = mod(torch.randn(T, B, I, dtype=F64))
     assert y.dtype == F64
+
+
+# ---- thread policy (graphrnn.threads) ----
+
+@pytest.fixture
+def two_torch_threads():
+    import graphrnn.threads as th
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield th
+    torch.set_num_threads(n)
+    th.set_policy("auto")
+
+
+def test_thread_policies_compute_the_same_step(two_torch_threads, monkeypatch):
+    """Every policy gives the same outputs and gradients; "auto" (the default for PyTorch) runs
+    the native calls on PyTorch's OpenMP pool (``GOMP_parallel``), the others do not."""
+    import codegen.llvm_threads as lt
+    th = two_torch_threads
+    if lt.openmp_pool() is None:
+        pytest.skip("this torch build has no libgomp (its OpenMP pool is not GNU's)")
+    calls = []
+    real = lt.run_on_openmp
+    monkeypatch.setattr(lt, "run_on_openmp", lambda jobs: (calls.append(len(jobs)),
+                                                           real(jobs))[1])
+    torch.manual_seed(3)
+    mod = gt.Module("lstm", 64, 64, dtype="float64")
+    x = torch.randn(20, 16, 64, dtype=F64)
+    results = {}
+    for name in ("auto", "own", "openmp", "shrink"):
+        th.set_policy(name)
+        calls.clear()
+        y, (h, c) = mod(x)
+        g = torch.autograd.grad((y ** 2).sum() + c.sum(), list(mod.parameters()))
+        results[name] = (y, *g)
+        assert calls == ([2, 2] if name in ("auto", "openmp") else []), name
+    assert torch.get_num_threads() == 2            # "shrink" gave torch its threads back
+    for name, res in results.items():
+        for a, b in zip(res, results["own"]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_thread_policy_arguments_are_checked():
+    import graphrnn.threads as th
+    with pytest.raises(ValueError, match="thread policy must be one of"):
+        th.set_policy("spin")
+    with pytest.raises(ValueError, match="threads must be a positive int"):
+        th.set_policy("own", threads=0)
+    th.set_policy("own", threads=1, framework="torch")
+    assert th.resolve("torch", 2) == th.Policy("own", 1)
+    assert th.resolve("jax", 2) == th.Policy("own", None)
+    th.set_policy("auto")
+    assert th.resolve("torch", 2) == th.Policy("openmp", 2)
