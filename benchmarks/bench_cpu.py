@@ -290,6 +290,26 @@ def compile_table(cells: list[str], hs: list[int], runs: int) -> None:
 
 # ---- one configuration ----
 
+def add_torch_bridge(fns: dict[str, dict[str, Callable[[], Any]]], torch: Any, cc: Any,
+                     params: dict[str, np.ndarray], x: np.ndarray, dy: np.ndarray) -> None:
+    """The row "graphrnn via torch bridge": the same compiled cell called as a PyTorch op
+    (``graphrnn.torch.run``: the custom op, autograd, zero-copy views, the thread policy)."""
+    import graphrnn.torch as gt
+    tp = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in params.items()}
+    tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+
+    def infer() -> Any:
+        with torch.no_grad():
+            return gt.run(cc, tp, tx)
+
+    def train() -> Any:
+        for v in tp.values():
+            v.grad = None
+        gt.run(cc, tp, tx)[0][0].backward(tdy)
+    fns.get("infer", {})["graphrnn via torch bridge"] = infer
+    fns.get("train", {})["graphrnn via torch bridge"] = train
+
+
 def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
                  with_ref: bool, modes: list[str]) -> tuple[list[dict[str, Any]],
                                                            dict[str, float]]:
@@ -364,6 +384,7 @@ def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
         same = check_against(f"PyTorch loop {LABEL[cell]} H={H} B={B}", cc, params, x, dy,
                              ty.detach().numpy(),
                              {k: v.grad.numpy() for k, v in tparams.items()})
+        add_torch_bridge(fns, torch, cc, params, x, dy)
         scripted = torch.jit.script(eager)
         for label, fn in (("torch eager", eager), ("TorchScript", scripted)) if same else ():
             def t_infer(fn: Any = fn) -> Any:
