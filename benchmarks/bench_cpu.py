@@ -301,6 +301,26 @@ def compile_table(cells: list[str], hs: list[int], runs: int) -> None:
 
 # ---- one configuration ----
 
+def add_torch_bridge(fns: dict[str, dict[str, Callable[[], Any]]], torch: Any, cc: Any,
+                     params: dict[str, np.ndarray], x: np.ndarray, dy: np.ndarray) -> None:
+    """The row "graphrnn via torch bridge": the same compiled cell called as a PyTorch op
+    (``graphrnn.torch.run``: the custom op, autograd, zero-copy views, the thread policy)."""
+    import graphrnn.torch as gt
+    tp = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in params.items()}
+    tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+
+    def infer() -> Any:
+        with torch.no_grad():
+            return gt.run(cc, tp, tx)
+
+    def train() -> Any:
+        for v in tp.values():
+            v.grad = None
+        gt.run(cc, tp, tx)[0][0].backward(tdy)
+    fns.get("infer", {})["graphrnn via torch bridge"] = infer
+    fns.get("train", {})["graphrnn via torch bridge"] = train
+
+
 def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
                  with_ref: bool, modes: list[str], only: str | None = None
                  ) -> tuple[list[dict[str, Any]], dict[str, float]]:
@@ -399,6 +419,8 @@ def bench_config(cell: str, T: int, B: int, H: int, rounds: int, budget: float,
                 fn(tx, h0, h0, tparams).backward(tdy)
             fns.get("infer", {})[label] = t_infer
             fns.get("train", {})[label] = t_train
+    if torch is not None and want("graphrnn via torch bridge"):
+        add_torch_bridge(fns, torch, cc, params, x, dy)
     run = jax_loop(cell) if want("JAX jit+scan") else None
     if run is not None:
         import jax

@@ -53,6 +53,7 @@ from graphrnn.runtime import (
     gradients,
     seq_view,
 )
+from graphrnn.threads import current as thread_policy
 
 from .llvm_blas import blas_info
 from .llvm_gemm import packed_helpers, ready_helpers
@@ -281,7 +282,9 @@ class LLVMBackend(CompiledCell):
 
     def _run(self, fn: Any, sweep: str, T: int, B: int, ptrs: np.ndarray) -> None:
         """One native call, on as many threads as the work is worth."""
-        nthr = self.threads if self.threads is not None else default_threads()
+        pol = thread_policy()   # a bridge's call (graphrnn.threads) may fix the team size
+        nthr = (self.threads if self.threads is not None else
+                pol.threads if pol.threads is not None else default_threads())
         if T * B * self._flops[sweep] < self.THREAD_MIN_FLOPS:
             nthr = 1
         work = 0

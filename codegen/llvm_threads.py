@@ -26,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from graphrnn.threads import current as current_policy
+
 from .llvm_blas import blas_threads, set_blas_threads
 from .llvm_program import SYNC_STRIDE
 
@@ -75,7 +77,10 @@ class Team:
             take_over()
             jobs = [lambda a=int(ctx[i].ctypes.data): fn(T, B, bufs, a)
                     for i in range(nthreads)]
-            self._run_jobs(jobs)
+            if current_policy().pool == "openmp" and openmp_pool() is not None:
+                run_on_openmp(jobs)
+            else:
+                self._run_jobs(jobs)
 
     def _run_jobs(self, jobs: list[Callable[[], None]]) -> None:
         """jobs[0] on this thread, the others on workers; re-raises a worker's error."""
@@ -98,6 +103,94 @@ class Team:
 
 
 TEAM = Team()
+
+
+# ---- the process's OpenMP pool (PyTorch's), for graphrnn.threads' "openmp" policy ----
+
+_PARALLEL_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_gomp: Any = None    # (GOMP_parallel, omp_get_thread_num), False when no libgomp is loaded
+
+
+def openmp_pool() -> Any:
+    """libgomp's entry points if the process has loaded it (PyTorch's CPU wheels do), else
+    None. Only an already loaded library is used: loading one ourselves would start a second
+    pool, the very oversubscription this avoids."""
+    global _gomp
+    if _gomp is None:
+        _gomp = False
+        path = None
+        try:
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    if "libgomp" in line and line.rstrip().endswith(".so.1"):
+                        path = line.split()[-1]
+                        break
+        except OSError:
+            pass
+        if path is not None:
+            try:
+                lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | os.RTLD_LAZY)
+                par = lib.GOMP_parallel
+                par.restype = None
+                par.argtypes = [_PARALLEL_FN, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+                tid = lib.omp_get_thread_num
+                tid.restype = ctypes.c_int
+                tid.argtypes = []
+                inpar = lib.omp_in_parallel
+                inpar.restype = ctypes.c_int
+                inpar.argtypes = []
+                _gomp = (par, tid, inpar)
+            except (OSError, AttributeError):
+                _gomp = False
+    return _gomp or None
+
+
+def run_on_openmp(jobs: list[Callable[[], None]]) -> None:
+    """jobs[i] on OpenMP thread i of one parallel region of len(jobs) threads (the caller is
+    thread 0). Each job calls a native entry through ctypes, which releases the GIL, so they
+    run at once. A region may get fewer threads than asked (nested, or the pool's limit): then
+    the call runs on graphrnn's own team instead (the entry's barriers wait for every job)."""
+    par, tid, in_parallel = openmp_pool()
+    errors: list[BaseException] = []
+    ran = [False] * len(jobs)
+
+    def body(_data: Any) -> None:
+        i = tid()
+        try:
+            if 0 <= i < len(jobs):
+                ran[i] = True
+                jobs[i]()
+        except BaseException as e:   # noqa: BLE001 - handed to the caller below
+            errors.append(e)
+
+    # the entry's barriers wait for every job: a region of fewer threads (inside another
+    # region, or a pool capped lower) would hang, so those calls go to our own team
+    if in_parallel() or _probe_size(par, len(jobs)) != len(jobs):
+        TEAM._run_jobs(jobs)
+        return
+    par(_PARALLEL_FN(body), None, len(jobs), 0)
+    if errors:
+        raise errors[0]
+    if not all(ran):
+        raise RuntimeError("graphrnn: the OpenMP region ran fewer threads than asked")
+
+
+_probed: dict[int, int] = {}
+
+
+def _probe_size(par: Any, n: int) -> int:
+    """How many threads a region of n gets in this process (asked once per n)."""
+    if n not in _probed:
+        seen: set[int] = set()
+        lock = threading.Lock()
+        tid = openmp_pool()[1]
+
+        def body(_data: Any) -> None:
+            with lock:
+                seen.add(tid())
+        par(_PARALLEL_FN(body), None, n, 0)
+        _probed[n] = len(seen)
+    return _probed[n]
 
 
 def _after_fork_in_child() -> None:
