@@ -30,7 +30,10 @@ def program_svg(program: Program) -> str | None:
     """Jupyter's picture of the plan (``graphrnn.viz.plan_svg``); None when it cannot be
     drawn (no graphviz, no ``dot`` binary, ...), so Jupyter falls back to the text repr."""
     from . import viz
-    return viz.plan_svg(program)
+    try:   # a notebook repr must never raise, whatever viz does
+        return viz.plan_svg(program)
+    except Exception:
+        return None
 
 
 def program_text(program: Program) -> str:
