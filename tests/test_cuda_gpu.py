@@ -130,3 +130,52 @@ def test_tf32_gemms_stay_within_tf32_precision(graph):
     cc = graphrnn.compile(cell, "cuda", "float32", cuda_graph=graph, tf32=True)
     _equals_ref_twice_alike(cp, ref, cc, ref.init_params(seed=0, scale=0.3), 6, 8,
                             dict(rtol=2e-2, atol=2e-2))
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cell_file", ["layer_norm_lstm.eq", "cells/esn.eq"])
+def test_row_kernels_and_frozen_cells_equal_ref(cell_file, dtype, graph):
+    """The layer-norm LSTM's row kernels (a warp per row, shuffle reductions) and a cell with a
+    frozen matrix, at batch sizes that leave partial warps and blocks."""
+    from pathlib import Path
+
+    from frontends.equations import parse_file
+    cp = _gpu_or_skip()
+    cell = parse_file(Path(__file__).parents[1] / "examples" / cell_file, dtype=dtype)
+    ref = graphrnn.compile(cell, "ref", dtype)
+    cc = graphrnn.compile(cell, "cuda", dtype, cuda_graph=graph)
+    params = ref.init_params(seed=0, scale=0.3)
+    for T, B in ((5, 1), (3, 37)):
+        _equals_ref_twice_alike(cp, ref, cc, params, T, B, TOL[dtype])
+
+
+def test_torch_bridge_on_cuda_tensors():
+    """graphrnn.torch.Module on the cuda backend with CUDA tensors equals torch.nn.LSTM after
+    loading its state_dict: outputs, final states and every gradient."""
+    _gpu_or_skip()
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    bridge_equals_nn_lstm(torch, "cuda", "cuda")
+
+
+def bridge_equals_nn_lstm(torch, backend, device):
+    import graphrnn.torch as gt
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(8, 16, num_layers=2).double().to(device)
+    mod = gt.Module("lstm", input_size=8, hidden_size=16, num_layers=2, backend=backend,
+                    dtype="float64")
+    mod.load_state_dict(ref.state_dict())
+    mod = mod.to(device)
+    x = torch.randn(5, 3, 8, dtype=torch.float64, device=device, requires_grad=True)
+    y1, (h1, c1) = ref(x)
+    y2, (h2, c2) = mod(x)
+    for a, b in ((y1, y2), (h1, h2), (c1, c2)):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+    names = [n for n, _ in ref.named_parameters()]
+    mine = dict(mod.named_parameters())
+    g1 = torch.autograd.grad(y1.square().sum(), [x, *ref.parameters()])
+    g2 = torch.autograd.grad(y2.square().sum(), [x, *(mine[n] for n in names)])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-9)
