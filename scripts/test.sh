@@ -16,8 +16,6 @@ if [ "${GRAPHRNN_NO_JAX:-0}" != 1 ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e ".[jax]" \
     || echo "note: could not install jax/optax; the JAX bridge tests will skip"
 fi
-
-
 # mpi4py and MPICH (mpiexec) for the data-parallel tests; where they cannot be installed those
 # tests skip
 .venv/bin/pip install -q --disable-pip-version-check -e ".[mpi]" \
