@@ -422,3 +422,33 @@ def test_quality_script_compares_bridge_and_trainer(tmp_path, corpus, capsys):
     # without dropout the two runs differ only by float32 rounding
     worst = float(out.split("largest |val difference| at equal steps: ")[1].split()[0])
     assert worst < 1e-3
+
+
+# ---- DistributedDataParallel (gloo, 2 processes on localhost) ----
+
+def test_ddp_gradients_equal_one_process_on_the_concatenated_batch(tmp_path):
+    """examples/torch_ddp.py's worker on 2 spawned ranks: after one step each rank holds the
+    gradient of the mean loss over the global batch, as one process computes it here, and
+    after 3 AdamW steps both ranks hold the same parameters as each other."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    world, per_rank = 2, 4
+    # the spawned ranks import the example by name: sys.path travels with spawn
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        import torch_ddp as ex
+        mp.spawn(ex.worker, args=(world, ex.free_port(), 3, per_rank, 1, str(tmp_path)),
+                 nprocs=world, join=True)
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    ranks = [dict(np.load(tmp_path / f"rank{r}.npz")) for r in range(world)]
+    model = ex.make_model()
+    x, y = ex.global_batch(0, per_rank * world)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    for k, p in model.named_parameters():
+        for r in range(world):
+            np.testing.assert_allclose(ranks[r][f"grad/{k}"], p.grad.numpy(), rtol=1e-5,
+                                       atol=1e-6, err_msg=f"rank {r}: {k}")
+        np.testing.assert_array_equal(ranks[1][f"param/{k}"], ranks[0][f"param/{k}"])
