@@ -195,6 +195,21 @@ def rnn_from_torch(state_dict: Mapping[str, Any], layer: int = 0, prefix: str = 
     return {"W_x": w_ih.T.copy(), "W_h": w_hh.T.copy(), "b": (b_ih + b_hh)[None, :]}
 
 
+def rnn_to_torch(params: Mapping[str, Any], layer: int = 0, prefix: str = "",
+                 suffix: str = "") -> Params:
+    """A ``torch.nn.RNN(nonlinearity="tanh")`` state dict (one layer) from ``cells.rnn_tanh``
+    parameters; all of the bias goes to bias_ih and bias_hh is zero."""
+    W_x, W_h, b = (_np(params[k]) for k in ("W_x", "W_h", "b"))
+    H = W_h.shape[0]
+    if W_h.shape != (H, H) or W_x.shape[1] != H or b.shape != (1, H):
+        raise ShapeError(f"rnn_to_torch: expected W_x (I, H), W_h (H, H), b (1, H), got "
+                         f"{W_x.shape}, {W_h.shape}, {b.shape}")
+    keys = _torch_keys(prefix, layer, suffix)
+    return {keys["weight_ih"]: np.ascontiguousarray(W_x.T),
+            keys["weight_hh"]: np.ascontiguousarray(W_h.T),
+            keys["bias_ih"]: b[0].copy(), keys["bias_hh"]: np.zeros(H, dtype=b.dtype)}
+
+
 def gru_torch_from_torch(state_dict: Mapping[str, Any], layer: int = 0, prefix: str = "",
                          suffix: str = "") -> Params:
     """Parameters of ``cells.gru_torch`` (blocks r, z, n, like PyTorch) from a

@@ -401,15 +401,10 @@ def _torch_rnn_layout(name: str, I: int, H: int, gates: int) -> Layout:  # noqa:
         return {"W_x": w_x, "W_h": w_h, "b": (tp["bias_ih"] + tp["bias_hh"]).unsqueeze(0)}
 
     def from_cell(cp: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {"weight_ih": np.ascontiguousarray(np.asarray(cp["W_x"]).T),
-               "weight_hh": np.ascontiguousarray(np.asarray(cp["W_h"]).T)}
-        if name == "gru_torch":
-            out["bias_ih"] = np.asarray(cp["b_x"])[0].copy()
-            out["bias_hh"] = np.asarray(cp["b_h"])[0].copy()
-        else:   # the sum is what the cell sees: all of it in bias_ih
-            out["bias_ih"] = np.asarray(cp["b"])[0].copy()
-            out["bias_hh"] = np.zeros_like(out["bias_ih"])
-        return out
+        from . import convert  # the converters to torch's state dicts, keys without "_l0"
+        to_torch = {"lstm": convert.lstm_to_torch, "gru_torch": convert.gru_torch_to_torch,
+                    "rnn_tanh": convert.rnn_to_torch}[name]
+        return {k.removesuffix("_l0"): v for k, v in to_torch(cp).items()}
 
     return specs, to_cell, from_cell
 

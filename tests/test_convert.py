@@ -229,3 +229,17 @@ def test_convert_does_not_import_torch():
     code = ("import sys, graphrnn.convert, graphrnn.cells; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rnn_to_torch_round_trips_and_refuses_wrong_shapes():
+    from graphrnn.convert import rnn_from_torch, rnn_to_torch
+    rng = np.random.default_rng(0)
+    p = {"W_x": rng.standard_normal((3, 5)), "W_h": rng.standard_normal((5, 5)),
+         "b": rng.standard_normal((1, 5))}
+    sd = rnn_to_torch(p, layer=1, suffix="_reverse")
+    assert sd["weight_ih_l1_reverse"].shape == (5, 3) and not sd["bias_hh_l1_reverse"].any()
+    back = rnn_from_torch(sd, layer=1, suffix="_reverse")
+    for k in p:
+        np.testing.assert_array_equal(back[k], p[k])
+    with pytest.raises(graphrnn.ShapeError, match="rnn_to_torch"):
+        rnn_to_torch({**p, "b": p["b"][:, :4]})
